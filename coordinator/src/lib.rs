@@ -1,0 +1,97 @@
+//! The weft coordinator as a library.
+//!
+//! [`Coordinator::start`] opens (or initialises) a state dir and serves hosts
+//! and admins over QUIC. The pieces: [`state`] (keys, certificate and admin
+//! credential on disk), [`store`] (redb, group-committed by one writer
+//! thread), [`ipam`] (host subnets), [`registry`] (nodes in memory and the
+//! change log netmaps are built from), [`server`] (the QUIC endpoint and one
+//! task per connection) and [`admin`] (the admin credential and the client
+//! side of admin commands, used by the `weft` CLI).
+
+pub mod admin;
+pub mod ipam;
+pub mod registry;
+pub mod server;
+pub mod state;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use server::Coordinator;
+
+/// Where the coordinator keeps its state unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/weft-coordinator";
+/// The default UDP listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
+/// The default cluster pool.
+pub const DEFAULT_POOL: &str = "100.64.0.0/10";
+/// The default host subnet prefix length.
+pub const DEFAULT_SUBNET_PREFIX: u8 = 24;
+
+/// How the coordinator is started.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub pool: ipnet::Ipv4Net,
+    pub subnet_prefix: u8,
+    /// `host:port` addresses put into join tokens. Empty: derived from
+    /// `listen`.
+    pub advertise: Vec<String>,
+    /// How long changes are gathered before they are sent to hosts.
+    pub coalesce: Duration,
+}
+
+impl Config {
+    /// The defaults, with the given state dir and listen address.
+    pub fn new(state_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            state_dir: state_dir.into(),
+            pool: ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(100, 64, 0, 0), 10)
+                .unwrap_or_default(),
+            subnet_prefix: DEFAULT_SUBNET_PREFIX,
+            advertise: Vec::new(),
+            coalesce: Duration::from_millis(25),
+        }
+    }
+}
+
+/// Why the coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("state dir {path}: {source}; check that it exists and is writable by this user, or pass --state-dir")]
+    StateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state file {path} is damaged ({reason}); restore it from a backup, or move the state dir away to start a new cluster")]
+    StateFile { path: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("invalid address plan: {0}")]
+    Ipam(#[from] ipam::IpamError),
+    #[error("cannot listen on {addr}: {source}; is another coordinator running? pass a different --listen")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A Unix time as RFC 3339 (UTC), for messages and listings.
+pub fn fmt_time(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}

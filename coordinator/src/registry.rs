@@ -1,0 +1,315 @@
+//! The in-memory node registry and its change log: the source of every
+//! netmap the coordinator sends.
+//!
+//! Each change bumps the version and appends `(version, node)` to a bounded
+//! log. A session remembers only the version it last sent, so its "queue" is
+//! one number: when it wakes it asks [`Registry::changes_since`] for the
+//! latest state of every peer changed after that version. A slow host thus
+//! gets a collapsed update and never grows memory. When its version has
+//! fallen off the log (or belongs to another epoch) it gets a full snapshot.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use weft_proto::{NodeId, Peer, WgPublicKey};
+
+/// Changes kept for delta resumption.
+const DEFAULT_LOG_CAPACITY: usize = 65_536;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    peer: Arc<Peer>,
+    created_at: u64,
+}
+
+/// What a session must send to bring a host from its version to now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Changes {
+    /// Nothing changed.
+    None,
+    Full {
+        version: u64,
+        peers: Vec<Arc<Peer>>,
+    },
+    Delta {
+        from: u64,
+        to: u64,
+        upserts: Vec<Arc<Peer>>,
+        removed: Vec<NodeId>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    epoch: u64,
+    version: u64,
+    nodes: HashMap<NodeId, Entry>,
+    by_key: HashMap<WgPublicKey, NodeId>,
+    log: VecDeque<(u64, NodeId)>,
+    log_capacity: usize,
+    /// Deltas can be computed from any version >= this.
+    log_floor: u64,
+}
+
+impl Registry {
+    pub fn new(epoch: u64) -> Self {
+        Self::with_log_capacity(epoch, DEFAULT_LOG_CAPACITY)
+    }
+
+    pub fn with_log_capacity(epoch: u64, log_capacity: usize) -> Self {
+        Self {
+            epoch,
+            version: 1,
+            nodes: HashMap::new(),
+            by_key: HashMap::new(),
+            log: VecDeque::new(),
+            log_capacity: log_capacity.max(1),
+            log_floor: 1,
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn get(&self, id: NodeId) -> Option<&Arc<Peer>> {
+        self.nodes.get(&id).map(|e| &e.peer)
+    }
+
+    pub fn created_at(&self, id: NodeId) -> Option<u64> {
+        self.nodes.get(&id).map(|e| e.created_at)
+    }
+
+    pub fn by_key(&self, key: &WgPublicKey) -> Option<NodeId> {
+        self.by_key.get(key).copied()
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<NodeId> {
+        self.nodes
+            .values()
+            .find(|e| e.peer.name == name)
+            .map(|e| e.peer.id)
+    }
+
+    pub fn name_taken(&self, name: &str) -> bool {
+        self.by_name(name).is_some()
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
+        self.nodes.values().map(|e| &e.peer)
+    }
+
+    fn touch(&mut self, id: NodeId) {
+        self.version += 1;
+        self.log.push_back((self.version, id));
+        while self.log.len() > self.log_capacity {
+            if let Some((v, _)) = self.log.pop_front() {
+                self.log_floor = v;
+            }
+        }
+    }
+
+    /// Adds a node loaded at start: no change is logged.
+    pub fn load(&mut self, peer: Peer, created_at: u64) {
+        self.by_key.insert(peer.public_key, peer.id);
+        self.nodes.insert(
+            peer.id,
+            Entry {
+                peer: Arc::new(peer),
+                created_at,
+            },
+        );
+    }
+
+    pub fn insert(&mut self, peer: Peer, created_at: u64) {
+        let id = peer.id;
+        self.load(peer, created_at);
+        self.touch(id);
+    }
+
+    pub fn remove(&mut self, id: NodeId) -> Option<Arc<Peer>> {
+        let entry = self.nodes.remove(&id)?;
+        self.by_key.remove(&entry.peer.public_key);
+        self.touch(id);
+        Some(entry.peer)
+    }
+
+    /// Applies `f` to a node's peer record; logs a change if it changed.
+    pub fn update(&mut self, id: NodeId, f: impl FnOnce(&mut Peer)) -> bool {
+        let Some(entry) = self.nodes.get_mut(&id) else {
+            return false;
+        };
+        let mut next = Peer::clone(&entry.peer);
+        f(&mut next);
+        if next == *entry.peer {
+            return false;
+        }
+        entry.peer = Arc::new(next);
+        self.touch(id);
+        true
+    }
+
+    pub fn set_online(
+        &mut self,
+        id: NodeId,
+        online: bool,
+        endpoints: Option<Vec<SocketAddr>>,
+    ) -> bool {
+        self.update(id, |p| {
+            p.online = online;
+            if let Some(e) = endpoints {
+                p.endpoints = e;
+            }
+        })
+    }
+
+    /// What a host at `(epoch, from)` needs to catch up, leaving out the
+    /// host's own node.
+    pub fn changes_since(&self, epoch: u64, from: u64, me: NodeId) -> Changes {
+        if epoch != self.epoch || from < self.log_floor || from > self.version {
+            return Changes::Full {
+                version: self.version,
+                peers: self
+                    .nodes
+                    .values()
+                    .filter(|e| e.peer.id != me)
+                    .map(|e| e.peer.clone())
+                    .collect(),
+            };
+        }
+        if from == self.version {
+            return Changes::None;
+        }
+        let start = self.log.partition_point(|(v, _)| *v <= from);
+        let mut seen = HashSet::new();
+        let mut upserts = Vec::new();
+        let mut removed = Vec::new();
+        for (_, id) in self.log.range(start..) {
+            if *id == me || !seen.insert(*id) {
+                continue;
+            }
+            match self.nodes.get(id) {
+                Some(e) => upserts.push(e.peer.clone()),
+                None => removed.push(*id),
+            }
+        }
+        Changes::Delta {
+            from,
+            to: self.version,
+            upserts,
+            removed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use weft_proto::{HostSubnet, Netmap, NetmapUpdate};
+
+    fn peer(id: u64) -> Peer {
+        Peer {
+            id: NodeId(id),
+            name: format!("h{id}"),
+            public_key: WgPublicKey([id as u8; 32]),
+            subnet: HostSubnet {
+                addr: Ipv4Addr::new(100, 64, id as u8, 0),
+                prefix_len: 24,
+            },
+            endpoints: vec![],
+            tags: vec![],
+            online: false,
+        }
+    }
+
+    fn to_update(epoch: u64, c: Changes) -> Option<NetmapUpdate> {
+        match c {
+            Changes::None => None,
+            Changes::Full { version, peers } => Some(NetmapUpdate {
+                epoch,
+                from_version: 0,
+                version,
+                full: true,
+                upserts: peers.iter().map(|p| Peer::clone(p)).collect(),
+                removed: vec![],
+                more: false,
+            }),
+            Changes::Delta {
+                from,
+                to,
+                upserts,
+                removed,
+            } => Some(NetmapUpdate {
+                epoch,
+                from_version: from,
+                version: to,
+                full: false,
+                upserts: upserts.iter().map(|p| Peer::clone(p)).collect(),
+                removed,
+                more: false,
+            }),
+        }
+    }
+
+    #[test]
+    fn deltas_collapse_and_fold_to_the_same_map() {
+        let mut reg = Registry::with_log_capacity(7, 8);
+        let me = NodeId(100);
+        let mut host = Netmap::new();
+        for i in 1..=3 {
+            reg.insert(peer(i), 0);
+        }
+        host.apply(to_update(7, reg.changes_since(0, 0, me)).unwrap())
+            .unwrap();
+        assert_eq!(host.len(), 3);
+        // many changes to one peer collapse to one upsert
+        for port in 1..5 {
+            reg.set_online(
+                NodeId(1),
+                true,
+                Some(vec![SocketAddr::from(([192, 0, 2, 1], port))]),
+            );
+        }
+        reg.remove(NodeId(2));
+        let c = reg.changes_since(7, host.version(), me);
+        match &c {
+            Changes::Delta {
+                upserts, removed, ..
+            } => {
+                assert_eq!(upserts.len(), 1);
+                assert_eq!(removed, &vec![NodeId(2)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        host.apply(to_update(7, c).unwrap()).unwrap();
+        assert_eq!(host.len(), 2);
+        assert_eq!(host.peer(NodeId(1)).unwrap().endpoints[0].port(), 4);
+        assert_eq!(reg.changes_since(7, host.version(), me), Changes::None);
+        // falling off the log or a new epoch gives a full snapshot
+        for i in 10..30 {
+            reg.insert(peer(i), 0);
+        }
+        assert!(matches!(
+            reg.changes_since(7, host.version(), me),
+            Changes::Full { .. }
+        ));
+        assert!(matches!(
+            reg.changes_since(8, reg.version(), me),
+            Changes::Full { .. }
+        ));
+    }
+}

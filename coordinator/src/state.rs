@@ -1,0 +1,127 @@
+//! The coordinator's identity on disk: TLS key and certificate, its x25519
+//! key, and the admin credential. Created at first start, reused after.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::CoordinatorError;
+
+const TLS_KEY: &str = "tls-key.der";
+const TLS_CERT: &str = "tls-cert.der";
+const COORDINATOR_KEY: &str = "coordinator.key";
+/// The admin credential file in the state dir.
+pub const ADMIN_FILE: &str = "admin.json";
+/// The database file in the state dir.
+pub const DB_FILE: &str = "weft.redb";
+
+/// Keys and certificate loaded from (or created in) the state dir.
+pub struct Identity {
+    pub cert: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+    /// SHA-256 of the certificate's SubjectPublicKeyInfo.
+    pub pin: [u8; 32],
+    pub secret: StaticSecret,
+    pub public: [u8; 32],
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> CoordinatorError + '_ {
+    move |source| CoordinatorError::StateDir {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Writes a file readable only by its owner, durably: temp file, fsync,
+/// rename, fsync of the directory.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
+    let err = io_err(path);
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(&err)?;
+        f.write_all(bytes).map_err(&err)?;
+        f.sync_all().map_err(&err)?;
+    }
+    fs::rename(&tmp, path).map_err(&err)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(&err)?;
+    }
+    Ok(())
+}
+
+fn read_opt(path: &Path) -> Result<Option<Vec<u8>>, CoordinatorError> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Loads the identity from `dir`, creating whatever is missing.
+pub fn load_or_create(dir: &Path) -> Result<Identity, CoordinatorError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let key_path = dir.join(TLS_KEY);
+    let cert_path = dir.join(TLS_CERT);
+    let (key_der, cert_der) = match (read_opt(&key_path)?, read_opt(&cert_path)?) {
+        (Some(k), Some(c)) => (k, c),
+        _ => {
+            let kp =
+                rcgen::KeyPair::generate().map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+            let params = rcgen::CertificateParams::new(vec![weft_proto::SERVER_NAME.to_string()])
+                .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+            let cert = params
+                .self_signed(&kp)
+                .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+            let k = kp.serialize_der();
+            let c = cert.der().to_vec();
+            write_private(&key_path, &k)?;
+            write_private(&cert_path, &c)?;
+            (k, c)
+        }
+    };
+    let cert = CertificateDer::from(cert_der);
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der));
+    let pin = weft_proto::tls::cert_pin(&cert).map_err(|e| CoordinatorError::StateFile {
+        path: cert_path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+
+    let ck_path = dir.join(COORDINATOR_KEY);
+    let secret_bytes: [u8; 32] = match read_opt(&ck_path)? {
+        Some(b) => b.try_into().map_err(|_| CoordinatorError::StateFile {
+            path: ck_path.display().to_string(),
+            reason: "expected 32 bytes".into(),
+        })?,
+        None => {
+            let s = StaticSecret::random_from_rng(rand::rngs::OsRng);
+            write_private(&ck_path, s.as_bytes())?;
+            s.to_bytes()
+        }
+    };
+    let secret = StaticSecret::from(secret_bytes);
+    let public = PublicKey::from(&secret).to_bytes();
+    Ok(Identity {
+        cert,
+        key,
+        pin,
+        secret,
+        public,
+    })
+}
+
+/// The admin credential path in a state dir.
+pub fn admin_path(dir: &Path) -> PathBuf {
+    dir.join(ADMIN_FILE)
+}

@@ -1,0 +1,428 @@
+//! Loopback QUIC tests of the coordinator with the real control client.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "helpers in tests should panic on failure"
+)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+use weft_proto::msg::{AdminCommand, AdminReply, Hello, HelloRequest, ResumeRequest, ServerMsg};
+use weft_proto::token::JoinToken;
+use weft_proto::{codec, WgPublicKey, PROTOCOL_VERSION};
+use x25519_dalek::PublicKey;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_gives_subnet_and_netmap_and_peers_see_each_other() {
+    let h = Harness::start().await;
+    let token = h.token(Some(2)).await;
+    let (_ka, mut a) = join(&token, "host-a").await;
+    assert!(a.session.netmap().is_empty());
+    assert_eq!(a.subnet.to_string(), "100.64.0.0/24");
+    assert_eq!(a.pool.to_string(), "100.64.0.0/10");
+    let (_kb, b) = join(&token, "host-b").await;
+    assert_ne!(a.subnet, b.subnet);
+    assert_eq!(b.session.netmap().len(), 1);
+    let seen_a = b.session.netmap().peer(a.node_id).unwrap();
+    assert_eq!(seen_a.name, "host-a");
+    assert_eq!(seen_a.subnet, a.subnet);
+    assert!(seen_a.online);
+    wait_for(&mut a.session, Duration::from_secs(2), |s| {
+        s.netmap().peer(b.node_id).is_some_and(|p| p.online)
+    })
+    .await;
+    let pb = a.session.netmap().peer(b.node_id).unwrap();
+    assert_eq!(pb.endpoints, vec!["192.0.2.10:51820".parse().unwrap()]);
+    // An endpoint change reaches the peer.
+    b.session
+        .set_endpoints(vec!["198.51.100.7:4000".parse().unwrap()])
+        .await
+        .unwrap();
+    wait_for(&mut a.session, Duration::from_secs(2), |s| {
+        s.netmap().peer(b.node_id).unwrap().endpoints == vec!["198.51.100.7:4000".parse().unwrap()]
+    })
+    .await;
+    // Going offline reaches the peer too.
+    b.session.close();
+    wait_for(&mut a.session, Duration::from_secs(2), |s| {
+        !s.netmap().peer(b.node_id).unwrap().online
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_with_key_proof_resumes_without_token() {
+    let h = Harness::start().await;
+    let token = h.token(Some(2)).await;
+    let (ka, a) = join(&token, "a").await;
+    let (_kb, _b) = join(&token, "b").await;
+    let info = a.coordinator.clone();
+    let (id, subnet) = (a.node_id, a.subnet);
+    let mut session = a.session;
+    wait_for(&mut session, Duration::from_secs(2), |s| {
+        s.netmap().len() == 1
+    })
+    .await;
+    let cached = session.into_netmap();
+    let v = cached.version();
+    let client = ControlClient::new().unwrap();
+    let again = client
+        .connect(&info, &ka, vec![], Some(cached))
+        .await
+        .unwrap();
+    assert_eq!(again.welcome().node_id, id);
+    assert_eq!(again.welcome().subnet, subnet);
+    assert_eq!(again.netmap().len(), 1);
+    assert!(again.netmap().version() >= v);
+    // Without a cache: a full snapshot.
+    let fresh = client.connect(&info, &ka, vec![], None).await.unwrap();
+    assert_eq!(fresh.netmap().len(), 1);
+    assert_eq!(h.nodes().await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_pin_stops_the_join() {
+    let h = Harness::start().await;
+    let token = h.token(Some(1)).await;
+    let mut t: JoinToken = token.parse().unwrap();
+    t.pin[0] ^= 1;
+    let err = ControlClient::new()
+        .unwrap()
+        .join(&t.encode(), &key(), "x", vec![])
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, ControlError::IdentityMismatch { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("coordinator identity does not match the token"),
+        "{err}"
+    );
+    assert!(h.nodes().await.is_empty());
+    // The real token still works: the failed attempt did not use it.
+    join(&token, "x").await;
+}
+
+async fn join_err(token: &str) -> ControlError {
+    ControlClient::new()
+        .unwrap()
+        .join(token, &key(), "h", vec![])
+        .await
+        .err()
+        .expect("join should fail")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_fail_distinctly_and_create_no_node() {
+    let h = Harness::start().await;
+    let coord = h.coord();
+
+    let expired = coord
+        .create_token(Some(1), Some(Duration::ZERO), vec![])
+        .await
+        .unwrap();
+    let e = join_err(&expired).await;
+    assert_eq!(e.code(), Some(ErrorCode::TokenExpired), "{e}");
+    assert!(
+        e.to_string().contains("expired at") && e.to_string().contains("weft token create"),
+        "{e}"
+    );
+
+    let revoked = h.token(Some(1)).await;
+    let id = revoked.parse::<JoinToken>().unwrap().id;
+    h.admin(AdminCommand::TokenRevoke { id }).await.unwrap();
+    let e = join_err(&revoked).await;
+    assert_eq!(e.code(), Some(ErrorCode::TokenRevoked), "{e}");
+    assert!(e.to_string().contains("revoked"), "{e}");
+
+    let forged = {
+        let mut t: JoinToken = h.token(Some(1)).await.parse().unwrap();
+        t.secret[5] ^= 0x40;
+        t.encode()
+    };
+    let e = join_err(&forged).await;
+    assert_eq!(e.code(), Some(ErrorCode::TokenInvalid), "{e}");
+    let unknown = {
+        let mut t: JoinToken = h.token(Some(1)).await.parse().unwrap();
+        t.id = "00000000deadbeef".into();
+        t.encode()
+    };
+    assert_eq!(
+        join_err(&unknown).await.code(),
+        Some(ErrorCode::TokenInvalid)
+    );
+
+    assert!(
+        h.nodes().await.is_empty(),
+        "no failed join may create a node"
+    );
+
+    let single = h.token(Some(1)).await;
+    join(&single, "first").await;
+    let e = join_err(&single).await;
+    assert_eq!(e.code(), Some(ErrorCode::TokenUsedUp), "{e}");
+    assert!(e.to_string().contains("used up"), "{e}");
+    assert_eq!(h.nodes().await.len(), 1);
+
+    // A damaged token string is caught before any network use.
+    assert!(matches!(
+        join_err("weft1.@@@").await,
+        ControlError::Token(_)
+    ));
+    // The listing never shows a secret and reflects the states.
+    let AdminReply::Tokens(tokens) = h.admin(AdminCommand::TokenList).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(tokens.len(), 5);
+    assert_eq!(tokens.iter().filter(|t| t.revoked).count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_joins_on_a_single_use_token_make_one_node() {
+    let h = Harness::start().await;
+    let token = Arc::new(h.token(Some(1)).await);
+    let client = ControlClient::new().unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let token = token.clone();
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .join(&token, &key(), &format!("racer-{i}"), vec![])
+                .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::TokenUsedUp), "{e}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(h.nodes().await.len(), 1);
+}
+
+/// A hand-built client that claims `claimed` as its key but can only prove
+/// possession of `actual`.
+async fn resume_claiming(
+    h: &Harness,
+    claimed: WgPublicKey,
+    actual: &x25519_dalek::StaticSecret,
+) -> ServerMsg {
+    let info = {
+        let t: JoinToken = h.token(Some(1)).await.parse().unwrap();
+        CoordinatorInfo::from(&t)
+    };
+    let (tls, _) = weft_proto::tls::pinned_client_config(info.pin).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(
+            quinn::ClientConfig::new(Arc::new(crypto)),
+            h.addr,
+            weft_proto::SERVER_NAME,
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut exporter = [0u8; 32];
+    conn.export_keying_material(&mut exporter, weft_proto::auth::EXPORTER_LABEL, &claimed.0)
+        .unwrap();
+    let dh = actual.diffie_hellman(&PublicKey::from(info.coordinator_key));
+    let proof = weft_proto::auth::key_proof(dh.as_bytes(), &exporter, &claimed.0);
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        request: HelloRequest::Resume(ResumeRequest {
+            public_key: claimed,
+            proof,
+            endpoints: vec![],
+            have_epoch: 0,
+            have_version: 0,
+        }),
+    };
+    send.write_all(&codec::encode(&hello).unwrap())
+        .await
+        .unwrap();
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await.unwrap();
+    let mut body = vec![0u8; codec::frame_len(header).unwrap()];
+    recv.read_exact(&mut body).await.unwrap();
+    codec::decode(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_nodes_public_key_does_not_authenticate() {
+    let h = Harness::start().await;
+    let token = h.token(Some(1)).await;
+    let (victim_key, victim) = join(&token, "victim").await;
+    let victim_pub = WgPublicKey(PublicKey::from(&victim_key).to_bytes());
+    match resume_claiming(&h, victim_pub, &key()).await {
+        ServerMsg::Error(e) => assert_eq!(e.code, ErrorCode::ProofFailed, "{}", e.message),
+        other => panic!("impersonation accepted: {other:?}"),
+    }
+    // The real holder of the key is accepted by the same hand-built client.
+    match resume_claiming(&h, victim_pub, &victim_key).await {
+        ServerMsg::Welcome(w) => assert_eq!(w.node_id, victim.node_id),
+        other => panic!("{other:?}"),
+    }
+    // A key that never joined, proven correctly, is not registered.
+    let stranger = key();
+    let stranger_pub = WgPublicKey(PublicKey::from(&stranger).to_bytes());
+    match resume_claiming(&h, stranger_pub, &stranger).await {
+        ServerMsg::Error(e) => assert_eq!(e.code, ErrorCode::NotRegistered),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_removal_reaches_peers_and_locks_the_node_out() {
+    let h = Harness::start().await;
+    let token = h.token(None).await;
+    let (_ka, mut a) = join(&token, "a").await;
+    let (kb, mut b) = join(&token, "b").await;
+    wait_for(&mut a.session, Duration::from_secs(2), |s| {
+        s.netmap().len() == 1
+    })
+    .await;
+    let started = Instant::now();
+    let reply = h
+        .admin(AdminCommand::NodeRemove { node: "b".into() })
+        .await
+        .unwrap();
+    assert!(matches!(reply, AdminReply::NodeRemoved { id, .. } if id == b.node_id));
+    wait_for(&mut a.session, Duration::from_secs(1), |s| {
+        s.netmap().is_empty()
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // The removed node's session ends with a clear reason...
+    let err = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Err(e) = b.session.next_change().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(matches!(err, ControlError::Removed), "{err}");
+    // ...and it cannot reconnect.
+    let e = ControlClient::new()
+        .unwrap()
+        .connect(&b.coordinator, &kb, vec![], None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.code(), Some(ErrorCode::NotRegistered), "{e}");
+    assert!(e.to_string().contains("join again"), "{e}");
+    // Its subnet is free again and no one else holds it; removing it twice fails clearly.
+    assert_eq!(h.nodes().await.len(), 1);
+    let again = h
+        .admin(AdminCommand::NodeRemove { node: "b".into() })
+        .await
+        .err()
+        .unwrap();
+    assert!(again.to_string().contains("weft node list"), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_nodes_subnets_and_tokens() {
+    let mut h = Harness::start().await;
+    let reusable = h.token(None).await;
+    let unused = h.token(Some(1)).await;
+    let (ka, a) = join(&reusable, "a").await;
+    let (_kb, b) = join(&reusable, "b").await;
+    let before = h.nodes().await;
+    let pin = h.coord().pin();
+    drop(a.session);
+    drop(b.session);
+    h.restart().await;
+    assert_eq!(h.coord().pin(), pin, "identity must survive restarts");
+    let after = h.nodes().await;
+    let strip = |v: &[weft_proto::msg::NodeInfo]| {
+        v.iter()
+            .map(|n| (n.id, n.name.clone(), n.subnet, n.public_key))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&before), strip(&after));
+    // Reconnect by key proof after the restart.
+    let s = ControlClient::new()
+        .unwrap()
+        .connect(&a.coordinator, &ka, vec![], None)
+        .await
+        .unwrap();
+    assert_eq!(s.welcome().subnet, a.subnet);
+    // Both tokens still work, and new subnets do not collide.
+    let (_kc, c) = join(&reusable, "c").await;
+    let (_kd, d) = join(&unused, "d").await;
+    let subnets: HashSet<_> = [a.subnet, b.subnet, c.subnet, d.subnet]
+        .into_iter()
+        .collect();
+    assert_eq!(subnets.len(), 4);
+    assert_eq!(join_err(&unused).await.code(), Some(ErrorCode::TokenUsedUp));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_pool_is_a_clear_join_error_and_removal_frees_a_subnet() {
+    let h = Harness::start_with(|c| {
+        c.pool = "10.9.0.0/29".parse().unwrap();
+        c.subnet_prefix = 30;
+    })
+    .await;
+    let token = h.token(None).await;
+    let (_k1, n1) = join(&token, "one").await;
+    let (_k2, _n2) = join(&token, "two").await;
+    let e = join_err(&token).await;
+    assert_eq!(e.code(), Some(ErrorCode::PoolExhausted), "{e}");
+    assert!(e.to_string().contains("exhausted"), "{e}");
+    assert_eq!(h.nodes().await.len(), 2);
+    h.admin(AdminCommand::NodeRemove {
+        node: n1.node_id.to_string(),
+    })
+    .await
+    .unwrap();
+    let (_k3, n3) = join(&token, "three").await;
+    assert_eq!(n3.subnet, n1.subnet);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_needs_the_credential_and_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::start().await;
+    let path = h.admin_path();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mut cred = weft_coordinator::admin::AdminCredential::load(&path).unwrap();
+    cred.secret = "00".repeat(32);
+    let e = cred.request(AdminCommand::NodeList).await.err().unwrap();
+    assert!(
+        e.to_string().contains("admin credential was refused"),
+        "{e}"
+    );
+    let mut cred = weft_coordinator::admin::AdminCredential::load(&path).unwrap();
+    cred.pin = "11".repeat(32);
+    let e = cred.request(AdminCommand::NodeList).await.err().unwrap();
+    assert!(
+        e.to_string()
+            .contains("coordinator identity does not match"),
+        "{e}"
+    );
+    // Nothing in the state dir or the admin file holds a token secret.
+    let token: JoinToken = h.token(Some(1)).await.parse().unwrap();
+    let needle = hex::encode(token.secret);
+    for entry in std::fs::read_dir(&h.config.state_dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!bytes.windows(32).any(|w| w == token.secret));
+        assert!(!String::from_utf8_lossy(&bytes).contains(&needle));
+    }
+}

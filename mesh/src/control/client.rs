@@ -1,0 +1,363 @@
+//! The I/O shell of the control client: QUIC connection, handshake, frames.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use weft_proto::auth::{key_proof, EXPORTER_LABEL};
+use weft_proto::msg::{
+    ClientMsg, Hello, HelloRequest, JoinRequest, ResumeRequest, ServerMsg, Welcome, CLOSE_REMOVED,
+};
+use weft_proto::token::JoinToken;
+use weft_proto::{codec, HostSubnet, Netmap, NetmapChange, NodeId, WgPublicKey, PROTOCOL_VERSION};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use super::ControlError;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a host keeps to reconnect to its coordinator without a token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatorInfo {
+    /// `host:port`, tried in order.
+    pub addrs: Vec<String>,
+    /// SHA-256 of the coordinator's TLS SubjectPublicKeyInfo.
+    pub pin: [u8; 32],
+    /// The coordinator's x25519 public key.
+    pub coordinator_key: [u8; 32],
+}
+
+impl From<&JoinToken> for CoordinatorInfo {
+    fn from(t: &JoinToken) -> Self {
+        Self {
+            addrs: t.addrs.clone(),
+            pin: t.pin,
+            coordinator_key: t.coordinator_key,
+        }
+    }
+}
+
+/// The result of a successful join.
+pub struct JoinOutcome {
+    pub node_id: NodeId,
+    pub name: String,
+    pub subnet: HostSubnet,
+    /// The cluster pool (route it into the mesh).
+    pub pool: HostSubnet,
+    pub tags: Vec<String>,
+    /// Store this (and the private key) to reconnect.
+    pub coordinator: CoordinatorInfo,
+    /// The live session, holding the first netmap.
+    pub session: Session,
+}
+
+/// A QUIC endpoint for talking to coordinators. One can carry many sessions
+/// (the benchmark runs thousands of hosts over a few).
+#[derive(Clone)]
+pub struct ControlClient {
+    endpoint: quinn::Endpoint,
+}
+
+impl ControlClient {
+    /// A client on an ephemeral IPv4 UDP port.
+    pub fn new() -> Result<Self, ControlError> {
+        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+            .map_err(|e| ControlError::Connection(format!("cannot open a UDP socket: {e}")))?;
+        Ok(Self { endpoint })
+    }
+
+    /// A client over an existing quinn endpoint.
+    pub fn with_endpoint(endpoint: quinn::Endpoint) -> Self {
+        Self { endpoint }
+    }
+
+    /// Joins the coordinator named in `token` as a new node.
+    pub async fn join(
+        &self,
+        token: &str,
+        key: &StaticSecret,
+        hostname: &str,
+        endpoints: Vec<SocketAddr>,
+    ) -> Result<JoinOutcome, ControlError> {
+        let token: JoinToken = token.parse()?;
+        let info = CoordinatorInfo::from(&token);
+        let public = WgPublicKey(PublicKey::from(key).to_bytes());
+        let session = self
+            .open(&info, key, Netmap::new(), |proof| {
+                HelloRequest::Join(JoinRequest {
+                    token_id: token.id.clone(),
+                    token_secret: token.secret,
+                    public_key: public,
+                    proof,
+                    hostname: hostname.to_string(),
+                    endpoints,
+                })
+            })
+            .await?;
+        let w = session.welcome().clone();
+        Ok(JoinOutcome {
+            node_id: w.node_id,
+            name: w.name,
+            subnet: w.subnet,
+            pool: w.pool,
+            tags: w.tags,
+            coordinator: info,
+            session,
+        })
+    }
+
+    /// Reconnects a registered node. With a cached netmap the coordinator
+    /// sends only what changed since it, when it still can.
+    pub async fn connect(
+        &self,
+        info: &CoordinatorInfo,
+        key: &StaticSecret,
+        endpoints: Vec<SocketAddr>,
+        cached: Option<Netmap>,
+    ) -> Result<Session, ControlError> {
+        let public = WgPublicKey(PublicKey::from(key).to_bytes());
+        let netmap = cached.unwrap_or_default();
+        let (have_epoch, have_version) = (netmap.epoch(), netmap.version());
+        self.open(info, key, netmap, |proof| {
+            HelloRequest::Resume(ResumeRequest {
+                public_key: public,
+                proof,
+                endpoints,
+                have_epoch,
+                have_version,
+            })
+        })
+        .await
+    }
+
+    async fn dial(&self, info: &CoordinatorInfo) -> Result<quinn::Connection, ControlError> {
+        let (tls, outcome) = weft_proto::tls::pinned_client_config(info.pin)
+            .map_err(|e| ControlError::Protocol(e.to_string()))?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| ControlError::Protocol(e.to_string()))?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(Duration::from_secs(10)))
+            .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+                30_000,
+            ))))
+            .stream_receive_window(quinn::VarInt::from_u32(256 * 1024))
+            .receive_window(quinn::VarInt::from_u32(512 * 1024))
+            .send_window(64 * 1024)
+            .max_concurrent_bidi_streams(0u32.into())
+            .max_concurrent_uni_streams(0u32.into())
+            .datagram_receive_buffer_size(None);
+        cfg.transport_config(Arc::new(transport));
+        let all = info.addrs.join(", ");
+        let mut last = String::from("the token names no address");
+        for addr in &info.addrs {
+            let resolved = match tokio::net::lookup_host(addr.as_str()).await {
+                Ok(mut it) => it.find(|a| a.is_ipv4()),
+                Err(e) => {
+                    last = format!("{addr}: {e}");
+                    continue;
+                }
+            };
+            let Some(sa) = resolved else {
+                last = format!("{addr}: no IPv4 address");
+                continue;
+            };
+            let connecting =
+                match self
+                    .endpoint
+                    .connect_with(cfg.clone(), sa, weft_proto::SERVER_NAME)
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last = format!("{addr}: {e}");
+                        continue;
+                    }
+                };
+            match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) => {
+                    if let Some(presented) = outcome.mismatched_pin() {
+                        return Err(ControlError::IdentityMismatch {
+                            addr: addr.clone(),
+                            expected: hex::encode(info.pin),
+                            presented: hex::encode(presented),
+                        });
+                    }
+                    last = format!("{addr}: {e}");
+                }
+                Err(_) => last = format!("{addr}: no answer within {CONNECT_TIMEOUT:?}"),
+            }
+        }
+        Err(ControlError::Unreachable {
+            addrs: all,
+            reason: last,
+        })
+    }
+
+    async fn open(
+        &self,
+        info: &CoordinatorInfo,
+        key: &StaticSecret,
+        netmap: Netmap,
+        request: impl FnOnce([u8; 32]) -> HelloRequest,
+    ) -> Result<Session, ControlError> {
+        let conn = self.dial(info).await?;
+        let lost = |e: &dyn std::fmt::Display| ControlError::Connection(e.to_string());
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+        let public = PublicKey::from(key).to_bytes();
+        let mut exporter = [0u8; 32];
+        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, &public)
+            .map_err(|_| ControlError::Protocol("TLS exporter unavailable".into()))?;
+        let shared = key.diffie_hellman(&PublicKey::from(info.coordinator_key));
+        let proof = key_proof(shared.as_bytes(), &exporter, &public);
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            request: request(proof),
+        };
+        let frame = codec::encode(&hello).map_err(|e| ControlError::Protocol(e.to_string()))?;
+        send.write_all(&frame).await.map_err(|e| lost(&e))?;
+        let welcome = match read_msg(&conn, &mut recv).await? {
+            ServerMsg::Welcome(w) => w,
+            ServerMsg::Error(e) => {
+                conn.close(0u32.into(), b"refused");
+                return Err(ControlError::Refused {
+                    code: e.code,
+                    message: e.message,
+                });
+            }
+            other => {
+                return Err(ControlError::Protocol(format!(
+                    "expected a welcome, got {other:?}"
+                )))
+            }
+        };
+        let mut session = Session {
+            conn,
+            send: Arc::new(Mutex::new(send)),
+            recv,
+            welcome,
+            netmap,
+        };
+        session.next_change().await?;
+        Ok(session)
+    }
+}
+
+async fn read_msg(
+    conn: &quinn::Connection,
+    recv: &mut quinn::RecvStream,
+) -> Result<ServerMsg, ControlError> {
+    let mut header = [0u8; codec::HEADER_LEN];
+    if let Err(e) = recv.read_exact(&mut header).await {
+        return Err(closed(conn, &e));
+    }
+    let len = codec::frame_len(header).map_err(|e| ControlError::Protocol(e.to_string()))?;
+    let mut body = vec![0u8; len];
+    if let Err(e) = recv.read_exact(&mut body).await {
+        return Err(closed(conn, &e));
+    }
+    codec::decode(&body).map_err(|e| ControlError::Protocol(e.to_string()))
+}
+
+fn closed(conn: &quinn::Connection, e: &dyn std::fmt::Display) -> ControlError {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(c))
+            if c.error_code == quinn::VarInt::from_u32(CLOSE_REMOVED) =>
+        {
+            ControlError::Removed
+        }
+        Some(reason) => ControlError::Connection(reason.to_string()),
+        None => ControlError::Connection(e.to_string()),
+    }
+}
+
+/// One live control session: the netmap and the stream of its updates.
+pub struct Session {
+    conn: quinn::Connection,
+    send: Arc<Mutex<quinn::SendStream>>,
+    recv: quinn::RecvStream,
+    welcome: Welcome,
+    netmap: Netmap,
+}
+
+impl Session {
+    /// This node's registration.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// The netmap as of the last complete update.
+    pub fn netmap(&self) -> &Netmap {
+        &self.netmap
+    }
+
+    /// Ends the session and keeps the netmap (to resume from later).
+    pub fn into_netmap(self) -> Netmap {
+        self.close();
+        self.netmap
+    }
+
+    /// Waits for the next complete netmap update and applies it. An error
+    /// ends the session: reconnect (with [`ControlClient::connect`]).
+    pub async fn next_change(&mut self) -> Result<NetmapChange, ControlError> {
+        loop {
+            match read_msg(&self.conn, &mut self.recv).await? {
+                ServerMsg::Netmap(update) => match self.netmap.apply(update) {
+                    Ok(Some(change)) => return Ok(change),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        // Start over from a full snapshot on reconnect.
+                        self.netmap = Netmap::new();
+                        return Err(ControlError::Protocol(e.to_string()));
+                    }
+                },
+                ServerMsg::Error(e) => {
+                    return Err(ControlError::Refused {
+                        code: e.code,
+                        message: e.message,
+                    })
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// A handle to report endpoint changes while another task reads.
+    pub fn updater(&self) -> EndpointUpdater {
+        EndpointUpdater {
+            send: self.send.clone(),
+        }
+    }
+
+    /// Reports this host's current WireGuard endpoints.
+    pub async fn set_endpoints(&self, endpoints: Vec<SocketAddr>) -> Result<(), ControlError> {
+        self.updater().set_endpoints(endpoints).await
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+    }
+}
+
+/// Sends endpoint changes on a session.
+#[derive(Clone)]
+pub struct EndpointUpdater {
+    send: Arc<Mutex<quinn::SendStream>>,
+}
+
+impl EndpointUpdater {
+    pub async fn set_endpoints(&self, endpoints: Vec<SocketAddr>) -> Result<(), ControlError> {
+        let frame = codec::encode(&ClientMsg::SetEndpoints { endpoints })
+            .map_err(|e| ControlError::Protocol(e.to_string()))?;
+        self.send
+            .lock()
+            .await
+            .write_all(&frame)
+            .await
+            .map_err(|e| ControlError::Connection(e.to_string()))
+    }
+}

@@ -1,0 +1,19 @@
+//! The control client: joins a coordinator, proves its key, receives netmaps.
+//!
+//! [`ControlClient::join`] registers a new host with a join token;
+//! [`ControlClient::connect`] reconnects a registered host with no token, by
+//! proving possession of its WireGuard private key over this TLS session.
+//! Both return a [`Session`] that already holds the first netmap; the agent
+//! then calls [`Session::next_change`] in a loop. Netmap folding is the pure
+//! reducer [`weft_proto::Netmap::apply`]; this module only moves bytes.
+//!
+//! What a host must keep to reconnect later is [`CoordinatorInfo`] (from the
+//! token) plus its own private key.
+
+mod client;
+mod error;
+
+pub use client::{ControlClient, CoordinatorInfo, EndpointUpdater, JoinOutcome, Session};
+pub use error::ControlError;
+pub use weft_proto::msg::{ErrorCode, Welcome};
+pub use weft_proto::{Netmap, NetmapChange};

@@ -1,0 +1,38 @@
+//! Wire types shared by the weft host agent and the coordinator.
+//!
+//! This crate is free of I/O: no tokio, no sockets. Both sides import it.
+//!
+//! Messages travel as length-delimited frames ([`codec`]) on QUIC streams.
+//! The payload is MessagePack with named fields, so a field added later
+//! (always with `#[serde(default)]`) is ignored by older readers and
+//! defaulted by newer ones.
+//!
+//! # Protocol changes
+//!
+//! Every change to a message gets a dated line here.
+//!
+//! - 2026-11-27, version 1: join, key-proof resume, netmap snapshot and
+//!   deltas, admin commands for tokens and nodes.
+
+pub mod auth;
+pub mod codec;
+pub mod msg;
+pub mod netmap;
+#[cfg(feature = "tls")]
+pub mod tls;
+pub mod token;
+pub mod types;
+
+/// The protocol version both sides put in their first message. A peer with a
+/// different version is refused with [`msg::ErrorCode::VersionMismatch`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The ALPN protocol id of the coordinator's QUIC endpoint.
+pub const ALPN: &[u8] = b"weft/1";
+
+/// The TLS server name clients ask for. Identity is checked by the key pin,
+/// not by this name.
+pub const SERVER_NAME: &str = "weft-coordinator";
+
+pub use netmap::{Netmap, NetmapChange, NetmapError, NetmapUpdate};
+pub use types::{HostSubnet, NodeId, Peer, WgPublicKey};

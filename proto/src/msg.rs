@@ -1,0 +1,218 @@
+//! Messages between a host (or an admin tool) and the coordinator.
+//!
+//! Every QUIC connection opens one bidirectional stream and sends a
+//! [`Hello`] first. For a host the stream then stays open as its session:
+//! the coordinator answers [`ServerMsg::Welcome`] and streams
+//! [`ServerMsg::Netmap`] updates; the host sends [`ClientMsg`]s. An admin
+//! request gets one [`ServerMsg::Admin`] reply and the stream ends. Any
+//! refusal is one [`ServerMsg::Error`].
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::netmap::NetmapUpdate;
+use crate::types::{HostSubnet, NodeId, WgPublicKey};
+
+/// QUIC application close code: an admin removed the node.
+pub const CLOSE_REMOVED: u32 = 0x10;
+/// QUIC application close code: a newer session of the same node replaced
+/// this one.
+pub const CLOSE_REPLACED: u32 = 0x11;
+
+/// The first message on a connection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u32,
+    pub request: HelloRequest,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum HelloRequest {
+    Join(JoinRequest),
+    Resume(ResumeRequest),
+    Admin(AdminRequest),
+}
+
+/// A new host joining with a token. The key proof shows the host holds the
+/// private key of `public_key` (see [`crate::auth`]).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token_id: String,
+    #[serde(with = "crate::types::bytes32")]
+    pub token_secret: [u8; 32],
+    pub public_key: WgPublicKey,
+    #[serde(with = "crate::types::bytes32")]
+    pub proof: [u8; 32],
+    pub hostname: String,
+    #[serde(default)]
+    pub endpoints: Vec<SocketAddr>,
+}
+
+impl std::fmt::Debug for JoinRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinRequest")
+            .field("token_id", &self.token_id)
+            .field("public_key", &self.public_key)
+            .field("hostname", &self.hostname)
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A registered host reconnecting. Identity comes from the proof alone.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResumeRequest {
+    pub public_key: WgPublicKey,
+    #[serde(with = "crate::types::bytes32")]
+    pub proof: [u8; 32],
+    #[serde(default)]
+    pub endpoints: Vec<SocketAddr>,
+    /// The netmap the host already has, to resume with a delta.
+    #[serde(default)]
+    pub have_epoch: u64,
+    #[serde(default)]
+    pub have_version: u64,
+}
+
+/// Sent by a host on its session stream after the welcome.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ClientMsg {
+    /// The host's WireGuard endpoints changed.
+    SetEndpoints { endpoints: Vec<SocketAddr> },
+}
+
+/// Sent by the coordinator.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ServerMsg {
+    Welcome(Welcome),
+    Netmap(NetmapUpdate),
+    Admin(AdminReply),
+    Error(ErrorReply),
+}
+
+/// The host's own registration, sent at the start of every session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub node_id: NodeId,
+    pub name: String,
+    pub subnet: HostSubnet,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The pool all host subnets come from (the mesh routes it).
+    pub pool: HostSubnet,
+}
+
+/// A refusal, with a message that says what to do next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    VersionMismatch,
+    /// Unknown token id or wrong secret.
+    TokenInvalid,
+    TokenExpired,
+    TokenRevoked,
+    TokenUsedUp,
+    PoolExhausted,
+    /// The WireGuard key is already registered to a node.
+    KeyInUse,
+    /// No node holds this key (never joined, or removed).
+    NotRegistered,
+    /// The key proof did not verify.
+    ProofFailed,
+    AdminDenied,
+    NotFound,
+    BadRequest,
+    Internal,
+    /// An error code from a newer coordinator.
+    #[serde(other)]
+    Unknown,
+}
+
+/// An admin request, authenticated by the admin secret.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AdminRequest {
+    #[serde(with = "crate::types::bytes32")]
+    pub secret: [u8; 32],
+    pub command: AdminCommand,
+}
+
+impl std::fmt::Debug for AdminRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminRequest")
+            .field("command", &self.command)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AdminCommand {
+    TokenCreate {
+        /// How many joins the token allows; `None` for unlimited.
+        uses: Option<u32>,
+        /// Seconds from now until the token expires; `None` for never.
+        expires_in_secs: Option<u64>,
+        #[serde(default)]
+        tags: Vec<String>,
+    },
+    TokenList,
+    TokenRevoke {
+        id: String,
+    },
+    NodeList,
+    /// Remove a node by id or by name.
+    NodeRemove {
+        node: String,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AdminReply {
+    TokenCreated { token: String, info: TokenInfo },
+    Tokens(Vec<TokenInfo>),
+    TokenRevoked { id: String },
+    Nodes(Vec<NodeInfo>),
+    NodeRemoved { id: NodeId, name: String },
+}
+
+/// A token as `weft token list` shows it (never the secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    /// Joins left; `None` for unlimited.
+    pub uses_left: Option<u32>,
+    pub used: u32,
+    /// Unix seconds.
+    pub created_at: u64,
+    pub expires_at: Option<u64>,
+    pub revoked: bool,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// A node as `weft node list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub name: String,
+    pub public_key: WgPublicKey,
+    pub subnet: HostSubnet,
+    #[serde(default)]
+    pub endpoints: Vec<SocketAddr>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub online: bool,
+    /// Unix seconds.
+    pub created_at: u64,
+}
