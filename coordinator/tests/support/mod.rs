@@ -22,6 +22,7 @@ use x25519_dalek::StaticSecret;
 #[allow(unused_imports)]
 pub mod control;
 
+#[allow(unused_imports)]
 pub use control::{ControlClient, ControlError, CoordinatorInfo, ErrorCode, JoinOutcome, Session};
 
 pub struct Harness {
