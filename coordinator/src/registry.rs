@@ -46,6 +46,7 @@ pub struct Registry {
     version: u64,
     nodes: HashMap<NodeId, Entry>,
     by_key: HashMap<WgPublicKey, NodeId>,
+    by_name: HashMap<String, NodeId>,
     log: VecDeque<(u64, NodeId)>,
     log_capacity: usize,
     /// Deltas can be computed from any version >= this.
@@ -63,6 +64,7 @@ impl Registry {
             version: 1,
             nodes: HashMap::new(),
             by_key: HashMap::new(),
+            by_name: HashMap::new(),
             log: VecDeque::new(),
             log_capacity: log_capacity.max(1),
             log_floor: 1,
@@ -98,10 +100,7 @@ impl Registry {
     }
 
     pub fn by_name(&self, name: &str) -> Option<NodeId> {
-        self.nodes
-            .values()
-            .find(|e| e.peer.name == name)
-            .map(|e| e.peer.id)
+        self.by_name.get(name).copied()
     }
 
     pub fn name_taken(&self, name: &str) -> bool {
@@ -125,6 +124,7 @@ impl Registry {
     /// Adds a node loaded at start: no change is logged.
     pub fn load(&mut self, peer: Peer, created_at: u64) {
         self.by_key.insert(peer.public_key, peer.id);
+        self.by_name.insert(peer.name.clone(), peer.id);
         self.nodes.insert(
             peer.id,
             Entry {
@@ -143,6 +143,9 @@ impl Registry {
     pub fn remove(&mut self, id: NodeId) -> Option<Arc<Peer>> {
         let entry = self.nodes.remove(&id)?;
         self.by_key.remove(&entry.peer.public_key);
+        if self.by_name.get(&entry.peer.name) == Some(&id) {
+            self.by_name.remove(&entry.peer.name);
+        }
         self.touch(id);
         Some(entry.peer)
     }

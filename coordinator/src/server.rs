@@ -37,6 +37,8 @@ pub use weft_proto::msg::{CLOSE_REMOVED, CLOSE_REPLACED};
 /// Peers per netmap frame.
 const PEERS_PER_CHUNK: usize = 256;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest the coalescer waits, however many sessions there are.
+const MAX_COALESCE: Duration = Duration::from_millis(50);
 
 struct Shared {
     epoch: u64,
@@ -299,16 +301,21 @@ fn server_config(identity: &state::Identity) -> Result<quinn::ServerConfig, Coor
         ))))
         .stream_receive_window(quinn::VarInt::from_u32(64 * 1024))
         .receive_window(quinn::VarInt::from_u32(128 * 1024))
-        .send_window(256 * 1024)
+        .send_window(96 * 1024)
         .datagram_receive_buffer_size(None);
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
 
+/// Gathers changes for `window`, then publishes the version to every
+/// session. With many sessions the window grows (to at most 50 ms) so a burst
+/// of changes, such as a join storm, costs each host fewer messages.
 async fn coalesce(shared: Arc<Shared>, window: Duration) {
     loop {
         shared.changed.notified().await;
-        tokio::time::sleep(window).await;
+        let sessions = shared.sessions().len() as u64;
+        let scaled = window.max(Duration::from_micros(sessions * 10));
+        tokio::time::sleep(scaled.min(MAX_COALESCE.max(window))).await;
         let v = shared.read().version();
         shared.published.send_replace(v);
     }
@@ -577,6 +584,15 @@ async fn session(
             CLOSE_REPLACED.into(),
             b"replaced by a newer session of this node",
         );
+    }
+    // The node may have been removed while this session was starting.
+    if shared.read().get(id).is_none() {
+        conn.close(CLOSE_REMOVED.into(), b"node removed by an admin");
+        let mut sessions = shared.sessions();
+        if sessions.get(&id).is_some_and(|(s, _)| *s == sid) {
+            sessions.remove(&id);
+        }
+        return Ok(());
     }
     // Subscribe before going online so our own change is not missed.
     let mut published = shared.published.subscribe();

@@ -52,7 +52,9 @@ impl FromStr for WgPublicKey {
 /// containers. The host uses the first address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct HostSubnet {
+    #[serde(rename = "a")]
     pub addr: Ipv4Addr,
+    #[serde(rename = "p")]
     pub prefix_len: u8,
 }
 
@@ -77,19 +79,26 @@ impl fmt::Display for HostSubnet {
 }
 
 /// One other host as the netmap describes it.
+///
+/// Every host receives every peer, so the wire names are one letter: this
+/// record is most of the coordinator's traffic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
+    #[serde(rename = "i")]
     pub id: NodeId,
+    #[serde(rename = "n")]
     pub name: String,
+    #[serde(rename = "k")]
     pub public_key: WgPublicKey,
+    #[serde(rename = "s")]
     pub subnet: HostSubnet,
     /// UDP endpoints where the peer's WireGuard socket may be reached.
-    #[serde(default)]
+    #[serde(rename = "e", default)]
     pub endpoints: Vec<SocketAddr>,
-    #[serde(default)]
+    #[serde(rename = "t", default)]
     pub tags: Vec<String>,
     /// Whether the peer holds a control connection to the coordinator now.
-    #[serde(default)]
+    #[serde(rename = "o", default)]
     pub online: bool,
 }
 
