@@ -426,3 +426,36 @@ async fn admin_needs_the_credential_and_files_are_private() {
         assert!(!String::from_utf8_lossy(&bytes).contains(&needle));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_netmaps_arrive_in_chunks_and_stay_consistent() {
+    let h = Harness::start().await;
+    let token = Arc::new(h.token(None).await);
+    let client = ControlClient::new().unwrap();
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = Vec::new();
+    // More peers than fit in one netmap frame (256).
+    for i in 0..300 {
+        let (token, client, sem) = (token.clone(), client.clone(), sem.clone());
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            let out = client
+                .join(&token, &key(), &format!("bulk-{i}"), vec![])
+                .await
+                .unwrap();
+            (out.node_id, out.subnet)
+        }));
+    }
+    let mut ids = HashSet::new();
+    let mut subnets = HashSet::new();
+    for t in tasks {
+        let (id, subnet) = t.await.unwrap();
+        ids.insert(id);
+        subnets.insert(subnet);
+    }
+    assert_eq!(subnets.len(), 300);
+    let (_k, late) = join(&token, "late").await;
+    let map = late.session.netmap();
+    assert_eq!(map.len(), 300);
+    assert!(map.peers().all(|p| ids.contains(&p.id)));
+}
