@@ -1,0 +1,57 @@
+//! `weft coordinator`: runs the coordinator in the foreground.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use weft_coordinator::{Config, Coordinator};
+
+#[derive(Args, Debug)]
+pub struct CoordinatorArgs {
+    /// UDP address to serve QUIC on.
+    #[arg(long, default_value = weft_coordinator::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Directory holding keys, certificate, database and admin credential.
+    #[arg(long, default_value = weft_coordinator::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// IPv4 pool host subnets are taken from.
+    #[arg(long, default_value = weft_coordinator::DEFAULT_POOL)]
+    pool: ipnet::Ipv4Net,
+    /// Prefix length of each host's subnet.
+    #[arg(long, default_value_t = weft_coordinator::DEFAULT_SUBNET_PREFIX)]
+    subnet_prefix: u8,
+    /// Address hosts use to reach this coordinator (HOST:PORT), put into join
+    /// tokens. Repeat for several.
+    #[arg(long = "advertise", value_name = "HOST:PORT")]
+    advertise: Vec<String>,
+    /// How long changes are gathered before they are pushed (milliseconds).
+    #[arg(long, default_value_t = 25, hide = true)]
+    coalesce_ms: u64,
+}
+
+pub fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let mut config = Config::new(args.state_dir, args.listen);
+        config.pool = args.pool;
+        config.subnet_prefix = args.subnet_prefix;
+        config.advertise = args.advertise;
+        config.coalesce = Duration::from_millis(args.coalesce_ms.min(50));
+        let coordinator = Coordinator::start(config).await?;
+        tracing::info!(
+            admin = %coordinator.admin_credential_path().display(),
+            "admin credential written; create a join token with `weft token create`"
+        );
+        coordinator
+            .run_until(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await;
+        Ok(())
+    })
+}

@@ -1,0 +1,48 @@
+//! `weft`: the one binary. Each subcommand lives in its own module.
+
+mod coordinator_cmd;
+mod node;
+mod token;
+mod wg;
+
+use clap::{Parser, Subcommand};
+
+/// weft: an encrypted WireGuard mesh for container clusters.
+#[derive(Parser)]
+#[command(name = "weft", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a bare userspace WireGuard interface in the foreground, configured with `wg`.
+    Wg(wg::WgArgs),
+    /// Run the coordinator: join tokens, node registry, address space, netmaps.
+    Coordinator(coordinator_cmd::CoordinatorArgs),
+    /// Create, list and revoke join tokens (needs the admin credential).
+    Token(token::TokenArgs),
+    /// List and remove nodes (needs the admin credential).
+    Node(node::NodeArgs),
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Wg(args) => wg::run(args),
+        Command::Coordinator(args) => coordinator_cmd::run(args),
+        Command::Token(args) => token::run(args),
+        Command::Node(args) => node::run(args),
+    }
+}
