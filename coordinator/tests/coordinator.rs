@@ -8,6 +8,7 @@
 mod support;
 
 use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -458,4 +459,39 @@ async fn large_netmaps_arrive_in_chunks_and_stay_consistent() {
     let map = late.session.netmap();
     assert_eq!(map.len(), 300);
     assert!(map.peers().all(|p| ids.contains(&p.id)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_changes_are_coalesced_for_a_host_that_reads_late() {
+    let h = Harness::start().await;
+    let token = h.token(None).await;
+    let (_ka, mut slow) = join(&token, "slow").await;
+    let (_kb, busy) = join(&token, "busy").await;
+    // 500 endpoint changes while `slow` reads nothing.
+    for port in 1..=500u16 {
+        busy.session
+            .set_endpoints(vec![
+                SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), port).into()
+            ])
+            .await
+            .unwrap();
+    }
+    let last: std::net::SocketAddr = "192.0.2.9:500".parse().unwrap();
+    let mut messages = 0;
+    while slow
+        .session
+        .netmap()
+        .peer(busy.node_id)
+        .is_none_or(|p| p.endpoints != vec![last])
+    {
+        tokio::time::timeout(Duration::from_secs(5), slow.session.next_change())
+            .await
+            .unwrap()
+            .unwrap();
+        messages += 1;
+    }
+    assert!(
+        messages < 50,
+        "{messages} updates for 500 changes: not coalesced"
+    );
 }
