@@ -80,9 +80,14 @@ async fn reconnect_with_key_proof_resumes_without_token() {
     assert_eq!(again.welcome().subnet, subnet);
     assert_eq!(again.netmap().len(), 1);
     assert!(again.netmap().version() >= v);
+    assert!(
+        again.resumed(),
+        "a reconnect with a current cache must get a delta"
+    );
     // Without a cache: a full snapshot.
     let fresh = client.connect(&info, &ka, vec![], None).await.unwrap();
     assert_eq!(fresh.netmap().len(), 1);
+    assert!(!fresh.resumed());
     assert_eq!(h.nodes().await.len(), 2);
 }
 
@@ -345,7 +350,12 @@ async fn restart_keeps_nodes_subnets_and_tokens() {
     let (_kb, b) = join(&reusable, "b").await;
     let before = h.nodes().await;
     let pin = h.coord().pin();
-    drop(a.session);
+    let mut a_session = a.session;
+    wait_for(&mut a_session, Duration::from_secs(2), |s| {
+        s.netmap().len() == 1
+    })
+    .await;
+    let cached = a_session.into_netmap();
     drop(b.session);
     h.restart().await;
     assert_eq!(h.coord().pin(), pin, "identity must survive restarts");
@@ -359,10 +369,13 @@ async fn restart_keeps_nodes_subnets_and_tokens() {
     // Reconnect by key proof after the restart.
     let s = ControlClient::new()
         .unwrap()
-        .connect(&a.coordinator, &ka, vec![], None)
+        .connect(&a.coordinator, &ka, vec![], Some(cached))
         .await
         .unwrap();
     assert_eq!(s.welcome().subnet, a.subnet);
+    // A new coordinator epoch: the cached netmap is replaced by a snapshot.
+    assert!(!s.resumed());
+    assert_eq!(s.netmap().len(), 1);
     // Both tokens still work, and new subnets do not collide.
     let (_kc, c) = join(&reusable, "c").await;
     let (_kd, d) = join(&unused, "d").await;

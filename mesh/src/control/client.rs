@@ -240,8 +240,10 @@ impl ControlClient {
             recv,
             welcome,
             netmap,
+            resumed: false,
         };
-        session.next_change().await?;
+        let first = session.next_change().await?;
+        session.resumed = !first.full;
         Ok(session)
     }
 }
@@ -281,9 +283,16 @@ pub struct Session {
     recv: quinn::RecvStream,
     welcome: Welcome,
     netmap: Netmap,
+    resumed: bool,
 }
 
 impl Session {
+    /// Whether the session continued from the cached netmap with a delta
+    /// (rather than starting from a full snapshot).
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+
     /// This node's registration.
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
