@@ -1,0 +1,136 @@
+//! Admin commands: tokens and nodes.
+
+use super::conn::{refuse_and_close, write_msg, ConnError};
+use super::*;
+
+pub(super) async fn create_token(
+    shared: &Shared,
+    uses: Option<u32>,
+    expires_in_secs: Option<u64>,
+    tags: Vec<String>,
+) -> Result<AdminReply, ErrorReply> {
+    if uses == Some(0) {
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            "a token must allow at least one join; pass --uses 1 or more, or --reusable",
+        ));
+    }
+    let mut id = [0u8; 8];
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let now = now_unix();
+    let rec = TokenRecord {
+        id: hex::encode(id),
+        secret_hash: secret_hash(&secret),
+        uses_left: uses,
+        used: 0,
+        created_at: now,
+        expires_at: expires_in_secs.map(|s| now.saturating_add(s)),
+        revoked: false,
+        tags,
+    };
+    shared.store.create_token(rec.clone()).await?;
+    info!(token = %rec.id, uses = ?rec.uses_left, expires_at = ?rec.expires_at, "token created");
+    let token = JoinToken {
+        addrs: shared.advertise.clone(),
+        pin: shared.pin,
+        coordinator_key: shared.public,
+        id: rec.id.clone(),
+        secret,
+    };
+    Ok(AdminReply::TokenCreated {
+        token: token.encode(),
+        info: rec.info(),
+    })
+}
+
+pub(super) async fn admin(
+    shared: Arc<Shared>,
+    mut send: quinn::SendStream,
+    req: AdminRequest,
+) -> Result<(), ConnError> {
+    if !ct_eq32(&secret_hash(&req.secret), &shared.admin_hash) {
+        warn!("admin request with a wrong credential refused");
+        return Err(refuse_and_close(
+            send,
+            refuse(
+                ErrorCode::AdminDenied,
+                "the admin credential was refused; use the admin.json from this coordinator's state dir (--admin FILE or WEFT_ADMIN)",
+            ),
+        )
+        .await);
+    }
+    let result = match req.command {
+        AdminCommand::TokenCreate {
+            uses,
+            expires_in_secs,
+            tags,
+        } => create_token(&shared, uses, expires_in_secs, tags).await,
+        AdminCommand::TokenList => shared
+            .store
+            .tokens()
+            .await
+            .map(|t| AdminReply::Tokens(t.iter().map(|r| r.info()).collect())),
+        AdminCommand::TokenRevoke { id } => shared.store.revoke_token(id.clone()).await.map(|()| {
+            info!(token = %id, "token revoked");
+            AdminReply::TokenRevoked { id }
+        }),
+        AdminCommand::NodeList => {
+            let reg = shared.read();
+            let mut nodes: Vec<NodeInfo> = reg
+                .peers()
+                .map(|p| NodeInfo {
+                    id: p.id,
+                    name: p.name.clone(),
+                    public_key: p.public_key,
+                    subnet: p.subnet,
+                    endpoints: p.endpoints.clone(),
+                    tags: p.tags.clone(),
+                    online: p.online,
+                    created_at: reg.created_at(p.id).unwrap_or(0),
+                })
+                .collect();
+            nodes.sort_by_key(|n| n.id);
+            Ok(AdminReply::Nodes(nodes))
+        }
+        AdminCommand::NodeRemove { node } => remove_node(&shared, &node).await,
+        _ => Err(refuse(
+            ErrorCode::BadRequest,
+            "unsupported admin command; upgrade the coordinator",
+        )),
+    };
+    match result {
+        Ok(reply) => {
+            write_msg(&mut send, &ServerMsg::Admin(reply)).await?;
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+            Ok(())
+        }
+        Err(e) => Err(refuse_and_close(send, e).await),
+    }
+}
+
+pub(super) async fn remove_node(shared: &Shared, selector: &str) -> Result<AdminReply, ErrorReply> {
+    let id = {
+        let reg = shared.read();
+        selector
+            .parse::<u64>()
+            .ok()
+            .map(NodeId)
+            .filter(|id| reg.get(*id).is_some())
+            .or_else(|| reg.by_name(selector))
+    };
+    let Some(id) = id else {
+        return Err(refuse(
+            ErrorCode::NotFound,
+            format!("no node with id or name `{selector}`; see the nodes with `weft node list`"),
+        ));
+    };
+    let rec = shared.store.remove_node(id).await?;
+    if let Some((_, conn)) = shared.sessions().remove(&id) {
+        conn.close(CLOSE_REMOVED.into(), b"node removed by an admin");
+    }
+    info!(node = %id, name = %rec.name, subnet = %rec.subnet, "node removed");
+    Ok(AdminReply::NodeRemoved { id, name: rec.name })
+}

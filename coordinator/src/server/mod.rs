@@ -1,0 +1,346 @@
+//! The QUIC endpoint: one task per connection, one session per host.
+//!
+//! A host session sends the welcome, then loops: compute what changed since
+//! the version it last sent ([`Registry::changes_since`]), send it (chunked),
+//! and sleep until the coalescer publishes a new version. The coalescer wakes
+//! on any change, waits `Config::coalesce`, then publishes once, so a burst of
+//! changes costs each host one message.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use rand::RngCore;
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+use tracing::{debug, info, instrument, warn};
+use weft_proto::auth::{ct_eq32, secret_hash, verify_key_proof, EXPORTER_LABEL};
+use weft_proto::msg::{
+    AdminCommand, AdminReply, AdminRequest, ClientMsg, ErrorCode, ErrorReply, Hello, HelloRequest,
+    NodeInfo, ServerMsg, Welcome,
+};
+use weft_proto::token::JoinToken;
+use weft_proto::{codec, HostSubnet, NodeId, Peer, WgPublicKey, PROTOCOL_VERSION};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::admin::AdminCredential;
+use crate::ipam::Ipam;
+use crate::registry::{Changes, Registry};
+use crate::store::{self, refuse, JoinArgs, StoreHandle, TokenRecord};
+use crate::{now_unix, state, Config, CoordinatorError};
+
+pub use weft_proto::msg::{CLOSE_REMOVED, CLOSE_REPLACED};
+
+mod admin_ops;
+mod conn;
+mod session;
+
+use admin_ops::create_token;
+use conn::serve;
+
+/// Peers per netmap frame.
+const PEERS_PER_CHUNK: usize = 256;
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest the coalescer waits, however many sessions there are.
+const MAX_COALESCE: Duration = Duration::from_millis(50);
+
+struct Shared {
+    epoch: u64,
+    registry: Arc<RwLock<Registry>>,
+    store: StoreHandle,
+    changed: Arc<Notify>,
+    published: watch::Sender<u64>,
+    sessions: Mutex<HashMap<NodeId, (u64, quinn::Connection)>>,
+    next_session: AtomicU64,
+    secret: StaticSecret,
+    public: [u8; 32],
+    pin: [u8; 32],
+    admin_hash: [u8; 32],
+    advertise: Vec<String>,
+    pool: HostSubnet,
+}
+
+impl Shared {
+    fn read(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn write(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(|p| p.into_inner())
+    }
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, (u64, quinn::Connection)>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running coordinator. Dropping it does not stop it; call
+/// [`Coordinator::shutdown`].
+pub struct Coordinator {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    state_dir: PathBuf,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Coordinator {
+    /// Opens the state dir (creating keys, database and admin credential at
+    /// first start) and starts serving.
+    pub async fn start(config: Config) -> Result<Self, CoordinatorError> {
+        let identity = state::load_or_create(&config.state_dir)?;
+        let ipam = Ipam::new(config.pool, config.subnet_prefix)?;
+        let epoch = rand::rngs::OsRng.next_u64() | 1;
+        let changed = Arc::new(Notify::new());
+        let on_commit = {
+            let changed = changed.clone();
+            Box::new(move |_: &[NodeId]| changed.notify_one())
+        };
+        let db_path = config.state_dir.join(state::DB_FILE);
+        let opened =
+            tokio::task::spawn_blocking(move || store::open(&db_path, ipam, epoch, on_commit))
+                .await
+                .map_err(|e| CoordinatorError::Tls(format!("store open task failed: {e}")))??;
+
+        let socket = bind_udp(config.listen)?;
+        let local = socket
+            .local_addr()
+            .map_err(|source| CoordinatorError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let advertise = if config.advertise.is_empty() {
+            vec![default_advertise(local).to_string()]
+        } else {
+            config.advertise.clone()
+        };
+
+        // Admin credential: keep the secret across starts, refresh addresses.
+        let admin_path = state::admin_path(&config.state_dir);
+        let admin_secret = match AdminCredential::load(&admin_path) {
+            Ok(c)
+                if hex::decode(&c.secret)
+                    .map(|s| s.len() == 32)
+                    .unwrap_or(false) =>
+            {
+                c.secret
+            }
+            _ => {
+                let mut s = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut s);
+                hex::encode(s)
+            }
+        };
+        let mut admin_addrs = vec![admin_local_addr(local).to_string()];
+        for a in &advertise {
+            if !admin_addrs.contains(a) {
+                admin_addrs.push(a.clone());
+            }
+        }
+        let cred = AdminCredential {
+            coordinator: admin_addrs,
+            pin: hex::encode(identity.pin),
+            secret: admin_secret.clone(),
+        };
+        cred.save(&admin_path)?;
+        let admin_hash = secret_hash(&hex::decode(&admin_secret).unwrap_or_default());
+
+        let server_config = server_config(&identity)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| CoordinatorError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+
+        let (published, _) = watch::channel(0u64);
+        let shared = Arc::new(Shared {
+            epoch,
+            registry: opened.registry,
+            store: opened.handle,
+            changed,
+            published,
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            secret: identity.secret,
+            public: identity.public,
+            pin: identity.pin,
+            admin_hash,
+            advertise,
+            pool: opened.ipam_pool,
+        });
+        let nodes = shared.read().len();
+        info!(listen = %local, nodes, pin = %hex::encode(shared.pin), "coordinator started");
+
+        let coalescer = tokio::spawn(coalesce(shared.clone(), config.coalesce));
+        let acceptor = tokio::spawn(accept(shared.clone(), endpoint.clone()));
+        Ok(Self {
+            shared,
+            endpoint,
+            state_dir: config.state_dir,
+            tasks: vec![coalescer, acceptor],
+        })
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> Result<SocketAddr, std::io::Error> {
+        self.endpoint.local_addr()
+    }
+
+    /// The admin credential file written at start.
+    pub fn admin_credential_path(&self) -> PathBuf {
+        state::admin_path(&self.state_dir)
+    }
+
+    /// SHA-256 pin of the TLS public key.
+    pub fn pin(&self) -> [u8; 32] {
+        self.shared.pin
+    }
+
+    /// The coordinator's x25519 public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.shared.public
+    }
+
+    /// Number of registered nodes.
+    pub fn node_count(&self) -> usize {
+        self.shared.read().len()
+    }
+
+    /// Creates a join token directly (the admin command does the same).
+    pub async fn create_token(
+        &self,
+        uses: Option<u32>,
+        expires_in: Option<Duration>,
+        tags: Vec<String>,
+    ) -> Result<String, ErrorReply> {
+        match create_token(&self.shared, uses, expires_in.map(|d| d.as_secs()), tags).await? {
+            AdminReply::TokenCreated { token, .. } => Ok(token),
+            _ => Err(refuse(ErrorCode::Internal, "unexpected reply")),
+        }
+    }
+
+    /// Serves until `signal` completes, then shuts down.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        self.shutdown().await;
+    }
+
+    /// Closes every connection and stops serving.
+    pub async fn shutdown(self) {
+        self.endpoint
+            .close(0u32.into(), b"coordinator shutting down");
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        self.shared.store.shutdown().await;
+    }
+}
+
+fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, CoordinatorError> {
+    let err = |source| CoordinatorError::Listen { addr, source };
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+        .map_err(err)?;
+    // Many hosts reconnecting at once arrive as one burst.
+    let _ = sock.set_recv_buffer_size(8 << 20);
+    let _ = sock.set_send_buffer_size(8 << 20);
+    sock.bind(&addr.into()).map_err(err)?;
+    Ok(sock.into())
+}
+
+/// The address put in join tokens when none is given: the listen address,
+/// or for a wildcard listen the address of the interface with the default
+/// route (found without sending anything), or loopback.
+fn default_advertise(local: SocketAddr) -> SocketAddr {
+    if !local.ip().is_unspecified() {
+        return local;
+    }
+    let probe = std::net::UdpSocket::bind(("0.0.0.0", 0))
+        .and_then(|s| s.connect(("192.0.2.1", 9)).map(|_| s))
+        .and_then(|s| s.local_addr());
+    match probe {
+        Ok(a) if !a.ip().is_unspecified() => SocketAddr::new(a.ip(), local.port()),
+        _ => admin_local_addr(local),
+    }
+}
+
+fn admin_local_addr(local: SocketAddr) -> SocketAddr {
+    if local.ip().is_unspecified() {
+        let ip: std::net::IpAddr = if local.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(ip, local.port())
+    } else {
+        local
+    }
+}
+
+fn server_config(identity: &state::Identity) -> Result<quinn::ServerConfig, CoordinatorError> {
+    let tls_err = |e: &dyn std::fmt::Display| CoordinatorError::Tls(e.to_string());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_err(&e))?
+        .with_no_client_auth()
+        .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())
+        .map_err(|e| tls_err(&e))?;
+    tls.alpn_protocols = vec![weft_proto::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls_err(&e))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(2u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+            30_000,
+        ))))
+        .stream_receive_window(quinn::VarInt::from_u32(64 * 1024))
+        .receive_window(quinn::VarInt::from_u32(128 * 1024))
+        .send_window(96 * 1024)
+        .datagram_receive_buffer_size(None);
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+/// Gathers changes for `window`, then publishes the version to every
+/// session. With many sessions the window grows (to at most 50 ms) so a burst
+/// of changes, such as a join storm, costs each host fewer messages.
+async fn coalesce(shared: Arc<Shared>, window: Duration) {
+    loop {
+        shared.changed.notified().await;
+        let sessions = shared.sessions().len() as u64;
+        let scaled = window.max(Duration::from_micros(sessions * 10));
+        tokio::time::sleep(scaled.min(MAX_COALESCE.max(window))).await;
+        let v = shared.read().version();
+        shared.published.send_replace(v);
+    }
+}
+
+async fn accept(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => {
+                    if let Err(e) = serve(shared, conn).await {
+                        debug!(%remote, error = %e, "connection ended");
+                    }
+                }
+                Err(e) => debug!(%remote, error = %e, "handshake failed"),
+            }
+        });
+    }
+}
