@@ -1,0 +1,279 @@
+//! The userspace WireGuard data plane: one TUN device, one UDP socket, one
+//! boringtun session per peer, cryptokey routing through [`AllowedIps`].
+//!
+//! Threads: `tx` reads batches from the TUN (TSO super-packets split by
+//! tun-rs), encrypts and sends them with UDP GSO; `rx` receives batches with
+//! recvmmsg/GRO, decrypts, checks the source against the sender's allowed IPs
+//! and writes coalesced batches to the TUN; `timers` drives handshakes,
+//! rekeys and keepalives. Configuration changes build a new [`PeerTable`]
+//! and swap it in, so the packet threads read it without locks.
+//!
+//! [`AllowedIps`]: crate::allowed_ips::AllowedIps
+
+mod config;
+pub mod peer;
+mod rx;
+mod timers;
+mod tx;
+pub mod udp;
+pub mod wake;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use arc_swap::ArcSwap;
+use tun_rs::{DeviceBuilder, SyncDevice};
+
+pub use config::DeviceState;
+use peer::PeerTable;
+use udp::UdpEndpoint;
+use wake::WakeFd;
+
+/// Default MTU of the tunnel interface: 1500 minus the worst-case
+/// WireGuard-over-IPv6 overhead (40 + 8 + 32).
+pub const DEFAULT_MTU: u16 = 1420;
+
+/// How to create the device.
+#[derive(Clone, Debug)]
+pub struct DeviceOptions {
+    /// Interface name, e.g. `weft0`.
+    pub name: String,
+    pub mtu: u16,
+    /// Open the TUN with virtio-net headers (TSO/USO and GRO on writes).
+    pub offload: bool,
+    /// UDP port to listen on; 0 picks a free one.
+    pub listen_port: u16,
+}
+
+impl DeviceOptions {
+    pub fn new(name: impl Into<String>) -> Self {
+        DeviceOptions {
+            name: name.into(),
+            mtu: DEFAULT_MTU,
+            offload: true,
+            listen_port: 0,
+        }
+    }
+}
+
+/// Why the device could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("cannot create TUN interface `{name}`: {source}; run as root (or with CAP_NET_ADMIN) and check that /dev/net/tun exists")]
+    Tun { name: String, source: io::Error },
+    #[error("cannot bind UDP port {port}: {source}; pick another port or stop what is using it")]
+    Bind { port: u16, source: io::Error },
+    #[error("cannot start data-plane thread: {0}")]
+    Thread(io::Error),
+}
+
+/// Packets the data plane dropped, by reason. Read with [`Counters::snapshot`].
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Outbound packets to an address no peer's allowed IPs cover.
+    pub tx_no_route: AtomicU64,
+    /// Outbound packets for a peer whose endpoint is unknown.
+    pub tx_no_endpoint: AtomicU64,
+    /// Outbound packets that are not IPv4/IPv6.
+    pub tx_malformed: AtomicU64,
+    /// UDP sends that failed (unreachable network, ...).
+    pub tx_send_errors: AtomicU64,
+    /// Datagrams that are not valid WireGuard messages, fail authentication,
+    /// or are replays.
+    pub rx_invalid: AtomicU64,
+    /// Datagrams for a session index or key we do not know.
+    pub rx_unknown_peer: AtomicU64,
+    /// Decrypted packets whose source is outside the sender's allowed IPs.
+    pub rx_src_not_allowed: AtomicU64,
+    /// Cookie replies sent because handshakes arrived faster than the limit.
+    pub cookies_sent: AtomicU64,
+}
+
+/// A copy of [`Counters`] at one instant.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    pub tx_no_route: u64,
+    pub tx_no_endpoint: u64,
+    pub tx_malformed: u64,
+    pub tx_send_errors: u64,
+    pub rx_invalid: u64,
+    pub rx_unknown_peer: u64,
+    pub rx_src_not_allowed: u64,
+    pub cookies_sent: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CounterSnapshot {
+            tx_no_route: r(&self.tx_no_route),
+            tx_no_endpoint: r(&self.tx_no_endpoint),
+            tx_malformed: r(&self.tx_malformed),
+            tx_send_errors: r(&self.tx_send_errors),
+            rx_invalid: r(&self.rx_invalid),
+            rx_unknown_peer: r(&self.rx_unknown_peer),
+            rx_src_not_allowed: r(&self.rx_src_not_allowed),
+            cookies_sent: r(&self.cookies_sent),
+        }
+    }
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// State shared by the packet threads and the configuration path.
+pub(crate) struct Shared {
+    pub name: String,
+    pub tun: SyncDevice,
+    pub udp: ArcSwap<UdpEndpoint>,
+    pub table: ArcSwap<PeerTable>,
+    pub config: Mutex<DeviceState>,
+    pub counters: Counters,
+    /// Signalled once, at shutdown; never cleared.
+    pub stop: WakeFd,
+    /// Signalled when the UDP socket was replaced; cleared by `rx`.
+    pub rebind: WakeFd,
+    pub stopping: AtomicBool,
+}
+
+/// A running WireGuard interface. Dropping it stops the threads and removes
+/// the TUN interface.
+pub struct Device {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Device {
+    /// Creates the TUN interface and UDP socket and starts the packet threads.
+    pub fn start(opts: &DeviceOptions) -> Result<Device, DeviceError> {
+        let tun_err = |source| DeviceError::Tun {
+            name: opts.name.clone(),
+            source,
+        };
+        let tun = DeviceBuilder::new()
+            .name(&opts.name)
+            .mtu(opts.mtu)
+            .offload(opts.offload)
+            .build_sync()
+            .map_err(tun_err)?;
+        tun.set_nonblocking(true).map_err(tun_err)?;
+        let udp = UdpEndpoint::bind(opts.listen_port).map_err(|source| DeviceError::Bind {
+            port: opts.listen_port,
+            source,
+        })?;
+        let state = DeviceState::new(udp.port());
+        let shared = Arc::new(Shared {
+            name: opts.name.clone(),
+            tun,
+            udp: ArcSwap::from_pointee(udp),
+            table: ArcSwap::from_pointee(PeerTable::default()),
+            config: Mutex::new(state),
+            counters: Counters::default(),
+            stop: WakeFd::new().map_err(DeviceError::Thread)?,
+            rebind: WakeFd::new().map_err(DeviceError::Thread)?,
+            stopping: AtomicBool::new(false),
+        });
+        let mut device = Device {
+            shared: shared.clone(),
+            threads: Vec::new(),
+        };
+        let spawn = |name: &str, f: fn(Arc<Shared>)| {
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{}", opts.name))
+                .spawn(move || f(s))
+                .map_err(DeviceError::Thread)
+        };
+        device.threads.push(spawn("wg-tx", tx::run)?);
+        device.threads.push(spawn("wg-rx", rx::run)?);
+        device.threads.push(spawn("wg-timers", timers::run)?);
+        tracing::info!(interface = %opts.name, port = shared.udp.load().port(), "WireGuard device up");
+        Ok(device)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The UDP port WireGuard listens on.
+    pub fn listen_port(&self) -> u16 {
+        self.shared.udp.load().port()
+    }
+
+    pub fn counters(&self) -> CounterSnapshot {
+        self.shared.counters.snapshot()
+    }
+
+    /// Applies a UAPI `set` (the same path `wg set` takes).
+    pub fn apply(
+        &self,
+        update: &crate::uapi::protocol::DeviceUpdate,
+    ) -> Result<(), crate::uapi::protocol::UapiError> {
+        config::apply(&self.shared, update)
+    }
+
+    /// What a UAPI `get` reports.
+    pub fn snapshot(&self) -> crate::uapi::protocol::DeviceSnapshot {
+        config::snapshot(&self.shared)
+    }
+
+    /// Stops the packet threads and waits for them; idempotent.
+    pub fn stop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.stop.signal();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// A handle the UAPI server and the agent use to configure the device.
+    pub fn handle(&self) -> DeviceHandle {
+        DeviceHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A cloneable handle to configure a running device and read its state.
+#[derive(Clone)]
+pub struct DeviceHandle {
+    shared: Arc<Shared>,
+}
+
+impl DeviceHandle {
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub fn apply(
+        &self,
+        update: &crate::uapi::protocol::DeviceUpdate,
+    ) -> Result<(), crate::uapi::protocol::UapiError> {
+        config::apply(&self.shared, update)
+    }
+
+    pub fn snapshot(&self) -> crate::uapi::protocol::DeviceSnapshot {
+        config::snapshot(&self.shared)
+    }
+
+    pub fn counters(&self) -> CounterSnapshot {
+        self.shared.counters.snapshot()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn stop_fd(&self) -> &WakeFd {
+        &self.shared.stop
+    }
+}

@@ -1,0 +1,171 @@
+//! The WireGuard UDP socket: dual-stack, non-blocking, batched through
+//! quinn-udp (recvmmsg with UDP GRO on receive, UDP GSO on send).
+
+use std::io;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
+
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::wake::{self, Ready, WakeFd};
+
+/// Socket buffer size we ask for; large buffers absorb bursts at line rate.
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// A bound WireGuard UDP socket.
+#[derive(Debug)]
+pub struct UdpEndpoint {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    dual_stack: bool,
+    port: u16,
+}
+
+impl UdpEndpoint {
+    /// Binds `[::]:port` (dual-stack), or `0.0.0.0:port` where IPv6 is off.
+    /// Port 0 picks a free port.
+    pub fn bind(port: u16) -> io::Result<UdpEndpoint> {
+        let (socket, dual_stack) = match bind_socket(Domain::IPV6, port) {
+            Ok(s) => (s, true),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(e),
+            Err(_) => (bind_socket(Domain::IPV4, port)?, false),
+        };
+        let socket: UdpSocket = socket.into();
+        let state = UdpSocketState::new((&socket).into())?;
+        let port = socket.local_addr()?.port();
+        Ok(UdpEndpoint {
+            socket,
+            state,
+            dual_stack,
+            port,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        self.socket.as_raw_fd()
+    }
+
+    /// How many datagrams one GSO send may carry (1 without GSO).
+    pub fn max_gso_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    /// Sets SO_MARK so policy routing can keep tunnel traffic off the tunnel.
+    pub fn set_fwmark(&self, mark: u32) -> io::Result<()> {
+        socket2::SockRef::from(&self.socket).set_mark(mark)
+    }
+
+    /// Receives a batch without blocking; `WouldBlock` when nothing is queued.
+    /// Source addresses come back in canonical form (IPv4 not IPv4-mapped).
+    pub fn recv(
+        &self,
+        bufs: &mut [io::IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> io::Result<usize> {
+        let n = self.state.recv((&self.socket).into(), bufs, meta)?;
+        for m in &mut meta[..n] {
+            m.addr = canonical(m.addr);
+        }
+        Ok(n)
+    }
+
+    /// Sends `contents` (one datagram, or several of `segment` bytes each
+    /// when `segment` is set), waiting for buffer space rather than dropping.
+    /// Returns early with `Ok` if `stop` fires while waiting.
+    pub fn send(
+        &self,
+        dest: SocketAddr,
+        contents: &[u8],
+        segment: Option<usize>,
+        stop: &WakeFd,
+    ) -> io::Result<()> {
+        let transmit = Transmit {
+            destination: self.map_dest(dest),
+            ecn: None,
+            contents,
+            segment_size: segment,
+            src_ip: None,
+        };
+        loop {
+            match self.state.try_send((&self.socket).into(), &transmit) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if wake::wait(Some(self.raw_fd()), libc::POLLOUT, &[stop], 1000)?
+                        == Ready::Woken(0)
+                    {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn map_dest(&self, dest: SocketAddr) -> SocketAddr {
+        match dest {
+            SocketAddr::V4(v4) if self.dual_stack => {
+                SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+            }
+            other => other,
+        }
+    }
+}
+
+fn bind_socket(domain: Domain, port: u16) -> io::Result<Socket> {
+    let socket = Socket::new(
+        domain,
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    let addr: SocketAddr = if domain == Domain::IPV6 {
+        socket.set_only_v6(false)?;
+        (Ipv6Addr::UNSPECIFIED, port).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, port).into()
+    };
+    // Root may exceed net.core.{r,w}mem_max; fall back to the capped size.
+    if set_buffer_force(&socket, libc::SO_RCVBUFFORCE).is_err() {
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+    if set_buffer_force(&socket, libc::SO_SNDBUFFORCE).is_err() {
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+fn set_buffer_force(socket: &Socket, opt: libc::c_int) -> io::Result<()> {
+    let size = SOCKET_BUFFER as libc::c_int;
+    // SAFETY: passes a pointer to a live c_int and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// IPv4-mapped IPv6 addresses as plain IPv4, so endpoints read naturally.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}

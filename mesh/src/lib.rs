@@ -1,0 +1,8 @@
+//! The weft host agent as a library: the userspace WireGuard data plane,
+//! its UAPI, and the control client.
+
+pub mod allowed_ips;
+pub mod control;
+pub mod dataplane;
+pub mod key;
+pub mod uapi;
