@@ -28,7 +28,7 @@ ip link add "${tag}x" netns "$A" type veth peer name "${tag}y" netns "$B"
 ip -n "$A" addr add 192.0.2.1/24 dev "${tag}x"; ip -n "$A" link set "${tag}x" up; ip -n "$A" link set lo up
 ip -n "$B" addr add 192.0.2.2/24 dev "${tag}y"; ip -n "$B" link set "${tag}y" up; ip -n "$B" link set lo up
 
-mkdir -p "/tmp/$tag"
+umask 077; mkdir -p "/tmp/$tag"
 # Interface names are unique per run, so both UAPI sockets can live in
 # /var/run/wireguard where the stock `wg` tool looks for them.
 IA="${tag}a0"; IB="${tag}b0"
