@@ -3,6 +3,11 @@
 //! handshake and rising byte counters. Needs root; in CI (`CI=true`) a
 //! missing privilege fails the test instead of skipping it.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed setup step should fail the test loudly"
+)]
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -58,8 +63,109 @@ fn wg_dump(iface: &str) -> Vec<String> {
         .collect()
 }
 
+/// Which WireGuard implementation runs a side of the tunnel.
+#[derive(Clone, Copy, Debug)]
+enum Impl {
+    Weft,
+    WireguardGo,
+}
+
 #[test]
-fn weft_to_weft_ping_and_wg_show() {
+fn weft_to_weft_ping_transfer_and_wg_show() {
+    tunnel(Impl::Weft, Impl::Weft, 64 << 20);
+}
+
+#[test]
+fn weft_to_wireguard_go() {
+    tunnel(Impl::Weft, Impl::WireguardGo, 4 << 20);
+}
+
+#[test]
+fn wireguard_go_to_weft() {
+    tunnel(Impl::WireguardGo, Impl::Weft, 4 << 20);
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`.
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a valid namespace fd; affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// Sends `bytes` of pseudo-random data over TCP from namespace `from` to
+/// `to_ip` in namespace `to`; asserts the SHA-256 matches on arrival.
+fn transfer(from: &str, to: &str, to_ip: &'static str, bytes: usize) {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = in_netns(to, move || {
+        let l = std::net::TcpListener::bind((to_ip, 5201)).expect("bind");
+        tx.send(()).unwrap();
+        let (mut s, _) = l.accept().expect("accept");
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0usize;
+        loop {
+            let k = s.read(&mut buf).expect("read");
+            if k == 0 {
+                break;
+            }
+            h.update(&buf[..k]);
+            n += k;
+        }
+        (n, h.finalize().to_vec())
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+    let client = in_netns(from, move || {
+        let mut s = std::net::TcpStream::connect_timeout(
+            &(to_ip, 5201).into_sock(),
+            Duration::from_secs(5),
+        )
+        .expect("connect");
+        let mut h = Sha256::new();
+        let mut block = vec![0u8; 1 << 16];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut sent = 0usize;
+        while sent < bytes {
+            for c in block.chunks_mut(8) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                c.copy_from_slice(&seed.to_le_bytes()[..c.len()]);
+            }
+            let k = block.len().min(bytes - sent);
+            s.write_all(&block[..k]).expect("write");
+            h.update(&block[..k]);
+            sent += k;
+        }
+        h.finalize().to_vec()
+    });
+    let sent_hash = client.join().expect("client");
+    let (n, got_hash) = server.join().expect("server");
+    assert_eq!(n, bytes);
+    assert_eq!(got_hash, sent_hash, "SHA-256 differs after transfer");
+}
+
+trait IntoSock {
+    fn into_sock(self) -> std::net::SocketAddr;
+}
+
+impl IntoSock for (&str, u16) {
+    fn into_sock(self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.0.parse().expect("ip"), self.1)
+    }
+}
+
+fn tunnel(side_a: Impl, side_b: Impl, transfer_bytes: usize) {
     if !is_root() {
         assert!(
             std::env::var("CI").is_err(),
@@ -68,7 +174,9 @@ fn weft_to_weft_ping_and_wg_show() {
         eprintln!("skipping: needs root");
         return;
     }
-    let tag = format!("wt{}", std::process::id() % 100000);
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let tag = format!("wt{}{n}", std::process::id() % 100000);
     let (a, b) = (format!("{tag}a"), format!("{tag}b"));
     let mut lab = Lab {
         names: vec![a.clone(), b.clone()],
@@ -87,9 +195,15 @@ fn weft_to_weft_ping_and_wg_show() {
         ok(&["ip", "-n", ns, "link", "set", "lo", "up"]);
     }
     let (ia, ib) = (format!("{tag}a0"), format!("{tag}b0"));
-    for (ns, i) in [(&a, &ia), (&b, &ib)] {
+    for (ns, i, which) in [(&a, &ia, side_a), (&b, &ib, side_b)] {
+        let cmd: Vec<&str> = match which {
+            Impl::Weft => vec![env!("CARGO_BIN_EXE_weft"), "wg", i],
+            Impl::WireguardGo => vec!["wireguard-go", "-f", i],
+        };
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_weft"), "wg", i])
+            .args(["netns", "exec", ns])
+            .args(&cmd)
+            .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -185,6 +299,8 @@ fn weft_to_weft_ping_and_wg_show() {
         "2",
         "100.64.0.2",
     ]);
+    transfer(&a, &b, "100.64.0.2", transfer_bytes);
+    transfer(&b, &a, "100.64.0.1", transfer_bytes / 4);
     let second = peer_line(&ia);
     let (rx2, tx2): (u64, u64) = (second[5].parse().unwrap(), second[6].parse().unwrap());
     assert!(
