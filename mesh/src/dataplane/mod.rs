@@ -203,23 +203,6 @@ impl Device {
         self.shared.udp.load().port()
     }
 
-    pub fn counters(&self) -> CounterSnapshot {
-        self.shared.counters.snapshot()
-    }
-
-    /// Applies a UAPI `set` (the same path `wg set` takes).
-    pub fn apply(
-        &self,
-        update: &crate::uapi::protocol::DeviceUpdate,
-    ) -> Result<(), crate::uapi::protocol::UapiError> {
-        config::apply(&self.shared, update)
-    }
-
-    /// What a UAPI `get` reports.
-    pub fn snapshot(&self) -> crate::uapi::protocol::DeviceSnapshot {
-        config::snapshot(&self.shared)
-    }
-
     /// Stops the packet threads and waits for them; idempotent.
     pub fn stop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);

@@ -236,29 +236,13 @@ fn handle_datagram(
             let n = inner.len();
             st.endpoint = Some(src);
             drop(st);
-            accept_inner(
-                shared,
-                table,
-                peer,
-                std::net::IpAddr::V4(ip),
-                n,
-                dgram.len(),
-                tun,
-            );
+            accept_inner(shared, table, peer, ip.into(), n, dgram.len(), tun);
         }
         TunnResult::WriteToTunnelV6(inner, ip) => {
             let n = inner.len();
             st.endpoint = Some(src);
             drop(st);
-            accept_inner(
-                shared,
-                table,
-                peer,
-                std::net::IpAddr::V6(ip),
-                n,
-                dgram.len(),
-                tun,
-            );
+            accept_inner(shared, table, peer, ip.into(), n, dgram.len(), tun);
         }
     }
 }

@@ -61,14 +61,7 @@ impl GsoBatch {
             && self.count < max_segments
             && self.len + n <= GSO_BYTES;
         if !joins && self.count > 0 {
-            send(
-                udp,
-                shared,
-                self.dest,
-                &self.buf[..self.len],
-                self.segment,
-                self.count,
-            );
+            self.send_pending(udp, shared);
             self.buf.copy_within(self.len..self.len + n, 0);
             self.len = 0;
             self.count = 0;
@@ -85,34 +78,21 @@ impl GsoBatch {
     }
 
     fn flush(&mut self, udp: &UdpEndpoint, shared: &Shared) {
-        if self.count > 0 {
-            send(
-                udp,
-                shared,
-                self.dest,
-                &self.buf[..self.len],
-                self.segment,
-                self.count,
-            );
-        }
+        self.send_pending(udp, shared);
         self.len = 0;
         self.count = 0;
     }
-}
 
-fn send(
-    udp: &UdpEndpoint,
-    shared: &Shared,
-    dest: Option<SocketAddr>,
-    data: &[u8],
-    segment: usize,
-    count: usize,
-) {
-    let Some(dest) = dest else { return };
-    let seg = (count > 1).then_some(segment);
-    if let Err(e) = udp.send(dest, data, seg, &shared.stop) {
-        bump(&shared.counters.tx_send_errors);
-        tracing::debug!(%dest, error = %e, "UDP send failed");
+    /// Sends the batched datagrams (one GSO send when there are several).
+    fn send_pending(&self, udp: &UdpEndpoint, shared: &Shared) {
+        let Some(dest) = self.dest.filter(|_| self.count > 0) else {
+            return;
+        };
+        let segment = (self.count > 1).then_some(self.segment);
+        if let Err(e) = udp.send(dest, &self.buf[..self.len], segment, &shared.stop) {
+            bump(&shared.counters.tx_send_errors);
+            tracing::debug!(%dest, error = %e, "UDP send failed");
+        }
     }
 }
 
