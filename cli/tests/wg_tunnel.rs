@@ -54,6 +54,13 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Pings from namespace `ns`; `args` are ping's options and the target.
+fn ping(ns: &str, args: &[&str]) {
+    let mut cmd = vec!["ip", "netns", "exec", ns, "ping"];
+    cmd.extend_from_slice(args);
+    ok(&cmd);
+}
+
 fn wg_dump(iface: &str) -> Vec<String> {
     let out = sh(&["wg", "show", iface, "dump"]);
     assert!(
@@ -274,18 +281,7 @@ fn tunnel(side_a: Impl, side_b: Impl, transfer_bytes: usize) {
     ok(&["ip", "-n", &b, "addr", "add", "100.64.0.2/24", "dev", &ib]);
     ok(&["ip", "-n", &b, "link", "set", &ib, "up"]);
 
-    ok(&[
-        "ip",
-        "netns",
-        "exec",
-        &a,
-        "ping",
-        "-c",
-        "3",
-        "-W",
-        "2",
-        "100.64.0.2",
-    ]);
+    ping(&a, &["-c", "3", "-W", "2", "100.64.0.2"]);
     // dump: interface line, then per peer: key psk endpoint allowed handshake rx tx keepalive
     let peer_line = |iface: &str| -> Vec<String> {
         let d = wg_dump(iface);
@@ -296,18 +292,7 @@ fn tunnel(side_a: Impl, side_b: Impl, transfer_bytes: usize) {
     assert_ne!(first[4], "0", "wg show reports no handshake");
     let (rx1, tx1): (u64, u64) = (first[5].parse().unwrap(), first[6].parse().unwrap());
     assert!(rx1 > 0 && tx1 > 0);
-    ok(&[
-        "ip",
-        "netns",
-        "exec",
-        &a,
-        "ping",
-        "-c",
-        "2",
-        "-W",
-        "2",
-        "100.64.0.2",
-    ]);
+    ping(&a, &["-c", "2", "-W", "2", "100.64.0.2"]);
     // IPv6 overlay addresses over the same tunnel.
     ok(&[
         "ip",
@@ -331,19 +316,7 @@ fn tunnel(side_a: Impl, side_b: Impl, transfer_bytes: usize) {
         &ib,
         "nodad",
     ]);
-    ok(&[
-        "ip",
-        "netns",
-        "exec",
-        &a,
-        "ping",
-        "-6",
-        "-c",
-        "2",
-        "-W",
-        "2",
-        "fd00:64::2",
-    ]);
+    ping(&a, &["-6", "-c", "2", "-W", "2", "fd00:64::2"]);
     // Garbage at B's WireGuard port: random datagrams and a truncated
     // handshake are dropped; the tunnel keeps working.
     in_netns(&a, || {
@@ -366,18 +339,7 @@ fn tunnel(side_a: Impl, side_b: Impl, transfer_bytes: usize) {
     })
     .join()
     .unwrap();
-    ok(&[
-        "ip",
-        "netns",
-        "exec",
-        &a,
-        "ping",
-        "-c",
-        "2",
-        "-W",
-        "2",
-        "100.64.0.2",
-    ]);
+    ping(&a, &["-c", "2", "-W", "2", "100.64.0.2"]);
     transfer(&a, &b, "100.64.0.2", transfer_bytes);
     transfer(&b, &a, "100.64.0.1", transfer_bytes / 4);
     let second = peer_line(&ia);
@@ -393,18 +355,7 @@ fn tunnel(side_a: Impl, side_b: Impl, transfer_bytes: usize) {
     if matches!(side_a, Impl::Weft) {
         ok(&["ip", "-n", &a, "addr", "del", "192.0.2.1/24", "dev", &va]);
         ok(&["ip", "-n", &a, "addr", "add", "192.0.2.3/24", "dev", &va]);
-        ok(&[
-            "ip",
-            "netns",
-            "exec",
-            &a,
-            "ping",
-            "-c",
-            "3",
-            "-W",
-            "2",
-            "100.64.0.2",
-        ]);
+        ping(&a, &["-c", "3", "-W", "2", "100.64.0.2"]);
         let b_view = peer_line(&ib);
         assert_eq!(
             b_view[2], "192.0.2.3:51820",
