@@ -1,7 +1,9 @@
 //! `weft`: the one binary. Each subcommand lives in its own module.
 
+mod agent_cmd;
 mod coordinator_cmd;
 mod node;
+mod status;
 mod token;
 mod wg;
 
@@ -19,6 +21,12 @@ struct Cli {
 enum Command {
     /// Run a bare userspace WireGuard interface in the foreground, configured with `wg`.
     Wg(wg::WgArgs),
+    /// Join a cluster with a token and run this host's agent in the foreground.
+    Join(agent_cmd::JoinArgs),
+    /// Run this host's agent again from its stored identity (no token needed).
+    Up(agent_cmd::UpArgs),
+    /// Show this host, its coordinator connection and its peers.
+    Status(status::StatusArgs),
     /// Run the coordinator: join tokens, node registry, address space, netmaps.
     Coordinator(coordinator_cmd::CoordinatorArgs),
     /// Create, list and revoke join tokens (needs the admin credential).
@@ -33,6 +41,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -41,6 +50,9 @@ fn main() -> anyhow::Result<()> {
     init_logging();
     match cli.command {
         Command::Wg(args) => wg::run(args),
+        Command::Join(args) => agent_cmd::join(args),
+        Command::Up(args) => agent_cmd::up(args),
+        Command::Status(args) => status::run(args),
         Command::Coordinator(args) => coordinator_cmd::run(args),
         Command::Token(args) => token::run(args),
         Command::Node(args) => node::run(args),

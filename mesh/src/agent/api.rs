@@ -1,0 +1,159 @@
+//! The agent's local API: one JSON request and one JSON reply per line over
+//! a unix socket (mode 0600) in the state directory. `weft status` and the
+//! other local commands find their agent through it.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::status::Status;
+
+/// A request to the local API.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ApiRequest {
+    Status,
+}
+
+/// A reply from the local API.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ApiReply {
+    Status(Box<Status>),
+    Error { message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no weft agent is running with state dir {dir} (no socket at {socket}); start one with `weft join TOKEN` or `weft up`, or pass the right --state-dir")]
+    NotRunning { dir: String, socket: String },
+    #[error("another weft agent already serves {0}; stop it first or use another --state-dir")]
+    InUse(PathBuf),
+    #[error("local API at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("local API answered something unreadable: {0}")]
+    BadReply(String),
+    #[error("{0}")]
+    Agent(String),
+}
+
+/// Serves the local API until dropped (the socket file is removed then).
+pub struct ApiServer {
+    path: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ApiServer {
+    /// Binds the socket; `status` builds the reply to a status request.
+    pub fn start(
+        path: &Path,
+        status: Arc<dyn Fn() -> Status + Send + Sync>,
+    ) -> Result<ApiServer, ApiError> {
+        let io = |source| ApiError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ApiError::InUse(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(io)?;
+        }
+        let listener = UnixListener::bind(path).map_err(io)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let status = status.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve(stream, status).await {
+                        tracing::debug!(error = %e, "local API client went away");
+                    }
+                });
+            }
+        });
+        Ok(ApiServer {
+            path: path.to_path_buf(),
+            task,
+        })
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn serve(
+    stream: UnixStream,
+    status: Arc<dyn Fn() -> Status + Send + Sync>,
+) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    while let Some(line) = lines.next_line().await? {
+        let reply = match serde_json::from_str::<ApiRequest>(&line) {
+            Ok(ApiRequest::Status) => ApiReply::Status(Box::new(status())),
+            Err(e) => ApiReply::Error {
+                message: format!("bad request: {e}"),
+            },
+        };
+        let mut bytes = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
+        w.write_all(&bytes).await?;
+    }
+    Ok(())
+}
+
+/// Sends one request to the agent serving `state_dir` and waits for the
+/// reply (blocking; for the CLI).
+pub fn request(state_dir: &Path, req: &ApiRequest) -> Result<ApiReply, ApiError> {
+    use std::io::{BufRead as _, Write as _};
+    let path = state_dir.join(super::state::API_SOCKET);
+    let io = |source| ApiError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(ApiError::NotRunning {
+                dir: state_dir.display().to_string(),
+                socket: path.display().to_string(),
+            })
+        }
+        Err(e) => return Err(io(e)),
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
+    let mut line = serde_json::to_vec(req).map_err(|e| ApiError::BadReply(e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io)?;
+    let mut reply = String::new();
+    std::io::BufReader::new(&stream)
+        .read_line(&mut reply)
+        .map_err(io)?;
+    match serde_json::from_str(&reply).map_err(|e| ApiError::BadReply(e.to_string()))? {
+        ApiReply::Error { message } => Err(ApiError::Agent(message)),
+        ok => Ok(ok),
+    }
+}

@@ -1,0 +1,208 @@
+//! Keeps the host in sync with its coordinator: applies netmap changes to the
+//! data plane, caches the netmap, reports endpoint changes, and reconnects
+//! with capped exponential backoff and jitter when the connection drops.
+//! Tunnels never depend on this loop: while it retries, the data plane keeps
+//! the last configuration.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::Rng as _;
+use tokio::sync::watch;
+use weft_proto::msg::ErrorCode;
+use weft_proto::Netmap;
+use x25519_dalek::StaticSecret;
+
+use super::peers::PeerReconciler;
+use super::{AgentError, Shared};
+use crate::control::{ControlClient, ControlError, Session};
+use crate::dataplane::DeviceHandle;
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_CAP: Duration = Duration::from_secs(8);
+const ENDPOINT_SCAN: Duration = Duration::from_secs(10);
+
+/// The delay before reconnect attempt `attempt` (0-based): doubling from
+/// 250 ms, capped at 8 s, with ±25 % jitter so a restarted coordinator is
+/// not hit by every host in the same instant.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = BACKOFF_FIRST
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_CAP);
+    let jitter = rand::thread_rng().gen_range(0.75..1.25);
+    base.mul_f64(jitter)
+}
+
+/// Errors after which retrying cannot help.
+fn is_fatal(e: &ControlError) -> bool {
+    matches!(
+        e,
+        ControlError::Removed
+            | ControlError::Refused {
+                code: ErrorCode::NotRegistered
+                    | ErrorCode::ProofFailed
+                    | ErrorCode::VersionMismatch,
+                ..
+            }
+    )
+}
+
+/// Applies `netmap` to the device: adds, updates and removes peers.
+pub fn apply_netmap(reconciler: &mut PeerReconciler, netmap: &Netmap, handle: &DeviceHandle) {
+    let current: Vec<_> = handle
+        .snapshot()
+        .peers
+        .iter()
+        .map(|p| p.public_key)
+        .collect();
+    let update = reconciler.plan(netmap, &current);
+    if update.peers.is_empty() {
+        return;
+    }
+    let (added, removed) =
+        update.peers.iter().fold(
+            (0, 0),
+            |(a, r), p| if p.remove { (a, r + 1) } else { (a + 1, r) },
+        );
+    match handle.apply(&update) {
+        Ok(()) => tracing::info!(
+            version = netmap.version(),
+            peers = netmap.len(),
+            added_or_changed = added,
+            removed,
+            "netmap applied"
+        ),
+        Err(e) => tracing::error!(error = %e.reason, "cannot apply the netmap to the data plane"),
+    }
+}
+
+pub struct ControlLoop {
+    pub client: ControlClient,
+    pub key: StaticSecret,
+    pub shared: std::sync::Arc<Shared>,
+    pub handle: DeviceHandle,
+    pub reconciler: PeerReconciler,
+}
+
+impl ControlLoop {
+    /// Runs until `stop` flips to true (Ok) or the coordinator refuses this
+    /// node for good (Err). `session` is an already open session, if any.
+    pub async fn run(
+        mut self,
+        mut session: Option<Session>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), AgentError> {
+        let mut attempt = 0u32;
+        loop {
+            let mut s = match session.take() {
+                Some(s) => s,
+                None => {
+                    let endpoints = self.shared.scan_endpoints();
+                    let info = self.shared.identity().coordinator;
+                    let cached = self.shared.netmap();
+                    let connect = self
+                        .client
+                        .connect(&info, &self.key, endpoints, Some(cached));
+                    tokio::select! {
+                        r = connect => match r {
+                            Ok(s) => s,
+                            Err(e) if is_fatal(&e) => return Err(AgentError::Control(e)),
+                            Err(e) => {
+                                self.shared.set_disconnected(e.to_string());
+                                let wait = backoff(attempt);
+                                attempt = attempt.saturating_add(1);
+                                tracing::warn!(error = %e, retry_in = ?wait, "coordinator unreachable; tunnels keep running");
+                                tokio::select! {
+                                    _ = tokio::time::sleep(wait) => continue,
+                                    _ = stop.changed() => return Ok(()),
+                                }
+                            }
+                        },
+                        _ = stop.changed() => return Ok(()),
+                    }
+                }
+            };
+            attempt = 0;
+            self.on_netmap(s.netmap().clone());
+            self.shared.set_connected();
+            tracing::info!(
+                resumed = s.resumed(),
+                version = s.netmap().version(),
+                "connected to the coordinator"
+            );
+            let mut reported: Vec<SocketAddr> = self.shared.endpoints();
+            let mut scan = tokio::time::interval(ENDPOINT_SCAN);
+            scan.tick().await;
+            let lost = loop {
+                tokio::select! {
+                    change = s.next_change() => match change {
+                        Ok(_) => self.on_netmap(s.netmap().clone()),
+                        Err(e) if is_fatal(&e) => return Err(AgentError::Control(e)),
+                        Err(e) => break e,
+                    },
+                    _ = scan.tick() => {
+                        let now = self.shared.scan_endpoints();
+                        if now != reported {
+                            tracing::info!(endpoints = ?now, "local endpoints changed");
+                            if let Err(e) = s.set_endpoints(now.clone()).await {
+                                break e;
+                            }
+                            reported = now;
+                        }
+                    }
+                    _ = stop.changed() => {
+                        s.close();
+                        return Ok(());
+                    }
+                }
+            };
+            tracing::warn!(error = %lost, "lost the coordinator; tunnels keep running, reconnecting");
+            self.shared.set_disconnected(lost.to_string());
+            let since = Instant::now();
+            let wait = backoff(0);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return Ok(()),
+            }
+            tracing::debug!(after = ?since.elapsed(), "reconnecting");
+        }
+    }
+
+    fn on_netmap(&mut self, netmap: Netmap) {
+        apply_netmap(&mut self.reconciler, &netmap, &self.handle);
+        if let Err(e) = self.shared.state.save_netmap(&netmap) {
+            tracing::warn!(error = %e, "cannot cache the netmap; a restart without the coordinator will start with an older one");
+        }
+        self.shared.set_netmap(netmap);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped_with_jitter() {
+        for attempt in 0..40 {
+            let d = backoff(attempt);
+            let base = BACKOFF_FIRST
+                .saturating_mul(1 << attempt.min(16))
+                .min(BACKOFF_CAP);
+            assert!(
+                d >= base.mul_f64(0.75) && d <= base.mul_f64(1.25),
+                "{attempt}: {d:?}"
+            );
+        }
+        assert!(backoff(30) <= BACKOFF_CAP.mul_f64(1.25));
+    }
+
+    #[test]
+    fn removal_is_fatal_and_a_lost_connection_is_not() {
+        assert!(is_fatal(&ControlError::Removed));
+        assert!(!is_fatal(&ControlError::Connection("x".into())));
+        assert!(!is_fatal(&ControlError::Unreachable {
+            addrs: "a".into(),
+            reason: "b".into()
+        }));
+    }
+}

@@ -1,0 +1,423 @@
+//! The host agent: joins (or rejoins) the cluster, runs the data plane, keeps
+//! it in sync with the coordinator, sets up container networking, and serves
+//! the local API.
+//!
+//! Start with [`run`]. The pieces: [`state`] (files in the state directory),
+//! [`peers`] (netmap to data-plane configuration, pure), [`control_loop`]
+//! (reconnects and deltas), [`host_net`] (bridge, routes, forwarding),
+//! [`endpoints`] (what to report), [`api`] and [`status`] (`weft status`).
+
+pub mod api;
+pub mod control_loop;
+pub mod endpoints;
+pub mod host_net;
+pub mod peers;
+pub mod state;
+pub mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use weft_proto::Netmap;
+use x25519_dalek::StaticSecret;
+
+use crate::control::{ControlClient, ControlError};
+use crate::dataplane::{Device, DeviceError, DeviceHandle, DeviceOptions, DEFAULT_MTU};
+use crate::key::Key;
+use crate::uapi::protocol::DeviceUpdate;
+use crate::uapi::server::{UapiServer, SOCKET_DIR};
+use host_net::HostNetwork;
+use state::{Identity, NetworkFile, StateDir, StateError};
+use status::{CoordinatorStatus, HostStatus, PeerStatus, Status};
+
+/// The default TUN interface name.
+pub const DEFAULT_INTERFACE: &str = "weft0";
+/// The default container bridge name.
+pub const DEFAULT_BRIDGE: &str = "weftbr0";
+/// The default WireGuard UDP port.
+pub const DEFAULT_PORT: u16 = 51820;
+/// How long `weft up` waits for the coordinator before starting from the
+/// cached netmap.
+const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(3);
+
+/// How the agent starts.
+#[derive(Clone, Debug)]
+pub enum Start {
+    /// Join with a token (first start of a host).
+    Join { token: String, name: Option<String> },
+    /// Rejoin with the stored identity.
+    Up,
+}
+
+/// Settings of one agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub state_dir: PathBuf,
+    /// `None`: the stored one (`weft up`), else [`DEFAULT_INTERFACE`].
+    pub interface: Option<String>,
+    pub bridge: String,
+    /// `None`: the stored one (`weft up`), else [`DEFAULT_PORT`].
+    pub listen_port: Option<u16>,
+    pub mtu: u16,
+    pub offload: bool,
+    /// Directory of the UAPI socket (`wg show IFACE` looks in the default).
+    pub uapi_dir: PathBuf,
+}
+
+impl AgentConfig {
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            interface: None,
+            bridge: DEFAULT_BRIDGE.into(),
+            listen_port: None,
+            mtu: DEFAULT_MTU,
+            offload: true,
+            uapi_dir: SOCKET_DIR.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    HostNet(#[from] host_net::HostNetError),
+    #[error(transparent)]
+    Api(#[from] api::ApiError),
+    #[error(transparent)]
+    Uapi(#[from] crate::uapi::server::UapiServerError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What the control loop, the local API and the agent share.
+pub struct Shared {
+    state: StateDir,
+    public_key: Key,
+    bridge: String,
+    view: Mutex<View>,
+}
+
+struct View {
+    identity: Identity,
+    netmap: Netmap,
+    connected: bool,
+    since: Instant,
+    last_error: Option<String>,
+    endpoints: Vec<SocketAddr>,
+}
+
+impl Shared {
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn identity(&self) -> Identity {
+        self.view().identity.clone()
+    }
+
+    fn netmap(&self) -> Netmap {
+        self.view().netmap.clone()
+    }
+
+    fn endpoints(&self) -> Vec<SocketAddr> {
+        self.view().endpoints.clone()
+    }
+
+    fn set_netmap(&self, netmap: Netmap) {
+        self.view().netmap = netmap;
+    }
+
+    /// Re-reads the local endpoints and remembers them.
+    fn scan_endpoints(&self) -> Vec<SocketAddr> {
+        let id = self.identity();
+        let eps =
+            endpoints::local_endpoints(id.listen_port, &[&id.interface, &self.bridge], id.pool);
+        self.view().endpoints = eps.clone();
+        eps
+    }
+
+    fn set_connected(&self) {
+        let mut v = self.view();
+        v.connected = true;
+        v.since = Instant::now();
+        v.last_error = None;
+    }
+
+    fn set_disconnected(&self, error: String) {
+        let mut v = self.view();
+        if v.connected {
+            v.since = Instant::now();
+        }
+        v.connected = false;
+        v.last_error = Some(error);
+    }
+
+    /// The status `weft status` shows.
+    pub fn status(&self, handle: &DeviceHandle) -> Status {
+        let snap = handle.snapshot();
+        let v = self.view();
+        let id = &v.identity;
+        let peers = v
+            .netmap
+            .peers()
+            .map(|p| {
+                let key = Key(p.public_key.0);
+                let live = snap.peers.iter().find(|s| s.public_key == key);
+                PeerStatus {
+                    name: p.name.clone(),
+                    node_id: p.id.0,
+                    subnet: p.subnet.to_string(),
+                    public_key: key.to_base64(),
+                    endpoint: live.and_then(|s| s.endpoint).map(|e| e.to_string()),
+                    last_handshake_secs: live
+                        .and_then(|s| s.last_handshake)
+                        .map(status::secs_since),
+                    rx_bytes: live.map_or(0, |s| s.rx_bytes),
+                    tx_bytes: live.map_or(0, |s| s.tx_bytes),
+                    online: p.online,
+                }
+            })
+            .collect();
+        let c = handle.counters();
+        Status {
+            host: HostStatus {
+                name: id.name.clone(),
+                node_id: id.node_id.0,
+                address: id.subnet.host_addr().to_string(),
+                subnet: id.subnet.to_string(),
+                pool: id.pool.to_string(),
+                interface: id.interface.clone(),
+                bridge: self.bridge.clone(),
+                listen_port: snap.listen_port,
+                public_key: self.public_key.public_from_private().to_base64(),
+                endpoints: v.endpoints.iter().map(ToString::to_string).collect(),
+            },
+            coordinator: CoordinatorStatus {
+                addrs: id.coordinator.addrs.clone(),
+                connected: v.connected,
+                since_secs: v.since.elapsed().as_secs(),
+                last_error: v.last_error.clone(),
+                netmap_version: v.netmap.version(),
+            },
+            peers,
+            drops: vec![
+                ("tx_no_route".into(), c.tx_no_route),
+                ("tx_no_endpoint".into(), c.tx_no_endpoint),
+                ("tx_malformed".into(), c.tx_malformed),
+                ("tx_send_errors".into(), c.tx_send_errors),
+                ("rx_invalid".into(), c.rx_invalid),
+                ("rx_unknown_peer".into(), c.rx_unknown_peer),
+                ("rx_src_not_allowed".into(), c.rx_src_not_allowed),
+            ],
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+/// Runs the agent until `shutdown` completes, then removes the interface,
+/// routes and (when no container is attached) the bridge.
+pub async fn run(
+    config: AgentConfig,
+    start: Start,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let state = StateDir::open(&config.state_dir)?;
+    let key = state.host_key()?;
+    let secret = StaticSecret::from(key.0);
+    let stored = if state.has_identity() {
+        Some(state.identity()?)
+    } else {
+        None
+    };
+    if let (Start::Join { .. }, Some(id)) = (&start, &stored) {
+        return Err(AgentError::Other(format!(
+            "{} already holds node {} ({}); restart it with `weft up --state-dir {}`, or remove that directory to join as a new node",
+            state.path().display(),
+            id.name,
+            id.node_id.0,
+            state.path().display()
+        )));
+    }
+    if matches!(start, Start::Up) && stored.is_none() {
+        return Err(StateError::NotJoined(state.path().to_path_buf()).into());
+    }
+    let interface = config
+        .interface
+        .clone()
+        .or_else(|| stored.as_ref().map(|i| i.interface.clone()))
+        .unwrap_or_else(|| DEFAULT_INTERFACE.into());
+    let port = config
+        .listen_port
+        .or_else(|| stored.as_ref().map(|i| i.listen_port))
+        .unwrap_or(DEFAULT_PORT);
+
+    let mut opts = DeviceOptions::new(&interface);
+    opts.mtu = config.mtu;
+    opts.offload = config.offload;
+    opts.listen_port = port;
+    let device = Device::start(&opts)?;
+    let handle = device.handle();
+    let listen_port = device.listen_port();
+    handle
+        .apply(&DeviceUpdate {
+            private_key: Some(Some(key)),
+            ..DeviceUpdate::default()
+        })
+        .map_err(|e| AgentError::Other(format!("cannot set the host key: {}", e.reason)))?;
+    let uapi = UapiServer::start(&config.uapi_dir, handle.clone())?;
+
+    let client = ControlClient::new()?;
+    let (identity, session, netmap) = match (&start, stored) {
+        (Start::Join { token, name }, _) => {
+            let pool_guess = weft_proto::HostSubnet {
+                addr: std::net::Ipv4Addr::new(100, 64, 0, 0),
+                prefix_len: 10,
+            };
+            let eps =
+                endpoints::local_endpoints(listen_port, &[&interface, &config.bridge], pool_guess);
+            let name = name.clone().unwrap_or_else(hostname);
+            let out = client.join(token, &secret, &name, eps).await?;
+            let id = Identity {
+                node_id: out.node_id,
+                name: out.name,
+                subnet: out.subnet,
+                pool: out.pool,
+                tags: out.tags,
+                coordinator: out.coordinator,
+                interface: interface.clone(),
+                listen_port,
+            };
+            state.save_identity(&id)?;
+            tracing::info!(node = id.node_id.0, name = %id.name, subnet = %id.subnet, "joined the cluster");
+            let netmap = out.session.netmap().clone();
+            (id, Some(out.session), netmap)
+        }
+        (Start::Up, Some(mut id)) => {
+            id.interface = interface.clone();
+            id.listen_port = listen_port;
+            state.save_identity(&id)?;
+            let cached = state.cached_netmap().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "ignoring the cached netmap");
+                None
+            });
+            let eps =
+                endpoints::local_endpoints(listen_port, &[&interface, &config.bridge], id.pool);
+            let attempt = tokio::time::timeout(
+                FIRST_CONNECT_WAIT,
+                client.connect(&id.coordinator, &secret, eps, cached.clone()),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(s)) => {
+                    let m = s.netmap().clone();
+                    (id, Some(s), m)
+                }
+                Ok(Err(e @ ControlError::Removed)) => return Err(e.into()),
+                Ok(Err(e)) if matches!(e, ControlError::Refused { .. }) => return Err(e.into()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "coordinator unreachable; starting from the cached netmap");
+                    (id, None, cached.unwrap_or_default())
+                }
+                Err(_) => {
+                    tracing::warn!("coordinator did not answer in {FIRST_CONNECT_WAIT:?}; starting from the cached netmap");
+                    (id, None, cached.unwrap_or_default())
+                }
+            }
+        }
+        (Start::Up, None) => return Err(StateError::NotJoined(state.path().to_path_buf()).into()),
+    };
+
+    let net = HostNetwork::setup(
+        &interface,
+        &config.bridge,
+        identity.subnet,
+        identity.pool,
+        config.mtu,
+    )?;
+    let shared = Arc::new(Shared {
+        state: state.clone(),
+        public_key: key,
+        bridge: config.bridge.clone(),
+        view: Mutex::new(View {
+            identity: identity.clone(),
+            netmap: netmap.clone(),
+            connected: session.is_some(),
+            since: Instant::now(),
+            last_error: None,
+            endpoints: Vec::new(),
+        }),
+    });
+    shared.scan_endpoints();
+    state.save_network(&NetworkFile {
+        subnet: identity.subnet.to_string(),
+        gateway: identity.subnet.host_addr(),
+        pool: identity.pool.to_string(),
+        bridge: config.bridge.clone(),
+        mtu: config.mtu,
+    })?;
+    let mut reconciler = peers::PeerReconciler::new();
+    control_loop::apply_netmap(&mut reconciler, &netmap, &handle);
+
+    let api = {
+        let shared = shared.clone();
+        let handle = handle.clone();
+        api::ApiServer::start(
+            &state.api_socket(),
+            Arc::new(move || shared.status(&handle)),
+        )?
+    };
+    tracing::info!(
+        interface = %interface,
+        address = %identity.subnet.host_addr(),
+        subnet = %identity.subnet,
+        port = listen_port,
+        "agent up; see `weft status --state-dir {}`",
+        state.path().display()
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let control = control_loop::ControlLoop {
+        client,
+        key: secret,
+        shared: shared.clone(),
+        handle: handle.clone(),
+        reconciler,
+    };
+    let mut control = tokio::spawn(control.run(session, stop_rx));
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        _ = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut control).await;
+            Ok(())
+        }
+        r = &mut control => match r {
+            Ok(r) => r,
+            Err(e) => Err(AgentError::Other(format!("control loop failed: {e}"))),
+        },
+    };
+    drop(api);
+    state.clear_network();
+    drop(uapi);
+    drop(device);
+    net.teardown();
+    result
+}

@@ -1,0 +1,208 @@
+//! From netmap to data-plane configuration: which peers to add, change and
+//! remove. Pure, so it is tested without a device.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+
+use weft_proto::{HostSubnet, Netmap, Peer};
+
+use crate::allowed_ips::IpNet;
+use crate::key::Key;
+use crate::uapi::protocol::{DeviceUpdate, PeerUpdate};
+
+/// Keepalive that keeps NAT and firewall mappings open between hosts.
+pub const PERSISTENT_KEEPALIVE_SECS: u16 = 25;
+
+/// Remembers what was last applied, so a netmap update only touches what
+/// changed: an endpoint the data plane learned by roaming is kept until the
+/// coordinator reports a different endpoint set for that peer.
+#[derive(Debug, Default)]
+pub struct PeerReconciler {
+    applied: HashMap<Key, Applied>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Applied {
+    subnet: HostSubnet,
+    endpoints: Vec<SocketAddr>,
+}
+
+impl PeerReconciler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The update that brings a device holding `current` peers in line with
+    /// `netmap`. Empty (no peers) when nothing changed.
+    pub fn plan(&mut self, netmap: &Netmap, current: &[Key]) -> DeviceUpdate {
+        let mut update = DeviceUpdate::default();
+        let mut wanted = HashSet::new();
+        for peer in netmap.peers() {
+            let key = Key(peer.public_key.0);
+            wanted.insert(key);
+            let now = Applied {
+                subnet: peer.subnet,
+                endpoints: peer.endpoints.clone(),
+            };
+            let known = current.contains(&key);
+            let prev = self.applied.get(&key);
+            if known && prev == Some(&now) {
+                continue;
+            }
+            let mut p = PeerUpdate::new(key);
+            p.replace_allowed_ips = true;
+            p.allowed_ips = vec![subnet_net(peer.subnet)];
+            p.persistent_keepalive = Some(PERSISTENT_KEEPALIVE_SECS);
+            let endpoints_changed = prev.is_none_or(|a| a.endpoints != now.endpoints);
+            if !known || endpoints_changed {
+                p.endpoint = choose_endpoint(peer);
+            }
+            update.peers.push(p);
+            self.applied.insert(key, now);
+        }
+        for key in current {
+            if !wanted.contains(key) {
+                let mut p = PeerUpdate::new(*key);
+                p.remove = true;
+                update.peers.push(p);
+                self.applied.remove(key);
+            }
+        }
+        update
+    }
+}
+
+/// The network a host subnet covers, as an allowed-IPs entry.
+pub fn subnet_net(s: HostSubnet) -> IpNet {
+    IpNet::new(IpAddr::V4(s.addr), s.prefix_len.min(32))
+        .unwrap_or_else(|| IpNet::host(IpAddr::V4(s.addr)))
+}
+
+/// The endpoint to try first: an IPv4 one if any (the lab and most clouds
+/// route v4 underlays), else the first reported.
+pub fn choose_endpoint(peer: &Peer) -> Option<SocketAddr> {
+    peer.endpoints
+        .iter()
+        .find(|e| e.is_ipv4() && !e.ip().is_loopback())
+        .or_else(|| peer.endpoints.first())
+        .copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_proto::netmap::NetmapUpdate;
+    use weft_proto::{NodeId, WgPublicKey};
+
+    fn peer(id: u8, ep: &str) -> Peer {
+        Peer {
+            id: NodeId(u64::from(id)),
+            name: format!("h{id}"),
+            public_key: WgPublicKey([id; 32]),
+            subnet: HostSubnet {
+                addr: format!("100.64.{id}.0").parse().unwrap(),
+                prefix_len: 24,
+            },
+            endpoints: vec![ep.parse().unwrap()],
+            tags: vec![],
+            online: true,
+        }
+    }
+
+    fn map(version: u64, peers: Vec<Peer>) -> Netmap {
+        let mut m = Netmap::new();
+        m.apply(NetmapUpdate {
+            epoch: 1,
+            from_version: 0,
+            version,
+            full: true,
+            upserts: peers,
+            removed: vec![],
+            more: false,
+        })
+        .unwrap();
+        m
+    }
+
+    #[test]
+    fn adds_then_leaves_unchanged_peers_alone() {
+        let mut r = PeerReconciler::new();
+        let m = map(
+            1,
+            vec![peer(1, "198.18.1.10:51820"), peer(2, "198.18.2.10:51820")],
+        );
+        let u = r.plan(&m, &[]);
+        assert_eq!(u.peers.len(), 2);
+        let p1 = u
+            .peers
+            .iter()
+            .find(|p| p.public_key == Key([1; 32]))
+            .unwrap();
+        assert_eq!(p1.endpoint, Some("198.18.1.10:51820".parse().unwrap()));
+        assert_eq!(p1.allowed_ips, vec!["100.64.1.0/24".parse().unwrap()]);
+        assert!(p1.replace_allowed_ips);
+        let again = r.plan(&m, &[Key([1; 32]), Key([2; 32])]);
+        assert!(again.peers.is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn removes_peers_gone_from_the_netmap() {
+        let mut r = PeerReconciler::new();
+        let m = map(1, vec![peer(1, "198.18.1.10:51820")]);
+        r.plan(&m, &[]);
+        let u = r.plan(&m, &[Key([1; 32]), Key([5; 32])]);
+        assert_eq!(u.peers.len(), 1);
+        assert!(u.peers[0].remove);
+        assert_eq!(u.peers[0].public_key, Key([5; 32]));
+    }
+
+    #[test]
+    fn keeps_a_roamed_endpoint_until_the_coordinator_reports_a_new_one() {
+        let mut r = PeerReconciler::new();
+        r.plan(&map(1, vec![peer(1, "198.18.1.10:51820")]), &[]);
+        // Another peer changes; peer 1 is untouched, so its (possibly
+        // roamed) endpoint is not reset.
+        let u = r.plan(
+            &map(
+                2,
+                vec![peer(1, "198.18.1.10:51820"), peer(2, "198.18.2.10:1")],
+            ),
+            &[Key([1; 32])],
+        );
+        assert_eq!(u.peers.len(), 1);
+        assert_eq!(u.peers[0].public_key, Key([2; 32]));
+        // Peer 1 reports a new endpoint: it is applied.
+        let u = r.plan(
+            &map(
+                3,
+                vec![peer(1, "198.18.1.11:51820"), peer(2, "198.18.2.10:1")],
+            ),
+            &[Key([1; 32]), Key([2; 32])],
+        );
+        assert_eq!(u.peers.len(), 1);
+        assert_eq!(
+            u.peers[0].endpoint,
+            Some("198.18.1.11:51820".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_peer_missing_from_the_device_is_re_added_with_its_endpoint() {
+        let mut r = PeerReconciler::new();
+        let m = map(1, vec![peer(1, "198.18.1.10:51820")]);
+        r.plan(&m, &[]);
+        let u = r.plan(&m, &[]);
+        assert_eq!(u.peers.len(), 1);
+        assert!(u.peers[0].endpoint.is_some());
+    }
+
+    #[test]
+    fn prefers_an_ipv4_endpoint() {
+        let mut p = peer(1, "[2001:db8::1]:51820");
+        p.endpoints.push("192.0.2.7:51820".parse().unwrap());
+        assert_eq!(
+            choose_endpoint(&p),
+            Some("192.0.2.7:51820".parse().unwrap())
+        );
+    }
+}

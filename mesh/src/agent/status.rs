@@ -1,0 +1,164 @@
+//! What `weft status` shows: this host, its coordinator connection and every
+//! peer. Serialized as JSON over the local API and by `weft status --json`.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole status of one agent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub host: HostStatus,
+    pub coordinator: CoordinatorStatus,
+    pub peers: Vec<PeerStatus>,
+    /// Packets the data plane dropped, by reason.
+    pub drops: Vec<(String, u64)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub name: String,
+    pub node_id: u64,
+    /// The host's own overlay address (the bridge gateway).
+    pub address: String,
+    pub subnet: String,
+    pub pool: String,
+    pub interface: String,
+    pub bridge: String,
+    pub listen_port: u16,
+    pub public_key: String,
+    /// UDP endpoints reported to the coordinator.
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CoordinatorStatus {
+    pub addrs: Vec<String>,
+    pub connected: bool,
+    /// Seconds since the connection was made or lost.
+    pub since_secs: u64,
+    pub last_error: Option<String>,
+    pub netmap_version: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub node_id: u64,
+    pub subnet: String,
+    pub public_key: String,
+    pub endpoint: Option<String>,
+    /// Seconds since the latest handshake; `None` if none yet.
+    pub last_handshake_secs: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// Whether the coordinator sees the peer connected.
+    pub online: bool,
+}
+
+/// Seconds from `t` to now, saturating at zero.
+pub fn secs_since(t: SystemTime) -> u64 {
+    SystemTime::now()
+        .duration_since(t)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+fn ago(secs: Option<u64>) -> String {
+    match secs {
+        None => "never".into(),
+        Some(s) if s < 120 => format!("{s}s ago"),
+        Some(s) if s < 7200 => format!("{}m ago", s / 60),
+        Some(s) => format!("{}h ago", s / 3600),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl Status {
+    /// The human-readable form `weft status` prints.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let h = &self.host;
+        let _ = writeln!(
+            out,
+            "host {} (node {})  address {}  subnet {}  interface {} port {}",
+            h.name, h.node_id, h.address, h.subnet, h.interface, h.listen_port
+        );
+        let c = &self.coordinator;
+        let state = if c.connected {
+            format!("connected for {}s", c.since_secs)
+        } else {
+            format!(
+                "DISCONNECTED for {}s ({}); tunnels keep running, retrying",
+                c.since_secs,
+                c.last_error.as_deref().unwrap_or("not yet connected")
+            )
+        };
+        let _ = writeln!(
+            out,
+            "coordinator {}  {state}  netmap v{}",
+            c.addrs.join(","),
+            c.netmap_version
+        );
+        let _ = writeln!(out, "{} peers", self.peers.len());
+        if !self.peers.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {:<16} {:<18} {:<22} {:<14} {:>10} {:>10}",
+                "NAME", "SUBNET", "ENDPOINT", "HANDSHAKE", "RX", "TX"
+            );
+        }
+        for p in &self.peers {
+            let _ = writeln!(
+                out,
+                "  {:<16} {:<18} {:<22} {:<14} {:>10} {:>10}{}",
+                p.name,
+                p.subnet,
+                p.endpoint.as_deref().unwrap_or("-"),
+                ago(p.last_handshake_secs),
+                bytes(p.rx_bytes),
+                bytes(p.tx_bytes),
+                if p.online { "" } else { "  (offline)" }
+            );
+        }
+        let dropped: Vec<String> = self
+            .drops
+            .iter()
+            .filter(|(_, v)| *v > 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if !dropped.is_empty() {
+            let _ = writeln!(out, "dropped: {}", dropped.join(" "));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+        assert_eq!(ago(None), "never");
+        assert_eq!(ago(Some(5)), "5s ago");
+        assert_eq!(ago(Some(300)), "5m ago");
+    }
+}
