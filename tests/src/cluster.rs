@@ -1,0 +1,404 @@
+//! A whole weft cluster in namespaces: a coordinator on the simulated
+//! internet, clouds (each a LAN behind a router) with hosts, and containers
+//! on every host attached through the CNI plugin. Shared by the cluster
+//! example and the mesh tests.
+//!
+//! Topology and addresses (DESIGN.md, "The lab"):
+//! - `inet`: the simulated internet, a bridge on `203.0.113.0/24`; the
+//!   coordinator is `203.0.113.1`, the router of cloud `c` is
+//!   `203.0.113.(10+c)`.
+//! - cloud `c`: router `r{c}` with LAN `198.18.c.0/24` (gateway `.1`); host
+//!   `h` of that cloud is `198.18.c.(10+h)`. Routers route between LANs
+//!   without NAT (the NAT issue swaps in NAT routers).
+//! - containers: one namespace each, addressed from their host's overlay
+//!   subnet by `weft cni`.
+
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde_json::Value;
+
+use crate::{wait_for, Lab, Proc};
+
+/// The coordinator's address and port on the simulated internet.
+pub const COORDINATOR_ADDR: &str = "203.0.113.1:7443";
+/// Where the reference CNI plugins live (Debian `containernetworking-plugins`).
+pub const CNI_PATH: &str = "/usr/lib/cni";
+
+/// How big a cluster to build.
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterSpec {
+    pub clouds: usize,
+    pub hosts_per_cloud: usize,
+    pub containers_per_host: usize,
+}
+
+/// One host: a namespace running `weft join` / `weft up`.
+#[derive(Debug)]
+pub struct Host {
+    /// The node name, e.g. `c1-h2`.
+    pub name: String,
+    pub ns: String,
+    pub cloud: usize,
+    pub underlay: Ipv4Addr,
+    pub state_dir: PathBuf,
+    /// The WireGuard interface (machine-wide unique in the lab).
+    pub interface: String,
+    pub agent: Option<Proc>,
+    pub containers: Vec<Container>,
+}
+
+/// One container: a namespace with an `eth0` on its host's bridge.
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub name: String,
+    pub ns: String,
+    pub id: String,
+    pub addr: Ipv4Addr,
+}
+
+/// A running cluster; torn down with its [`Lab`].
+pub struct Cluster<'a> {
+    pub lab: &'a Lab,
+    pub weft: PathBuf,
+    pub coordinator_ns: String,
+    pub coordinator_dir: PathBuf,
+    pub coordinator: Option<Proc>,
+    pub hosts: Vec<Host>,
+    token: String,
+}
+
+impl<'a> Cluster<'a> {
+    /// Builds the whole cluster: namespaces, coordinator, a token, every
+    /// host joined, and containers attached. Returns when every host has
+    /// every other host in its netmap.
+    pub fn build(lab: &'a Lab, weft: &Path, spec: ClusterSpec) -> anyhow::Result<Cluster<'a>> {
+        anyhow::ensure!(
+            (1..=9).contains(&spec.clouds) && (1..=9).contains(&spec.hosts_per_cloud),
+            "1-9 clouds of 1-9 hosts"
+        );
+        let inet = lab.netns("inet");
+        lab.bridge(&inet, "sw0");
+        let coord = lab.netns("coord");
+        lab.veth(&coord, "eth0", &inet, "coord");
+        lab.attach(&inet, "coord", "sw0");
+        lab.addr(&coord, "eth0", "203.0.113.1/24");
+        for c in 1..=spec.clouds {
+            let r = lab.netns(&format!("r{c}"));
+            lab.veth(&r, "wan", &inet, &format!("r{c}"));
+            lab.attach(&inet, &format!("r{c}"), "sw0");
+            lab.addr(&r, "wan", &format!("203.0.113.{}/24", 10 + c));
+            lab.bridge(&r, "lan");
+            lab.addr(&r, "lan", &format!("198.18.{c}.1/24"));
+            lab.forwarding(&r);
+        }
+        // Routes between the LANs (no NAT yet) and back to them from the
+        // coordinator.
+        for c in 1..=spec.clouds {
+            let lan = format!("198.18.{c}.0/24");
+            let via = format!("203.0.113.{}", 10 + c);
+            lab.route(&coord, &lan, &via);
+            for other in (1..=spec.clouds).filter(|o| *o != c) {
+                lab.route(&format!("{}-r{other}", lab.tag()), &lan, &via);
+            }
+        }
+        let coordinator_dir = lab.tempdir().join("coordinator");
+        let mut cluster = Cluster {
+            lab,
+            weft: weft.to_path_buf(),
+            coordinator_ns: coord,
+            coordinator_dir,
+            coordinator: None,
+            hosts: Vec::new(),
+            token: String::new(),
+        };
+        cluster.start_coordinator()?;
+        let total = spec.clouds * spec.hosts_per_cloud;
+        cluster.token = cluster
+            .admin(&["token", "create", "--uses", &total.to_string(), "--expires", "1h"])?
+            .trim()
+            .to_string();
+        for c in 1..=spec.clouds {
+            let r = format!("{}-r{c}", lab.tag());
+            for h in 1..=spec.hosts_per_cloud {
+                let ns = lab.netns(&format!("c{c}h{h}"));
+                let port = format!("h{h}");
+                lab.veth(&ns, "eth0", &r, &port);
+                lab.attach(&r, &port, "lan");
+                let underlay = Ipv4Addr::new(198, 18, c as u8, 10 + h as u8);
+                lab.addr(&ns, "eth0", &format!("{underlay}/24"));
+                lab.route(&ns, "default", &format!("198.18.{c}.1"));
+                let state_dir = lab.tempdir().join(format!("c{c}h{h}"));
+                let interface = lab.name(&format!("w{c}{h}"));
+                lab.register_path(format!("/var/run/wireguard/{interface}.sock"));
+                cluster.hosts.push(Host {
+                    name: format!("c{c}-h{h}"),
+                    ns,
+                    cloud: c,
+                    underlay,
+                    state_dir,
+                    interface,
+                    agent: None,
+                    containers: Vec::new(),
+                });
+            }
+        }
+        for i in 0..cluster.hosts.len() {
+            cluster.join(i)?;
+        }
+        cluster.wait_for_mesh(Duration::from_secs(20))?;
+        for i in 0..cluster.hosts.len() {
+            for k in 1..=spec.containers_per_host {
+                cluster.add_container(i, k)?;
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Starts (or restarts) the coordinator.
+    pub fn start_coordinator(&mut self) -> anyhow::Result<()> {
+        let dir = self.coordinator_dir.to_string_lossy().into_owned();
+        let p = self.lab.spawn(
+            &self.coordinator_ns,
+            &self.weft.to_string_lossy(),
+            &[
+                "coordinator",
+                "--state-dir",
+                &dir,
+                "--listen",
+                COORDINATOR_ADDR,
+                "--advertise",
+                COORDINATOR_ADDR,
+            ],
+            &[],
+        );
+        let admin = self.coordinator_dir.join("admin.json");
+        wait_for(Duration::from_secs(10), "the coordinator to start", || {
+            (admin.exists() && self.admin(&["node", "list"]).is_ok()).then_some(())
+        })?;
+        self.coordinator = Some(p);
+        Ok(())
+    }
+
+    /// Stops the coordinator (SIGTERM).
+    pub fn stop_coordinator(&mut self) {
+        if let Some(p) = self.coordinator.take() {
+            p.stop();
+        }
+    }
+
+    /// Runs an admin command (`weft token …`, `weft node …`) against the
+    /// coordinator; its stdout.
+    pub fn admin(&self, args: &[&str]) -> anyhow::Result<String> {
+        let admin = self.coordinator_dir.join("admin.json");
+        let weft = self.weft.to_string_lossy();
+        let mut v = vec![weft.as_ref()];
+        v.extend_from_slice(args);
+        let admin = admin.to_string_lossy();
+        v.extend_from_slice(&["--admin", &admin]);
+        self.lab.try_ok(&self.coordinator_ns, &v)
+    }
+
+    fn agent_args(h: &Host) -> Vec<String> {
+        vec![
+            "--state-dir".into(),
+            h.state_dir.to_string_lossy().into_owned(),
+            "--interface".into(),
+            h.interface.clone(),
+        ]
+    }
+
+    fn join(&mut self, i: usize) -> anyhow::Result<()> {
+        let h = &self.hosts[i];
+        let mut args: Vec<String> = vec!["join".into(), self.token.clone(), "--name".into(), h.name.clone()];
+        args.extend(Self::agent_args(h));
+        self.start_agent(i, &args)
+    }
+
+    /// Starts host `i` again from its stored identity (`weft up`).
+    pub fn up(&mut self, i: usize) -> anyhow::Result<()> {
+        let mut args: Vec<String> = vec!["up".into()];
+        args.extend(Self::agent_args(&self.hosts[i]));
+        self.start_agent(i, &args)
+    }
+
+    fn start_agent(&mut self, i: usize, args: &[String]) -> anyhow::Result<()> {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let h = &self.hosts[i];
+        let p = self
+            .lab
+            .spawn(&h.ns, &self.weft.to_string_lossy(), &argv, &[("WEFT_LOG", "info")]);
+        let name = h.name.clone();
+        wait_for(Duration::from_secs(15), &format!("agent {name} to come up"), || {
+            if !p.is_running() {
+                return Some(Err(anyhow::anyhow!("agent {name} exited: {}", p.stderr())));
+            }
+            self.status(i).ok().map(|_| Ok(()))
+        })??;
+        self.hosts[i].agent = Some(p);
+        Ok(())
+    }
+
+    /// Stops host `i`'s agent (SIGTERM) and returns whether it exited cleanly.
+    pub fn stop_agent(&mut self, i: usize) -> bool {
+        self.hosts[i]
+            .agent
+            .take()
+            .and_then(|p| p.stop())
+            .is_some_and(|s| s.success())
+    }
+
+    /// `weft status --json` of host `i`.
+    pub fn status(&self, i: usize) -> anyhow::Result<Value> {
+        let h = &self.hosts[i];
+        let out = crate::try_run(&[
+            &self.weft.to_string_lossy(),
+            "status",
+            "--json",
+            "--state-dir",
+            &h.state_dir.to_string_lossy(),
+        ])?;
+        serde_json::from_str(&out).context("weft status --json printed something unreadable")
+    }
+
+    /// `weft status` (the table) of host `i`.
+    pub fn status_text(&self, i: usize) -> anyhow::Result<String> {
+        crate::try_run(&[
+            &self.weft.to_string_lossy(),
+            "status",
+            "--state-dir",
+            &self.hosts[i].state_dir.to_string_lossy(),
+        ])
+    }
+
+    /// The overlay address of host `i` (its bridge gateway).
+    pub fn host_addr(&self, i: usize) -> anyhow::Result<Ipv4Addr> {
+        let s = self.status(i)?;
+        s["host"]["address"]
+            .as_str()
+            .context("status has no host address")?
+            .parse()
+            .context("bad host address in status")
+    }
+
+    /// Waits until every running host lists every other host as a peer.
+    pub fn wait_for_mesh(&self, timeout: Duration) -> anyhow::Result<()> {
+        let want = self.hosts.len() - 1;
+        let t0 = Instant::now();
+        for i in 0..self.hosts.len() {
+            if self.hosts[i].agent.is_none() {
+                continue;
+            }
+            let left = timeout.saturating_sub(t0.elapsed());
+            wait_for(left, &format!("{} to see {want} peers", self.hosts[i].name), || {
+                let s = self.status(i).ok()?;
+                (s["peers"].as_array()?.len() == want).then_some(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Runs the CNI plugin on host `i` with `command` for container `c`;
+    /// the plugin's JSON result (or error).
+    pub fn cni(&self, i: usize, command: &str, c: &Container, prev: Option<&Value>) -> anyhow::Result<Value> {
+        let h = &self.hosts[i];
+        let mut conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "weft",
+            "type": "weft-cni",
+            "stateDir": h.state_dir,
+        });
+        if let Some(prev) = prev {
+            conf["prevResult"] = prev.clone();
+        }
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &h.ns])
+            .arg(&self.weft)
+            .arg("cni")
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &c.id)
+            .env("CNI_NETNS", format!("/run/netns/{}", c.ns))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", CNI_PATH)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run weft cni")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(conf.to_string().as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "weft cni {command} for {} failed: {} {}",
+                c.name,
+                stdout.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        if stdout.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&stdout).with_context(|| format!("weft cni {command} printed {stdout}"))
+    }
+
+    /// Creates container `k` on host `i` and attaches it with `weft cni ADD`.
+    pub fn add_container(&mut self, i: usize, k: usize) -> anyhow::Result<Container> {
+        let short = format!("c{}h{}k{k}", self.hosts[i].cloud, i % 9 + 1);
+        let ns = self.lab.netns(&format!("{}-k{k}", self.hosts[i].name));
+        let mut c = Container {
+            name: format!("{}-ct{k}", self.hosts[i].name),
+            id: format!("{}-{short}", self.lab.tag()),
+            ns,
+            addr: Ipv4Addr::UNSPECIFIED,
+        };
+        let res = self.cni(i, "ADD", &c, None)?;
+        let ip = res["ips"][0]["address"]
+            .as_str()
+            .context("CNI result has no address")?;
+        c.addr = ip
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .with_context(|| format!("bad address {ip} in CNI result"))?;
+        self.hosts[i].containers.push(c.clone());
+        Ok(c)
+    }
+
+    /// Every container, with the index of its host.
+    pub fn containers(&self) -> Vec<(usize, Container)> {
+        self.hosts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, h)| h.containers.iter().map(move |c| (i, c.clone())))
+            .collect()
+    }
+
+    /// Pings every container from every other container; the pairs that
+    /// got no reply.
+    pub fn unreachable_pairs(&self) -> Vec<(String, String)> {
+        let all = self.containers();
+        let mut bad = Vec::new();
+        for (_, a) in &all {
+            for (_, b) in &all {
+                if a.ns == b.ns {
+                    continue;
+                }
+                let target = b.addr.to_string();
+                let ok = crate::ping_with(&a.ns, &["-c", "1", "-W", "2", &target]).is_ok()
+                    || crate::ping_with(&a.ns, &["-c", "2", "-W", "2", &target]).is_ok();
+                if !ok {
+                    bad.push((a.name.clone(), b.name.clone()));
+                }
+            }
+        }
+        bad
+    }
+}
