@@ -48,10 +48,26 @@ pub fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
             "admin credential written; create a join token with `weft token create`"
         );
         coordinator
-            .run_until(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
+            .run_until(shutdown_signal())
             .await;
         Ok(())
     })
+}
+
+/// Completes on SIGINT or SIGTERM (what systemd sends), so hosts see the
+/// connection close at once rather than after the idle timeout.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
 }

@@ -119,7 +119,14 @@ impl<'a> Cluster<'a> {
         cluster.start_coordinator()?;
         let total = spec.clouds * spec.hosts_per_cloud;
         cluster.token = cluster
-            .admin(&["token", "create", "--uses", &total.to_string(), "--expires", "1h"])?
+            .admin(&[
+                "token",
+                "create",
+                "--uses",
+                &total.to_string(),
+                "--expires",
+                "1h",
+            ])?
             .trim()
             .to_string();
         for c in 1..=spec.clouds {
@@ -214,7 +221,12 @@ impl<'a> Cluster<'a> {
 
     fn join(&mut self, i: usize) -> anyhow::Result<()> {
         let h = &self.hosts[i];
-        let mut args: Vec<String> = vec!["join".into(), self.token.clone(), "--name".into(), h.name.clone()];
+        let mut args: Vec<String> = vec![
+            "join".into(),
+            self.token.clone(),
+            "--name".into(),
+            h.name.clone(),
+        ];
         args.extend(Self::agent_args(h));
         self.start_agent(i, &args)
     }
@@ -229,16 +241,23 @@ impl<'a> Cluster<'a> {
     fn start_agent(&mut self, i: usize, args: &[String]) -> anyhow::Result<()> {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let h = &self.hosts[i];
-        let p = self
-            .lab
-            .spawn(&h.ns, &self.weft.to_string_lossy(), &argv, &[("WEFT_LOG", "info")]);
+        let p = self.lab.spawn(
+            &h.ns,
+            &self.weft.to_string_lossy(),
+            &argv,
+            &[("WEFT_LOG", "info")],
+        );
         let name = h.name.clone();
-        wait_for(Duration::from_secs(15), &format!("agent {name} to come up"), || {
-            if !p.is_running() {
-                return Some(Err(anyhow::anyhow!("agent {name} exited: {}", p.stderr())));
-            }
-            self.status(i).ok().map(|_| Ok(()))
-        })??;
+        wait_for(
+            Duration::from_secs(15),
+            &format!("agent {name} to come up"),
+            || {
+                if !p.is_running() {
+                    return Some(Err(anyhow::anyhow!("agent {name} exited: {}", p.stderr())));
+                }
+                self.status(i).ok().map(|_| Ok(()))
+            },
+        )??;
         self.hosts[i].agent = Some(p);
         Ok(())
     }
@@ -294,17 +313,27 @@ impl<'a> Cluster<'a> {
                 continue;
             }
             let left = timeout.saturating_sub(t0.elapsed());
-            wait_for(left, &format!("{} to see {want} peers", self.hosts[i].name), || {
-                let s = self.status(i).ok()?;
-                (s["peers"].as_array()?.len() == want).then_some(())
-            })?;
+            wait_for(
+                left,
+                &format!("{} to see {want} peers", self.hosts[i].name),
+                || {
+                    let s = self.status(i).ok()?;
+                    (s["peers"].as_array()?.len() == want).then_some(())
+                },
+            )?;
         }
         Ok(())
     }
 
     /// Runs the CNI plugin on host `i` with `command` for container `c`;
     /// the plugin's JSON result (or error).
-    pub fn cni(&self, i: usize, command: &str, c: &Container, prev: Option<&Value>) -> anyhow::Result<Value> {
+    pub fn cni(
+        &self,
+        i: usize,
+        command: &str,
+        c: &Container,
+        prev: Option<&Value>,
+    ) -> anyhow::Result<Value> {
         let h = &self.hosts[i];
         let mut conf = serde_json::json!({
             "cniVersion": "1.0.0",
@@ -345,16 +374,16 @@ impl<'a> Cluster<'a> {
         if stdout.trim().is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_str(&stdout).with_context(|| format!("weft cni {command} printed {stdout}"))
+        serde_json::from_str(&stdout)
+            .with_context(|| format!("weft cni {command} printed {stdout}"))
     }
 
     /// Creates container `k` on host `i` and attaches it with `weft cni ADD`.
     pub fn add_container(&mut self, i: usize, k: usize) -> anyhow::Result<Container> {
-        let short = format!("c{}h{}k{k}", self.hosts[i].cloud, i % 9 + 1);
         let ns = self.lab.netns(&format!("{}-k{k}", self.hosts[i].name));
         let mut c = Container {
             name: format!("{}-ct{k}", self.hosts[i].name),
-            id: format!("{}-{short}", self.lab.tag()),
+            id: ns.clone(),
             ns,
             addr: Ipv4Addr::UNSPECIFIED,
         };
@@ -401,4 +430,37 @@ impl<'a> Cluster<'a> {
         }
         bad
     }
+}
+
+/// Opens a TCP connection from namespace `from` to `to_ip:port` (a listener
+/// in namespace `to`) and returns the source address the listener saw: the
+/// mesh routes, it does not NAT, so this is the sender's own address.
+pub fn seen_source(
+    from: &str,
+    to: &str,
+    to_ip: Ipv4Addr,
+    port: u16,
+) -> anyhow::Result<std::net::IpAddr> {
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    let addr = SocketAddr::from((to_ip, port));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = crate::in_netns(to, move || -> anyhow::Result<std::net::IpAddr> {
+        let l = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+        let _ = tx.send(());
+        let (_, peer) = l.accept().context("accept")?;
+        Ok(peer.ip())
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .context("listener did not start")?;
+    let client = crate::in_netns(from, move || -> anyhow::Result<()> {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .with_context(|| format!("connect {addr}"))?;
+        Ok(())
+    });
+    client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))?
 }

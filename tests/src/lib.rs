@@ -26,7 +26,9 @@
 //! # }
 //! ```
 
+pub mod cluster;
 mod cmd;
+pub mod demo;
 mod lab;
 mod registry;
 mod sniff;

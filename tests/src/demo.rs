@@ -1,0 +1,171 @@
+//! The main job: a whole cluster on one machine, shown working. Run by the
+//! `weft-lab` example and, in its short mode, by the tests.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use crate::cluster::{seen_source, Cluster, ClusterSpec};
+use crate::Lab;
+
+/// How to run the demo.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// The `weft` binary.
+    pub weft: PathBuf,
+    pub spec: ClusterSpec,
+    /// Bytes sent across clouds by the TCP transfer.
+    pub transfer_bytes: usize,
+    /// Leave everything up until Ctrl-C.
+    pub keep: bool,
+}
+
+impl DemoOptions {
+    /// Three clouds of two hosts with two containers each.
+    pub fn new(weft: PathBuf) -> Self {
+        Self {
+            weft,
+            spec: ClusterSpec {
+                clouds: 3,
+                hosts_per_cloud: 2,
+                containers_per_host: 2,
+            },
+            transfer_bytes: 64 << 20,
+            keep: false,
+        }
+    }
+}
+
+/// Builds the cluster, prints one host's status, shows container-to-
+/// container ping and a TCP transfer across clouds, checks that every
+/// container pair can talk, and tears everything down (or waits for Ctrl-C
+/// with `keep`). Fails if any container pair cannot talk.
+#[expect(clippy::print_stdout, reason = "the demo's output")]
+pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        opts.weft.exists(),
+        "weft binary not found at {}; build it with `cargo build --release -p weft`",
+        opts.weft.display()
+    );
+    let t0 = Instant::now();
+    let lab = Lab::new("cl");
+    let s = opts.spec;
+    println!(
+        "== building {} clouds x {} hosts x {} containers (lab {})",
+        s.clouds,
+        s.hosts_per_cloud,
+        s.containers_per_host,
+        lab.tag()
+    );
+    let cluster = Cluster::build(&lab, &opts.weft, s)?;
+    println!(
+        "   coordinator on {}, {} hosts joined with one token, {} containers attached by `weft cni` ({:.1} s)",
+        crate::cluster::COORDINATOR_ADDR,
+        cluster.hosts.len(),
+        cluster.containers().len(),
+        t0.elapsed().as_secs_f64()
+    );
+    for h in &cluster.hosts {
+        let addrs: Vec<String> = h.containers.iter().map(|c| c.addr.to_string()).collect();
+        println!(
+            "   {:<6} underlay {:<13} containers {}",
+            h.name,
+            h.underlay,
+            addrs.join(", ")
+        );
+    }
+
+    let all = cluster.containers();
+    let (_, first) = all.first().context("no containers")?.clone();
+    let (_, last) = all.last().context("no containers")?.clone();
+    println!(
+        "\n== ping {} ({}) -> {} ({}), across clouds",
+        first.name, first.addr, last.name, last.addr
+    );
+    let out = lab.try_ok(
+        &first.ns,
+        &[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &last.addr.to_string(),
+        ],
+    )?;
+    for l in out
+        .lines()
+        .filter(|l| l.contains("bytes from") || l.contains("rtt"))
+    {
+        println!("   {l}");
+    }
+
+    println!(
+        "\n== TCP {} MiB {} -> {}, SHA-256 checked on arrival",
+        opts.transfer_bytes >> 20,
+        first.name,
+        last.name
+    );
+    let t = Instant::now();
+    crate::tcp_transfer(
+        &first.ns,
+        &last.ns,
+        IpAddr::V4(last.addr),
+        5201,
+        opts.transfer_bytes,
+    )?;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "   arrived intact in {secs:.2} s ({:.0} Mbit/s, debug builds are slower)",
+        opts.transfer_bytes as f64 * 8.0 / secs / 1e6
+    );
+    let seen = seen_source(&first.ns, &last.ns, last.addr, 5202)?;
+    println!("   the receiver sees the sender as {seen} (routed, not NATed)");
+    if seen != IpAddr::V4(first.addr) {
+        bail!(
+            "the receiver saw {seen}, not the sender container's address {}",
+            first.addr
+        );
+    }
+
+    let pairs = all.len() * (all.len() - 1);
+    println!("\n== every container pings every other container ({pairs} pairs)");
+    let bad = cluster.unreachable_pairs();
+    if !bad.is_empty() {
+        bail!(
+            "{} of {pairs} container pairs cannot talk: {bad:?}",
+            bad.len()
+        );
+    }
+    println!("   {pairs}/{pairs} pairs answered");
+
+    println!("\n== weft status on {}", cluster.hosts[0].name);
+    for l in cluster.status_text(0)?.lines() {
+        println!("   {l}");
+    }
+
+    if opts.keep {
+        let h = &cluster.hosts[0];
+        println!("\n== the cluster stays up; explore it, then press Ctrl-C to tear it down:");
+        println!("   weft status --state-dir {}", h.state_dir.display());
+        println!("   wg show {}", h.interface);
+        println!("   ip netns exec {} ping {}", first.ns, last.addr);
+        println!(
+            "   ip netns exec {} bash    # a shell inside a container",
+            first.ns
+        );
+        println!("   ip netns list | grep {}", lab.tag());
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    println!(
+        "\n== done in {:.1} s; tearing down",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
