@@ -1,6 +1,7 @@
 //! `weft`: the one binary. Each subcommand lives in its own module.
 
 mod agent_cmd;
+mod cni;
 mod coordinator_cmd;
 mod node;
 mod status;
@@ -33,21 +34,37 @@ enum Command {
     Token(token::TokenArgs),
     /// List and remove nodes (needs the admin credential).
     Node(node::NodeArgs),
+    /// Container Network Interface plugin (CNI 1.0.0); invoked by container runtimes, reads
+    /// CNI_* env and config on stdin.
+    Cni(cni::CniArgs),
 }
 
-fn init_logging() {
+/// Logs go to stderr, filtered by `WEFT_LOG`, else at `default` level.
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Runtimes and service managers collect stderr into logs: no colour codes there.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
 fn main() -> anyhow::Result<()> {
+    // Runtimes run CNI plugins by file name with no arguments: as `weft-cni`
+    // (a copy or symlink in CNI_PATH) this binary is `weft cni`.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new(cni::PLUGIN_NAME)) {
+        // Quiet by default: runtimes collect a plugin's stderr.
+        init_logging("warn");
+        std::process::exit(cni::main());
+    }
     let cli = Cli::parse();
-    init_logging();
+    init_logging(match cli.command {
+        Command::Cni(_) => "warn",
+        _ => "info",
+    });
     match cli.command {
         Command::Wg(args) => wg::run(args),
         Command::Join(args) => agent_cmd::join(args),
@@ -56,5 +73,6 @@ fn main() -> anyhow::Result<()> {
         Command::Coordinator(args) => coordinator_cmd::run(args),
         Command::Token(args) => token::run(args),
         Command::Node(args) => node::run(args),
+        Command::Cni(args) => cni::run(args),
     }
 }
