@@ -2,11 +2,13 @@
 //! entirely through the stock `wg` tool, the way `wireguard-go -f` runs.
 
 use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use weft_mesh::dataplane::{Device, DeviceOptions, DEFAULT_MTU};
+use weft_mesh::dataplane::{CounterSnapshot, Device, DeviceHandle, DeviceOptions, DEFAULT_MTU};
 use weft_mesh::uapi::server::{UapiServer, SOCKET_DIR};
 
 #[derive(Args, Debug)]
@@ -43,10 +45,53 @@ pub fn run(args: WgArgs) -> anyhow::Result<()> {
 
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .context("cannot install signal handlers")?;
+    let handle = device.handle();
+    let (stop_reports, stopped) = mpsc::channel::<()>();
+    let reporter = {
+        let handle = handle.clone();
+        std::thread::Builder::new()
+            .name("counters".into())
+            .spawn(move || report_counters(&handle, &stopped))
+            .context("cannot start counter reporter thread")?
+    };
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "shutting down");
     }
+    drop(stop_reports);
+    let _ = reporter.join();
     drop(uapi);
     drop(device);
+    log_counters(&handle.counters(), "final counters");
     Ok(())
+}
+
+/// How often changed drop counters reach the log, so junk at the UDP port
+/// is visible without flooding it.
+const COUNTER_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Logs the drop counters every [`COUNTER_REPORT_INTERVAL`] while they
+/// change, until `stop` is dropped.
+fn report_counters(handle: &DeviceHandle, stop: &mpsc::Receiver<()>) {
+    let mut last = handle.counters();
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(COUNTER_REPORT_INTERVAL) {
+        let now = handle.counters();
+        if now != last {
+            log_counters(&now, "drops");
+            last = now;
+        }
+    }
+}
+
+fn log_counters(c: &CounterSnapshot, what: &str) {
+    tracing::info!(
+        tx_no_route = c.tx_no_route,
+        tx_no_endpoint = c.tx_no_endpoint,
+        tx_malformed = c.tx_malformed,
+        tx_send_errors = c.tx_send_errors,
+        rx_invalid = c.rx_invalid,
+        rx_unknown_peer = c.rx_unknown_peer,
+        rx_src_not_allowed = c.rx_src_not_allowed,
+        cookies_sent = c.cookies_sent,
+        "{what}"
+    );
 }
