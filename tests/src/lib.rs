@@ -36,8 +36,8 @@ mod traffic;
 
 pub use cmd::{in_netns, run, run_ok, try_run};
 pub use lab::{Lab, Proc};
-pub use sniff::{Capture, UdpPacket};
-pub use traffic::{ping, ping_with, tcp_transfer, vm_rss_kib};
+pub use sniff::{Capture, Packet, UdpPacket};
+pub use traffic::{ping, ping_with, snmp_counter, tcp_transfer, vm_rss_kib};
 
 use std::time::{Duration, Instant};
 

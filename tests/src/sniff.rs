@@ -15,6 +15,15 @@ pub struct UdpPacket {
     pub payload: Vec<u8>,
 }
 
+/// An IP packet seen on an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet {
+    /// Sent by this namespace (rather than received by it).
+    pub outgoing: bool,
+    /// The packet from its IP header on.
+    pub data: Vec<u8>,
+}
+
 /// Every packet in and out of one interface, from the moment it is opened.
 /// The socket queues what it sees, so drop it before bulk traffic.
 pub struct Capture {
@@ -66,9 +75,9 @@ impl Capture {
         Ok(Capture { fd })
     }
 
-    /// The next UDP datagram (IPv4 or IPv6, either direction), or `None`
-    /// if none arrives within `timeout`.
-    pub fn next_udp(&self, timeout: Duration) -> anyhow::Result<Option<UdpPacket>> {
+    /// The next IP packet in either direction, or `None` if none arrives
+    /// within `timeout`.
+    pub fn next_packet(&self, timeout: Duration) -> anyhow::Result<Option<Packet>> {
         let deadline = Instant::now() + timeout;
         let mut buf = vec![0u8; 1 << 16];
         loop {
@@ -94,13 +103,18 @@ impl Capture {
             if rc == 0 {
                 return Ok(None);
             }
-            // SAFETY: buf is valid for buf.len() bytes.
+            // SAFETY: an all-zero sockaddr_ll is valid for recvfrom to fill.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: buf and from are valid for the lengths given.
             let n = unsafe {
-                libc::recv(
+                libc::recvfrom(
                     self.fd.as_raw_fd(),
                     buf.as_mut_ptr().cast(),
                     buf.len(),
                     libc::MSG_DONTWAIT,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut from_len,
                 )
             };
             if n < 0 {
@@ -113,8 +127,41 @@ impl Capture {
                 }
                 return Err(e).context("recv AF_PACKET");
             }
-            if let Some(p) = parse_udp(&buf[..n as usize]) {
-                return Ok(Some(p));
+            return Ok(Some(Packet {
+                outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
+                data: buf[..n as usize].to_vec(),
+            }));
+        }
+    }
+
+    /// The next UDP datagram (IPv4 or IPv6, either direction), or `None`
+    /// if none arrives within `timeout`.
+    pub fn next_udp(&self, timeout: Duration) -> anyhow::Result<Option<UdpPacket>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(p) = self.next_packet(left)? else {
+                return Ok(None);
+            };
+            if let Some(u) = parse_udp(&p.data) {
+                return Ok(Some(u));
+            }
+        }
+    }
+
+    /// Reads packets until `want` accepts one or `timeout` passes.
+    pub fn find_packet(
+        &self,
+        timeout: Duration,
+        mut want: impl FnMut(&Packet) -> bool,
+    ) -> anyhow::Result<Option<Packet>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_packet(left)? {
+                Some(p) if want(&p) => return Ok(Some(p)),
+                Some(_) => {}
+                None => return Ok(None),
             }
         }
     }

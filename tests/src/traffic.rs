@@ -119,6 +119,29 @@ fn fill_xorshift(buf: &mut [u8], seed: &mut u64) {
     }
 }
 
+/// A kernel protocol counter of namespace `ns` from `/proc/net/snmp`, e.g.
+/// `("Udp", "RcvbufErrors")`: datagrams dropped because a socket's receive
+/// buffer was full.
+pub fn snmp_counter(ns: &str, group: &str, field: &str) -> anyhow::Result<u64> {
+    let text = try_run(&["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"])?;
+    let prefix = format!("{group}:");
+    let mut rows = text.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = (rows.next(), rows.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        anyhow::bail!("no {group} counters in /proc/net/snmp of {ns}");
+    };
+    let i = names
+        .split_whitespace()
+        .position(|n| n == field)
+        .with_context(|| format!("no counter {group}.{field}"))?;
+    values
+        .split_whitespace()
+        .nth(i)
+        .with_context(|| format!("no value for {group}.{field}"))?
+        .parse()
+        .with_context(|| format!("{group}.{field} is not a number"))
+}
+
 /// Resident memory of process `pid` in KiB (`VmRSS` in /proc/PID/status).
 pub fn vm_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use weft_tests::{ping, require_root, tcp_transfer, wait_for, Lab};
+use weft_tests::{ping, require_root, snmp_counter, tcp_transfer, wait_for, Lab};
 
 fn netns_exists(ns: &str) -> bool {
     Path::new("/run/netns").join(ns).exists()
@@ -36,6 +36,7 @@ fn two_hosts_and_a_router_talk_and_vanish_on_drop() {
         "1"
     );
     ping(&a, "198.51.100.2").unwrap();
+    snmp_counter(&b, "Udp", "RcvbufErrors").unwrap();
     tcp_transfer(&a, &b, "198.51.100.2".parse().unwrap(), 5000, 1 << 20).unwrap();
 
     let sleeper = lab.spawn(&b, "sleep", &["600"], &[]);
