@@ -47,9 +47,7 @@ pub fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
             admin = %coordinator.admin_credential_path().display(),
             "admin credential written; create a join token with `weft token create`"
         );
-        coordinator
-            .run_until(shutdown_signal())
-            .await;
+        coordinator.run_until(shutdown_signal()).await;
         Ok(())
     })
 }
