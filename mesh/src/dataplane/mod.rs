@@ -11,6 +11,7 @@
 //! [`AllowedIps`]: crate::allowed_ips::AllowedIps
 
 mod config;
+pub mod hooks;
 pub mod peer;
 mod rx;
 mod timers;
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tun_rs::{DeviceBuilder, SyncDevice};
 
 pub use config::DeviceState;
@@ -137,6 +138,15 @@ pub(crate) struct Shared {
     /// Signalled when the UDP socket was replaced; cleared by `rx`.
     pub rebind: WakeFd,
     pub stopping: AtomicBool,
+    /// Where datagrams for relayed peers go (set by the agent).
+    pub relay: ArcSwapOption<hooks::RelaySink>,
+    /// Where disco datagrams go (set by the agent).
+    pub disco: ArcSwapOption<hooks::DiscoSink>,
+    /// Relayed datagrams waiting for the receive thread.
+    pub injected: Mutex<Vec<(std::net::SocketAddr, Vec<u8>)>>,
+    pub has_injected: AtomicBool,
+    /// Signalled when `injected` has work; cleared by `rx`.
+    pub inject: WakeFd,
 }
 
 /// A running WireGuard interface. Dropping it stops the threads and removes
@@ -175,6 +185,11 @@ impl Device {
             stop: WakeFd::new().map_err(DeviceError::Thread)?,
             rebind: WakeFd::new().map_err(DeviceError::Thread)?,
             stopping: AtomicBool::new(false),
+            relay: ArcSwapOption::empty(),
+            disco: ArcSwapOption::empty(),
+            injected: Mutex::new(Vec::new()),
+            has_injected: AtomicBool::new(false),
+            inject: WakeFd::new().map_err(DeviceError::Thread)?,
         });
         let mut device = Device {
             shared: shared.clone(),
@@ -250,6 +265,42 @@ impl DeviceHandle {
 
     pub fn counters(&self) -> CounterSnapshot {
         self.shared.counters.snapshot()
+    }
+
+    /// Sends the relay's share of outbound WireGuard datagrams to `sink`.
+    pub fn set_relay_sink(&self, sink: hooks::RelaySink) {
+        self.shared.relay.store(Some(Arc::new(sink)));
+    }
+
+    /// Hands non-WireGuard datagrams (see [`hooks::DISCO_MAGIC`]) to `sink`.
+    pub fn set_disco_sink(&self, sink: hooks::DiscoSink) {
+        self.shared.disco.store(Some(Arc::new(sink)));
+    }
+
+    /// Feeds a datagram that came through the relay from node `from_node`.
+    pub fn inject_relayed(&self, from_node: u64, dgram: &[u8]) {
+        self.shared.inject(from_node, dgram);
+    }
+
+    /// Sends a disco datagram from the WireGuard socket.
+    pub fn send_disco(&self, dest: std::net::SocketAddr, dgram: &[u8]) -> io::Result<()> {
+        self.shared
+            .udp
+            .load()
+            .send(dest, dgram, None, &self.shared.stop)
+    }
+
+    /// Points peer `key` at `endpoint` (a socket address or a relay marker);
+    /// false if there is no such peer.
+    pub fn set_endpoint(&self, key: &crate::key::Key, endpoint: std::net::SocketAddr) -> bool {
+        let table = self.shared.table.load();
+        match table.by_key.get(key) {
+            Some(peer) => {
+                peer.state().endpoint = Some(udp::canonical(endpoint));
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn is_stopping(&self) -> bool {

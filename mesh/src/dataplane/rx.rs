@@ -15,6 +15,7 @@ use boringtun::noise::{Packet, TunnResult};
 use quinn_udp::RecvMeta;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
+use super::hooks::{is_disco, relay_node};
 use super::peer::{Peer, PeerTable};
 use super::udp::UdpEndpoint;
 use super::wake::{self, Ready};
@@ -103,10 +104,14 @@ pub(super) fn run(shared: Arc<Shared>) {
                 match wake::wait(
                     Some(udp.raw_fd()),
                     libc::POLLIN,
-                    &[&shared.stop, &shared.rebind],
+                    &[&shared.stop, &shared.rebind, &shared.inject],
                     -1,
                 ) {
                     Ok(Ready::Woken(0)) => return,
+                    Ok(Ready::Woken(2)) => {
+                        handle_injected(&shared, &udp, &mut tun, &mut scratch);
+                        continue;
+                    }
                     Ok(Ready::Woken(_)) => {
                         shared.rebind.clear();
                         udp = shared.udp.load_full();
@@ -135,6 +140,12 @@ pub(super) fn run(shared: Arc<Shared>) {
                 meta.stride
             };
             for dgram in data.chunks(stride) {
+                if is_disco(dgram) {
+                    if let Some(sink) = shared.disco.load().as_ref() {
+                        sink(meta.addr, dgram);
+                    }
+                    continue;
+                }
                 if tun.is_full() {
                     tun.flush(&shared);
                 }
@@ -150,7 +161,32 @@ pub(super) fn run(shared: Arc<Shared>) {
             }
         }
         tun.flush(&shared);
+        if shared.has_injected.load(Ordering::Acquire) {
+            handle_injected(&shared, &udp, &mut tun, &mut scratch);
+        }
     }
+}
+
+/// Processes the datagrams that arrived through the relay.
+fn handle_injected(shared: &Shared, udp: &UdpEndpoint, tun: &mut TunBatch, scratch: &mut [u8]) {
+    let table = shared.table.load();
+    for (src, dgram) in shared.take_injected() {
+        if tun.is_full() {
+            tun.flush(shared);
+        }
+        handle_datagram(shared, &table, udp, src, &dgram, tun, scratch);
+    }
+    tun.flush(shared);
+}
+
+/// Roaming: the endpoint follows the source of the latest authenticated
+/// packet, except that a packet through the relay never replaces a direct
+/// endpoint (the agent's path manager decides when direct has failed).
+fn roam(st: &mut super::peer::PeerState, src: SocketAddr) {
+    if relay_node(&src).is_some() && st.endpoint.is_some_and(|e| relay_node(&e).is_none()) {
+        return;
+    }
+    st.endpoint = Some(src);
 }
 
 /// Processes one WireGuard message from `src`.
@@ -172,7 +208,7 @@ fn handle_datagram(
         Ok(p) => p,
         Err(TunnResult::WriteToNetwork(reply)) => {
             bump(&shared.counters.cookies_sent);
-            let _ = udp.send(src, reply, None, &shared.stop);
+            let _ = shared.send_wire(udp, src, reply, None);
             return;
         }
         Err(_) => {
@@ -206,7 +242,7 @@ fn handle_datagram(
     match tunn.decapsulate(Some(src.ip()), dgram, out) {
         TunnResult::Done => {
             if !is_cookie {
-                st.endpoint = Some(src);
+                roam(&mut st, src);
                 drop(st);
                 peer.add_rx(dgram.len());
             }
@@ -222,25 +258,25 @@ fn handle_datagram(
             while let TunnResult::WriteToNetwork(p) = tunn.decapsulate(None, &[], scratch) {
                 pending.push(p.to_vec());
             }
-            st.endpoint = Some(src);
+            roam(&mut st, src);
             drop(st);
             peer.add_rx(dgram.len());
             for p in pending {
                 peer.add_tx(p.len());
-                if udp.send(src, &p, None, &shared.stop).is_err() {
+                if shared.send_wire(udp, src, &p, None).is_err() {
                     bump(&shared.counters.tx_send_errors);
                 }
             }
         }
         TunnResult::WriteToTunnelV4(inner, ip) => {
             let n = inner.len();
-            st.endpoint = Some(src);
+            roam(&mut st, src);
             drop(st);
             accept_inner(shared, table, peer, ip.into(), n, dgram.len(), tun);
         }
         TunnResult::WriteToTunnelV6(inner, ip) => {
             let n = inner.len();
-            st.endpoint = Some(src);
+            roam(&mut st, src);
             drop(st);
             accept_inner(shared, table, peer, ip.into(), n, dgram.len(), tun);
         }

@@ -50,7 +50,7 @@ pub(super) fn run(shared: Arc<Shared>) {
             if out > 0 {
                 if let Some(ep) = endpoint {
                     peer.add_tx(out);
-                    if udp.send(ep, &buf[..out], None, &shared.stop).is_err() {
+                    if shared.send_wire(&udp, ep, &buf[..out], None).is_err() {
                         super::bump(&shared.counters.tx_send_errors);
                     }
                 }

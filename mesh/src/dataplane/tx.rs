@@ -89,7 +89,7 @@ impl GsoBatch {
             return;
         };
         let segment = (self.count > 1).then_some(self.segment);
-        if let Err(e) = udp.send(dest, &self.buf[..self.len], segment, &shared.stop) {
+        if let Err(e) = shared.send_wire(udp, dest, &self.buf[..self.len], segment) {
             bump(&shared.counters.tx_send_errors);
             tracing::debug!(%dest, error = %e, "UDP send failed");
         }
