@@ -13,11 +13,16 @@
 //!
 //! - 2026-11-27, version 1: join, key-proof resume, netmap snapshot and
 //!   deltas, admin commands for tokens and nodes.
+//! - 2026-11-27, version 2: NAT traversal. QUIC datagrams on the session
+//!   connection ([`relay`]): relayed WireGuard datagrams and "punch now"
+//!   requests; the disco datagrams of [`disco`] on the WireGuard socket.
 
 pub mod auth;
 pub mod codec;
+pub mod disco;
 pub mod msg;
 pub mod netmap;
+pub mod relay;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod token;
@@ -25,10 +30,10 @@ pub mod types;
 
 /// The protocol version both sides put in their first message. A peer with a
 /// different version is refused with [`msg::ErrorCode::VersionMismatch`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The ALPN protocol id of the coordinator's QUIC endpoint.
-pub const ALPN: &[u8] = b"weft/1";
+pub const ALPN: &[u8] = b"weft/2";
 
 /// The TLS server name clients ask for. Identity is checked by the key pin,
 /// not by this name.

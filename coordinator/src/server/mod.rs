@@ -36,6 +36,7 @@ pub use weft_proto::msg::{CLOSE_REMOVED, CLOSE_REPLACED};
 
 mod admin_ops;
 mod conn;
+mod reflector;
 mod session;
 
 use admin_ops::create_token;
@@ -178,11 +179,13 @@ impl Coordinator {
 
         let coalescer = tokio::spawn(coalesce(shared.clone(), config.coalesce));
         let acceptor = tokio::spawn(accept(shared.clone(), endpoint.clone()));
+        let mut tasks = vec![coalescer, acceptor];
+        tasks.extend(reflector::spawn(local));
         Ok(Self {
             shared,
             endpoint,
             state_dir: config.state_dir,
-            tasks: vec![coalescer, acceptor],
+            tasks,
         })
     }
 
@@ -309,7 +312,9 @@ fn server_config(identity: &state::Identity) -> Result<quinn::ServerConfig, Coor
         .stream_receive_window(quinn::VarInt::from_u32(64 * 1024))
         .receive_window(quinn::VarInt::from_u32(128 * 1024))
         .send_window(96 * 1024)
-        .datagram_receive_buffer_size(None);
+        // Relayed WireGuard datagrams and punch requests (see session.rs).
+        .datagram_receive_buffer_size(Some(1 << 20))
+        .datagram_send_buffer_size(1 << 20);
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }

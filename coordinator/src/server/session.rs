@@ -149,6 +149,7 @@ pub(super) async fn session(
     let result = tokio::select! {
         e = reader => Err(e),
         r = writer => r,
+        e = relay(&shared, &conn, id) => Err(e),
     };
 
     let current = {
@@ -166,4 +167,27 @@ pub(super) async fn session(
     }
     debug!("session ended");
     result
+}
+
+/// Forwards this host's QUIC datagrams (relayed WireGuard ciphertext and
+/// punch requests) to the destination host's session, with the node id
+/// rewritten to the sender. Datagrams for hosts without a session are
+/// dropped, like packets to an unreachable address.
+async fn relay(shared: &Shared, conn: &quinn::Connection, id: NodeId) -> ConnError {
+    loop {
+        let bytes = match conn.read_datagram().await {
+            Ok(b) => b,
+            Err(e) => return ConnError::from(e),
+        };
+        let Some(dst) = weft_proto::relay::Datagram::node(&bytes) else {
+            continue;
+        };
+        let Some(dst_conn) = shared.sessions().get(&dst).map(|(_, c)| c.clone()) else {
+            continue;
+        };
+        let mut out = bytes.to_vec();
+        if weft_proto::relay::Datagram::set_node(&mut out, id) {
+            let _ = dst_conn.send_datagram(out.into());
+        }
+    }
 }

@@ -52,7 +52,13 @@ impl HostNetwork {
         ip(&["link", "set", interface, "mtu", &mtu.to_string(), "up"])?;
         // The host's own address on the TUN as well, so the host is
         // reachable on it even with no bridge port up.
-        ip(&["addr", "replace", &format!("{gateway}/32"), "dev", interface])?;
+        ip(&[
+            "addr",
+            "replace",
+            &format!("{gateway}/32"),
+            "dev",
+            interface,
+        ])?;
         let pool_cidr = format!("{}/{}", pool.addr, pool.prefix_len);
         ip(&[
             "route",

@@ -149,7 +149,8 @@ impl ControlClient {
             .send_window(64 * 1024)
             .max_concurrent_bidi_streams(0u32.into())
             .max_concurrent_uni_streams(0u32.into())
-            .datagram_receive_buffer_size(None);
+            .datagram_receive_buffer_size(Some(1 << 20))
+            .datagram_send_buffer_size(1 << 20);
         cfg.transport_config(Arc::new(transport));
         let all = info.addrs.join(", ");
         let mut last = String::from("the token names no address");

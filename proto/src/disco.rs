@@ -1,0 +1,325 @@
+//! Disco: the small datagrams weft sends on the WireGuard UDP socket to find
+//! paths through NATs. They start with [`MAGIC`], which no WireGuard message
+//! starts with.
+//!
+//! - `ReflectRequest` / `ReflectReply`: a host asks the coordinator's
+//!   reflector which address its WireGuard socket appears to come from (its
+//!   public mapping). Unauthenticated: a forged reply can only add a
+//!   candidate that then fails its authenticated probe.
+//! - `Ping` / `Pong`: probes between two hosts, authenticated with a MAC
+//!   keyed from the X25519 secret the two hosts' WireGuard keys share, so a
+//!   spoofed probe cannot make a host move its traffic. A pong says where the
+//!   ping came from (the sender's mapping as the receiver saw it).
+//!
+//! Layout: magic(4) kind(1) txid(12), then for ping/pong the sender's public
+//! key (32); for reflect-reply/pong an address (family 1, ip 16, port 2);
+//! for ping/pong a 16-byte MAC over everything before it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+/// The first four bytes of every disco datagram.
+pub const MAGIC: [u8; 4] = *b"WFT\xd1";
+const MAC_LEN: usize = 16;
+const ADDR_LEN: usize = 19;
+
+/// A transaction id: matches a reply to its request.
+pub type TxId = [u8; 12];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiscoMsg {
+    ReflectRequest {
+        txid: TxId,
+    },
+    ReflectReply {
+        txid: TxId,
+        observed: SocketAddr,
+    },
+    Ping {
+        txid: TxId,
+        sender: [u8; 32],
+    },
+    Pong {
+        txid: TxId,
+        sender: [u8; 32],
+        observed: SocketAddr,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DiscoError {
+    #[error("not a disco datagram")]
+    NotDisco,
+    #[error("disco datagram of unknown kind {0}")]
+    UnknownKind(u8),
+    #[error("disco datagram too short")]
+    Truncated,
+    #[error("bad address family {0}")]
+    BadFamily(u8),
+    #[error("disco MAC does not verify")]
+    BadMac,
+}
+
+/// The key two hosts use to authenticate probes, from their X25519 shared
+/// secret (the same on both sides).
+pub fn probe_key(shared_secret: &[u8; 32]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(shared_secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(b"weft disco probe key v1");
+    mac.finalize().into_bytes().into()
+}
+
+fn tag(key: &[u8; 32], data: &[u8]) -> [u8; MAC_LEN] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(data);
+    let full = mac.finalize().into_bytes();
+    let mut out = [0u8; MAC_LEN];
+    out.copy_from_slice(&full[..MAC_LEN]);
+    out
+}
+
+fn put_addr(out: &mut Vec<u8>, a: SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(v4) => {
+            out.push(4);
+            out.extend_from_slice(&v4.to_ipv6_mapped().octets());
+        }
+        IpAddr::V6(v6) => {
+            out.push(6);
+            out.extend_from_slice(&v6.octets());
+        }
+    }
+    out.extend_from_slice(&a.port().to_be_bytes());
+}
+
+fn get_addr(b: &[u8]) -> Result<SocketAddr, DiscoError> {
+    if b.len() < ADDR_LEN {
+        return Err(DiscoError::Truncated);
+    }
+    let mut ip = [0u8; 16];
+    ip.copy_from_slice(&b[1..17]);
+    let v6 = Ipv6Addr::from(ip);
+    let ip = match b[0] {
+        4 => IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED)),
+        6 => IpAddr::V6(v6),
+        f => return Err(DiscoError::BadFamily(f)),
+    };
+    Ok(SocketAddr::new(ip, u16::from_be_bytes([b[17], b[18]])))
+}
+
+impl DiscoMsg {
+    fn kind(&self) -> u8 {
+        match self {
+            DiscoMsg::ReflectRequest { .. } => 1,
+            DiscoMsg::ReflectReply { .. } => 2,
+            DiscoMsg::Ping { .. } => 3,
+            DiscoMsg::Pong { .. } => 4,
+        }
+    }
+
+    /// Encodes the message; ping and pong need the probe key.
+    pub fn encode(&self, key: Option<&[u8; 32]>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        out.extend_from_slice(&MAGIC);
+        out.push(self.kind());
+        match self {
+            DiscoMsg::ReflectRequest { txid } => out.extend_from_slice(txid),
+            DiscoMsg::ReflectReply { txid, observed } => {
+                out.extend_from_slice(txid);
+                put_addr(&mut out, *observed);
+            }
+            DiscoMsg::Ping { txid, sender } => {
+                out.extend_from_slice(txid);
+                out.extend_from_slice(sender);
+            }
+            DiscoMsg::Pong {
+                txid,
+                sender,
+                observed,
+            } => {
+                out.extend_from_slice(txid);
+                out.extend_from_slice(sender);
+                put_addr(&mut out, *observed);
+            }
+        }
+        if matches!(self, DiscoMsg::Ping { .. } | DiscoMsg::Pong { .. }) {
+            let t = key.map_or([0u8; MAC_LEN], |k| tag(k, &out));
+            out.extend_from_slice(&t);
+        }
+        out
+    }
+
+    /// Decodes a datagram. Ping and pong come back unverified together with
+    /// what to verify: call [`Unverified::verify`] with the sender's probe
+    /// key before trusting them.
+    pub fn decode(b: &[u8]) -> Result<Unverified<'_>, DiscoError> {
+        if b.len() < 5 || b[..4] != MAGIC {
+            return Err(DiscoError::NotDisco);
+        }
+        let kind = b[4];
+        let body = &b[5..];
+        let txid = |b: &[u8]| -> Result<TxId, DiscoError> {
+            b.get(..12)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(DiscoError::Truncated)
+        };
+        let sender = |b: &[u8]| -> Result<[u8; 32], DiscoError> {
+            b.get(12..44)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(DiscoError::Truncated)
+        };
+        let (msg, signed_len) = match kind {
+            1 => (DiscoMsg::ReflectRequest { txid: txid(body)? }, None),
+            2 => (
+                DiscoMsg::ReflectReply {
+                    txid: txid(body)?,
+                    observed: get_addr(body.get(12..).ok_or(DiscoError::Truncated)?)?,
+                },
+                None,
+            ),
+            3 => (
+                DiscoMsg::Ping {
+                    txid: txid(body)?,
+                    sender: sender(body)?,
+                },
+                Some(5 + 44),
+            ),
+            4 => (
+                DiscoMsg::Pong {
+                    txid: txid(body)?,
+                    sender: sender(body)?,
+                    observed: get_addr(body.get(44..).ok_or(DiscoError::Truncated)?)?,
+                },
+                Some(5 + 44 + ADDR_LEN),
+            ),
+            k => return Err(DiscoError::UnknownKind(k)),
+        };
+        let signed = match signed_len {
+            Some(n) => {
+                if b.len() < n + MAC_LEN {
+                    return Err(DiscoError::Truncated);
+                }
+                Some((&b[..n], &b[n..n + MAC_LEN]))
+            }
+            None => None,
+        };
+        Ok(Unverified { msg, signed })
+    }
+}
+
+/// A decoded disco message whose MAC (if it has one) is not checked yet.
+#[derive(Debug)]
+pub struct Unverified<'a> {
+    msg: DiscoMsg,
+    signed: Option<(&'a [u8], &'a [u8])>,
+}
+
+impl Unverified<'_> {
+    /// The sender's public key, for ping and pong.
+    pub fn sender(&self) -> Option<[u8; 32]> {
+        match &self.msg {
+            DiscoMsg::Ping { sender, .. } | DiscoMsg::Pong { sender, .. } => Some(*sender),
+            _ => None,
+        }
+    }
+
+    /// The message, if it needs no MAC (reflector traffic).
+    pub fn unauthenticated(self) -> Option<DiscoMsg> {
+        self.signed.is_none().then_some(self.msg)
+    }
+
+    /// The message, if its MAC verifies under `key`.
+    pub fn verify(self, key: &[u8; 32]) -> Result<DiscoMsg, DiscoError> {
+        let Some((data, mac)) = self.signed else {
+            return Ok(self.msg);
+        };
+        if bool::from(tag(key, data).ct_eq(mac)) {
+            Ok(self.msg)
+        } else {
+            Err(DiscoError::BadMac)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K: [u8; 32] = [7; 32];
+
+    fn all() -> Vec<DiscoMsg> {
+        vec![
+            DiscoMsg::ReflectRequest { txid: [1; 12] },
+            DiscoMsg::ReflectReply {
+                txid: [2; 12],
+                observed: "203.0.113.11:40001".parse().unwrap(),
+            },
+            DiscoMsg::Ping {
+                txid: [3; 12],
+                sender: [9; 32],
+            },
+            DiscoMsg::Pong {
+                txid: [4; 12],
+                sender: [9; 32],
+                observed: "[2001:db8::1]:51820".parse().unwrap(),
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trips() {
+        for m in all() {
+            let b = m.encode(Some(&K));
+            assert_eq!(&b[..4], &MAGIC);
+            assert_eq!(DiscoMsg::decode(&b).unwrap().verify(&K).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn a_wrong_key_or_a_flipped_bit_fails_the_mac() {
+        let ping = DiscoMsg::Ping {
+            txid: [3; 12],
+            sender: [9; 32],
+        }
+        .encode(Some(&K));
+        assert_eq!(
+            DiscoMsg::decode(&ping).unwrap().verify(&[8; 32]),
+            Err(DiscoError::BadMac)
+        );
+        for i in 5..ping.len() {
+            let mut b = ping.clone();
+            b[i] ^= 1;
+            let r = DiscoMsg::decode(&b).and_then(|u| u.verify(&K));
+            assert!(r.is_err(), "flipping byte {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn truncations_are_errors_not_panics() {
+        for m in all() {
+            let b = m.encode(Some(&K));
+            for n in 0..b.len() {
+                let _ = DiscoMsg::decode(&b[..n]).map(|u| u.verify(&K));
+            }
+            assert!(
+                DiscoMsg::decode(&b[..b.len() - 1])
+                    .and_then(|u| u.verify(&K))
+                    .is_err()
+                    || matches!(
+                        m,
+                        DiscoMsg::ReflectRequest { .. } | DiscoMsg::ReflectReply { .. }
+                    )
+            );
+        }
+    }
+
+    #[test]
+    fn probe_key_is_symmetric_input_derived() {
+        assert_eq!(probe_key(&[1; 32]), probe_key(&[1; 32]));
+        assert_ne!(probe_key(&[1; 32]), probe_key(&[2; 32]));
+    }
+}
