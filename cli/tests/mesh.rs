@@ -120,6 +120,7 @@ fn resilience_without_the_coordinator_and_node_removal() {
         clouds: 3,
         hosts_per_cloud: 1,
         containers_per_host: 1,
+        ..ClusterSpec::default()
     };
     let mut c = Cluster::build(&lab, &weft(), spec).expect("cluster");
     let a = c.hosts[0].containers[0].clone();

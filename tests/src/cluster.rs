@@ -8,13 +8,16 @@
 //!   coordinator is `203.0.113.1`, the router of cloud `c` is
 //!   `203.0.113.(10+c)`.
 //! - cloud `c`: router `r{c}` with LAN `198.18.c.0/24` (gateway `.1`); host
-//!   `h` of that cloud is `198.18.c.(10+h)`. Routers route between LANs
-//!   without NAT (the NAT issue swaps in NAT routers).
+//!   `h` of that cloud is `198.18.c.(10+h)`. Each cloud's router is the
+//!   kind of NAT [`ClusterSpec::nat`] gives it ([`crate::nat`]). A routed
+//!   cloud ([`NatKind::None`], the default) is reachable from the coordinator
+//!   and every other router by a route to its LAN; a cloud behind NAT is
+//!   not: the internet knows only `203.0.113.0/24` and the routed LANs.
 //! - containers: one namespace each, addressed from their host's overlay
 //!   subnet by `weft cni`.
 
 use std::io::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 
+use crate::nat::{self, NatKind, NatRouter};
 use crate::{wait_for, Lab, Proc};
 
 /// The coordinator's address and port on the simulated internet.
@@ -29,12 +33,51 @@ pub const COORDINATOR_ADDR: &str = "203.0.113.1:7443";
 /// Where the reference CNI plugins live (Debian `containernetworking-plugins`).
 pub const CNI_PATH: &str = "/usr/lib/cni";
 
-/// How big a cluster to build.
+/// Most clouds (and most hosts per cloud) a cluster can have.
+pub const MAX_CLOUDS: usize = 9;
+
+/// How big a cluster to build, and what stands between each cloud and the
+/// internet.
 #[derive(Clone, Copy, Debug)]
 pub struct ClusterSpec {
     pub clouds: usize,
     pub hosts_per_cloud: usize,
     pub containers_per_host: usize,
+    /// The router of cloud `c` (1-based) is `nat[c - 1]`.
+    pub nat: [NatKind; MAX_CLOUDS],
+}
+
+impl Default for ClusterSpec {
+    /// Three routed clouds of two hosts with two containers each.
+    fn default() -> Self {
+        Self {
+            clouds: 3,
+            hosts_per_cloud: 2,
+            containers_per_host: 2,
+            nat: [NatKind::None; MAX_CLOUDS],
+        }
+    }
+}
+
+impl ClusterSpec {
+    /// Puts cloud 1 behind `kinds[0]`, cloud 2 behind `kinds[1]`, and so on;
+    /// clouds past the end of `kinds` are routed.
+    pub fn with_nat(mut self, kinds: &[NatKind]) -> Self {
+        self.nat = [NatKind::None; MAX_CLOUDS];
+        for (slot, k) in self.nat.iter_mut().zip(kinds) {
+            *slot = *k;
+        }
+        self
+    }
+
+    /// What stands between cloud `cloud` (1-based) and the internet.
+    pub fn nat(&self, cloud: usize) -> NatKind {
+        cloud
+            .checked_sub(1)
+            .and_then(|i| self.nat.get(i))
+            .copied()
+            .unwrap_or_default()
+    }
 }
 
 /// One host: a namespace running `weft join` / `weft up`.
@@ -64,6 +107,7 @@ pub struct Container {
 /// A running cluster; torn down with its [`Lab`].
 pub struct Cluster<'a> {
     pub lab: &'a Lab,
+    pub spec: ClusterSpec,
     pub weft: PathBuf,
     pub coordinator_ns: String,
     pub coordinator_dir: PathBuf,
@@ -78,9 +122,13 @@ impl<'a> Cluster<'a> {
     /// every other host in its netmap.
     pub fn build(lab: &'a Lab, weft: &Path, spec: ClusterSpec) -> anyhow::Result<Cluster<'a>> {
         anyhow::ensure!(
-            (1..=9).contains(&spec.clouds) && (1..=9).contains(&spec.hosts_per_cloud),
-            "1-9 clouds of 1-9 hosts"
+            (1..=MAX_CLOUDS).contains(&spec.clouds)
+                && (1..=MAX_CLOUDS).contains(&spec.hosts_per_cloud),
+            "1-{MAX_CLOUDS} clouds of 1-{MAX_CLOUDS} hosts"
         );
+        let coordinator: SocketAddr = COORDINATOR_ADDR
+            .parse()
+            .context("COORDINATOR_ADDR is not an address")?;
         let inet = lab.netns("inet");
         lab.bridge(&inet, "sw0");
         let coord = lab.netns("coord");
@@ -95,10 +143,24 @@ impl<'a> Cluster<'a> {
             lab.bridge(&r, "lan");
             lab.addr(&r, "lan", &format!("198.18.{c}.1/24"));
             lab.forwarding(&r);
+            let kind = spec.nat(c);
+            if !kind.translates() {
+                continue;
+            }
+            let router = NatRouter {
+                ns: r,
+                wan_if: "wan".into(),
+                wan_ip: Ipv4Addr::new(203, 0, 113, 10 + c as u8),
+                lan_if: "lan".into(),
+                hosts: (1..=spec.hosts_per_cloud)
+                    .map(|h| Ipv4Addr::new(198, 18, c as u8, 10 + h as u8))
+                    .collect(),
+            };
+            nat::install(lab, &router, kind, coordinator)?;
         }
-        // Routes between the LANs (no NAT yet) and back to them from the
-        // coordinator.
-        for c in 1..=spec.clouds {
+        // Routes to the routed LANs from the coordinator and every other
+        // router; LANs behind NAT stay unreachable from outside.
+        for c in (1..=spec.clouds).filter(|c| !spec.nat(*c).translates()) {
             let lan = format!("198.18.{c}.0/24");
             let via = format!("203.0.113.{}", 10 + c);
             lab.route(&coord, &lan, &via);
@@ -109,6 +171,7 @@ impl<'a> Cluster<'a> {
         let coordinator_dir = lab.tempdir().join("coordinator");
         let mut cluster = Cluster {
             lab,
+            spec,
             weft: weft.to_path_buf(),
             coordinator_ns: coord,
             coordinator_dir,
@@ -164,6 +227,12 @@ impl<'a> Cluster<'a> {
             }
         }
         Ok(cluster)
+    }
+
+    /// The namespace of cloud `cloud`'s router (for [`nat::flush_conntrack`],
+    /// say).
+    pub fn nat_router_ns(&self, cloud: usize) -> String {
+        format!("{}-r{cloud}", self.lab.tag())
     }
 
     /// Starts (or restarts) the coordinator.

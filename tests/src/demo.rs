@@ -31,6 +31,7 @@ impl DemoOptions {
                 clouds: 3,
                 hosts_per_cloud: 2,
                 containers_per_host: 2,
+                ..ClusterSpec::default()
             },
             transfer_bytes: 64 << 20,
             keep: false,

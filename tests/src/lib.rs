@@ -30,12 +30,14 @@ pub mod cluster;
 mod cmd;
 pub mod demo;
 mod lab;
+pub mod nat;
 mod registry;
 mod sniff;
 mod traffic;
 
 pub use cmd::{in_netns, run, run_ok, try_run};
 pub use lab::{Lab, Proc};
+pub use nat::{NatKind, NatRouter};
 pub use sniff::{Capture, Packet, UdpPacket};
 pub use traffic::{ping, ping_with, snmp_counter, tcp_transfer, vm_rss_kib};
 
