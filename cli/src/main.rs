@@ -4,6 +4,7 @@ mod agent_cmd;
 mod cni;
 mod coordinator_cmd;
 mod node;
+mod probe;
 mod status;
 mod token;
 mod wg;
@@ -28,6 +29,10 @@ enum Command {
     Up(agent_cmd::UpArgs),
     /// Show this host, its coordinator connection and its peers.
     Status(status::StatusArgs),
+    /// Probe a peer on its current path (lan, direct or relay) and print each RTT.
+    Ping(probe::PingArgs),
+    /// Report whether UDP works, how this host's NAT maps, and the coordinator RTT.
+    Netcheck(probe::NetcheckArgs),
     /// Run the coordinator: join tokens, node registry, address space, netmaps.
     Coordinator(coordinator_cmd::CoordinatorArgs),
     /// Create, list and revoke join tokens (needs the admin credential).
@@ -70,6 +75,8 @@ fn main() -> anyhow::Result<()> {
         Command::Join(args) => agent_cmd::join(args),
         Command::Up(args) => agent_cmd::up(args),
         Command::Status(args) => status::run(args),
+        Command::Ping(args) => probe::ping(args),
+        Command::Netcheck(args) => probe::netcheck(args),
         Command::Coordinator(args) => coordinator_cmd::run(args),
         Command::Token(args) => token::run(args),
         Command::Node(args) => node::run(args),

@@ -19,6 +19,12 @@ use super::status::Status;
 #[non_exhaustive]
 pub enum ApiRequest {
     Status,
+    /// Probe a peer (a node name, or an address in its subnet) on its
+    /// current path.
+    Ping {
+        peer: String,
+    },
+    Netcheck,
 }
 
 /// A reply from the local API.
@@ -27,7 +33,87 @@ pub enum ApiRequest {
 #[non_exhaustive]
 pub enum ApiReply {
     Status(Box<Status>),
-    Error { message: String },
+    Pong {
+        peer: String,
+        address: String,
+        pong: super::traversal::PingReply,
+    },
+    Netcheck(super::traversal::netcheck::NetcheckReport),
+    Error {
+        message: String,
+    },
+}
+
+/// Answers one request (the handler an agent's [`ApiServer`] runs).
+pub type Handler = Arc<
+    dyn Fn(ApiRequest) -> std::pin::Pin<Box<dyn std::future::Future<Output = ApiReply> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The agent's answer to `req`.
+pub async fn answer(
+    shared: &super::Shared,
+    handle: &crate::dataplane::DeviceHandle,
+    req: ApiRequest,
+) -> ApiReply {
+    match req {
+        ApiRequest::Status => ApiReply::Status(Box::new(shared.status(handle))),
+        ApiRequest::Netcheck => {
+            let mut r = shared.traversal.netcheck.borrow().clone();
+            r.coordinator_rtt_ms = shared
+                .traversal
+                .link
+                .connection()
+                .map(|c| c.rtt().as_secs_f64() * 1000.0);
+            ApiReply::Netcheck(r)
+        }
+        ApiRequest::Ping { peer } => {
+            let netmap = shared.netmap();
+            let ip: Option<std::net::Ipv4Addr> = peer.parse().ok();
+            let found = netmap.peers().find(|p| {
+                p.name == peer
+                    || ip.is_some_and(|ip| {
+                        weft_proto::HostSubnet {
+                            addr: ip,
+                            prefix_len: 32,
+                        }
+                        .overlaps(&p.subnet)
+                    })
+            });
+            let Some(p) = found else {
+                return ApiReply::Error {
+                    message: format!(
+                        "no peer named {peer} or owning that address; `weft status` lists the peers"
+                    ),
+                };
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let sent = shared
+                .traversal
+                .requests
+                .send(super::traversal::Request::Ping {
+                    node: p.id,
+                    reply: tx,
+                })
+                .await;
+            if sent.is_err() {
+                return ApiReply::Error {
+                    message: "the agent is shutting down".into(),
+                };
+            }
+            match tokio::time::timeout(Duration::from_secs(2), rx).await {
+                Ok(Ok(reply)) => ApiReply::Pong {
+                    peer: p.name.clone(),
+                    address: p.subnet.host_addr().to_string(),
+                    pong: reply,
+                },
+                _ => ApiReply::Error {
+                    message: format!("no pong from {} within 2 s", p.name),
+                },
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +140,8 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Binds the socket; `status` builds the reply to a status request.
-    pub fn start(
-        path: &Path,
-        status: Arc<dyn Fn() -> Status + Send + Sync>,
-    ) -> Result<ApiServer, ApiError> {
+    /// Binds the socket; `handler` answers each request.
+    pub fn start(path: &Path, handler: Handler) -> Result<ApiServer, ApiError> {
         let io = |source| ApiError::Io {
             path: path.to_path_buf(),
             source,
@@ -76,9 +159,9 @@ impl ApiServer {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let status = status.clone();
+                let handler = handler.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve(stream, status).await {
+                    if let Err(e) = serve(stream, handler).await {
                         tracing::debug!(error = %e, "local API client went away");
                     }
                 });
@@ -98,15 +181,12 @@ impl Drop for ApiServer {
     }
 }
 
-async fn serve(
-    stream: UnixStream,
-    status: Arc<dyn Fn() -> Status + Send + Sync>,
-) -> std::io::Result<()> {
+async fn serve(stream: UnixStream, handler: Handler) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     while let Some(line) = lines.next_line().await? {
         let reply = match serde_json::from_str::<ApiRequest>(&line) {
-            Ok(ApiRequest::Status) => ApiReply::Status(Box::new(status())),
+            Ok(req) => handler(req).await,
             Err(e) => ApiReply::Error {
                 message: format!("bad request: {e}"),
             },

@@ -76,6 +76,15 @@ pub fn apply_netmap(reconciler: &mut PeerReconciler, netmap: &Netmap, handle: &D
     }
 }
 
+/// Aborts a task when dropped (the relay reader of a session).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub struct ControlLoop {
     pub client: ControlClient,
     pub key: StaticSecret,
@@ -125,6 +134,15 @@ impl ControlLoop {
             attempt = 0;
             self.on_netmap(s.netmap().clone());
             self.shared.set_connected();
+            // Relay and punches ride this connection.
+            let conn = s.connection();
+            self.shared.traversal.link.set(Some(conn.clone()));
+            let relay_rx = tokio::spawn(super::traversal::relay::receive(
+                conn,
+                self.handle.clone(),
+                self.shared.traversal.punches.clone(),
+            ));
+            let _abort_relay = AbortOnDrop(relay_rx);
             tracing::info!(
                 resumed = s.resumed(),
                 version = s.netmap().version(),
@@ -133,8 +151,10 @@ impl ControlLoop {
             let mut reported: Vec<SocketAddr> = self.shared.endpoints();
             let mut scan = tokio::time::interval(ENDPOINT_SCAN);
             scan.tick().await;
+            let changed = self.shared.endpoints_changed.clone();
             let lost = loop {
                 tokio::select! {
+                    _ = changed.notified() => scan.reset_immediately(),
                     change = s.next_change() => match change {
                         Ok(_) => self.on_netmap(s.netmap().clone()),
                         Err(e) if is_fatal(&e) => return Err(AgentError::Control(e)),
@@ -157,6 +177,7 @@ impl ControlLoop {
                 }
             };
             tracing::warn!(error = %lost, "lost the coordinator; tunnels keep running, reconnecting");
+            self.shared.traversal.link.set(None);
             self.shared.set_disconnected(lost.to_string());
             let since = Instant::now();
             let wait = backoff(0);

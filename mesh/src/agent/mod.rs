@@ -14,6 +14,7 @@ pub mod host_net;
 pub mod peers;
 pub mod state;
 pub mod status;
+pub mod traversal;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -106,11 +107,17 @@ pub struct Shared {
     public_key: Key,
     bridge: String,
     view: Mutex<View>,
+    /// The netmap, shared with the traversal engine.
+    netmap: Arc<Mutex<Netmap>>,
+    /// This host's public mapping, as the reflector saw it.
+    reflected: Arc<Mutex<Option<SocketAddr>>>,
+    /// Signalled when the endpoints to report changed.
+    endpoints_changed: Arc<tokio::sync::Notify>,
+    traversal: traversal::TraversalView,
 }
 
 struct View {
     identity: Identity,
-    netmap: Netmap,
     connected: bool,
     since: Instant,
     last_error: Option<String>,
@@ -127,7 +134,7 @@ impl Shared {
     }
 
     fn netmap(&self) -> Netmap {
-        self.view().netmap.clone()
+        lock(&self.netmap).clone()
     }
 
     fn endpoints(&self) -> Vec<SocketAddr> {
@@ -135,14 +142,20 @@ impl Shared {
     }
 
     fn set_netmap(&self, netmap: Netmap) {
-        self.view().netmap = netmap;
+        *lock(&self.netmap) = netmap;
     }
 
-    /// Re-reads the local endpoints and remembers them.
+    /// Re-reads the local endpoints, adds the public mapping, and remembers
+    /// them.
     fn scan_endpoints(&self) -> Vec<SocketAddr> {
         let id = self.identity();
-        let eps =
+        let mut eps =
             endpoints::local_endpoints(id.listen_port, &[&id.interface, &self.bridge], id.pool);
+        if let Some(p) = *lock(&self.reflected) {
+            if !eps.contains(&p) {
+                eps.push(p);
+            }
+        }
         self.view().endpoints = eps.clone();
         eps
     }
@@ -166,20 +179,28 @@ impl Shared {
     /// The status `weft status` shows.
     pub fn status(&self, handle: &DeviceHandle) -> Status {
         let snap = handle.snapshot();
+        let netmap = self.netmap();
         let v = self.view();
         let id = &v.identity;
-        let peers = v
-            .netmap
+        let peers = netmap
             .peers()
             .map(|p| {
                 let key = Key(p.public_key.0);
                 let live = snap.peers.iter().find(|s| s.public_key == key);
+                let path = self.traversal.path(p.id);
                 PeerStatus {
+                    path: path.as_ref().map(|p| p.kind.to_string()),
+                    path_rtt_ms: path.as_ref().and_then(|p| p.rtt_ms),
+                    relay_reason: path.as_ref().and_then(|p| p.reason.clone()),
+                    direct_after_secs: path.as_ref().and_then(|p| p.direct_after_secs),
                     name: p.name.clone(),
                     node_id: p.id.0,
                     subnet: p.subnet.to_string(),
                     public_key: key.to_base64(),
-                    endpoint: live.and_then(|s| s.endpoint).map(|e| e.to_string()),
+                    endpoint: live
+                        .and_then(|s| s.endpoint)
+                        .filter(|e| crate::dataplane::hooks::relay_node(e).is_none())
+                        .map(|e| e.to_string()),
                     last_handshake_secs: live
                         .and_then(|s| s.last_handshake)
                         .map(status::secs_since),
@@ -208,7 +229,7 @@ impl Shared {
                 connected: v.connected,
                 since_secs: v.since.elapsed().as_secs(),
                 last_error: v.last_error.clone(),
-                netmap_version: v.netmap.version(),
+                netmap_version: netmap.version(),
             },
             peers,
             drops: vec![
@@ -222,6 +243,10 @@ impl Shared {
             ],
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn hostname() -> String {
@@ -284,6 +309,56 @@ pub async fn run(
         .map_err(|e| AgentError::Other(format!("cannot set the host key: {}", e.reason)))?;
     let uapi = UapiServer::start(&config.uapi_dir, handle.clone())?;
 
+    // NAT traversal starts before the join so the first endpoints the
+    // coordinator hears include this host's public mapping.
+    let coordinator_info = match (&start, &stored) {
+        (Start::Join { token, .. }, _) => {
+            let t: weft_proto::token::JoinToken = token.parse().map_err(ControlError::from)?;
+            crate::control::CoordinatorInfo::from(&t)
+        }
+        (_, Some(id)) => id.coordinator.clone(),
+        (Start::Up, None) => return Err(StateError::NotJoined(state.path().to_path_buf()).into()),
+    };
+    let coordinator_addr = resolve(&coordinator_info).await;
+    let (tview, tinputs, nc_tx) = traversal::attach(&handle);
+    let netmap_cell = Arc::new(Mutex::new(Netmap::new()));
+    let reflected = Arc::new(Mutex::new(None));
+    let endpoints_changed = Arc::new(tokio::sync::Notify::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let engine = {
+        let cell = netmap_cell.clone();
+        let refl = reflected.clone();
+        let notify = endpoints_changed.clone();
+        traversal::Engine::new(
+            handle.clone(),
+            secret.clone(),
+            tview.clone(),
+            nc_tx,
+            coordinator_addr,
+            Box::new(move || lock(&cell).clone()),
+            Box::new(move |p| {
+                *lock(&refl) = p;
+                notify.notify_one();
+            }),
+            traversal::local_networks(&[&interface, &config.bridge]),
+        )
+    };
+    let engine_task = tokio::spawn(engine.run(tinputs, stop_rx.clone()));
+    let mut nc = tview.netcheck.clone();
+    let _ = tokio::time::timeout(
+        traversal::netcheck::FIRST_REFLECT_WAIT,
+        nc.wait_for(|r| r.public.is_some() && r.public_second.is_some()),
+    )
+    .await;
+    let with_public = |mut eps: Vec<SocketAddr>| {
+        if let Some(p) = *lock(&reflected) {
+            if !eps.contains(&p) {
+                eps.push(p);
+            }
+        }
+        eps
+    };
+
     let client = ControlClient::new()?;
     let (identity, session, netmap) = match (&start, stored) {
         (Start::Join { token, name }, _) => {
@@ -291,8 +366,11 @@ pub async fn run(
                 addr: std::net::Ipv4Addr::new(100, 64, 0, 0),
                 prefix_len: 10,
             };
-            let eps =
-                endpoints::local_endpoints(listen_port, &[&interface, &config.bridge], pool_guess);
+            let eps = with_public(endpoints::local_endpoints(
+                listen_port,
+                &[&interface, &config.bridge],
+                pool_guess,
+            ));
             let name = name.clone().unwrap_or_else(hostname);
             let out = client.join(token, &secret, &name, eps).await?;
             let id = Identity {
@@ -318,8 +396,11 @@ pub async fn run(
                 tracing::warn!(error = %e, "ignoring the cached netmap");
                 None
             });
-            let eps =
-                endpoints::local_endpoints(listen_port, &[&interface, &config.bridge], id.pool);
+            let eps = with_public(endpoints::local_endpoints(
+                listen_port,
+                &[&interface, &config.bridge],
+                id.pool,
+            ));
             let attempt = tokio::time::timeout(
                 FIRST_CONNECT_WAIT,
                 client.connect(&id.coordinator, &secret, eps, cached.clone()),
@@ -358,12 +439,15 @@ pub async fn run(
         bridge: config.bridge.clone(),
         view: Mutex::new(View {
             identity: identity.clone(),
-            netmap: netmap.clone(),
             connected: session.is_some(),
             since: Instant::now(),
             last_error: None,
             endpoints: Vec::new(),
         }),
+        netmap: netmap_cell,
+        reflected,
+        endpoints_changed,
+        traversal: tview.clone(),
     });
     shared.scan_endpoints();
     state.save_network(&NetworkFile {
@@ -375,13 +459,18 @@ pub async fn run(
     })?;
     let mut reconciler = peers::PeerReconciler::new();
     control_loop::apply_netmap(&mut reconciler, &netmap, &handle);
+    shared.set_netmap(netmap);
 
     let api = {
         let shared = shared.clone();
         let handle = handle.clone();
         api::ApiServer::start(
             &state.api_socket(),
-            Arc::new(move || shared.status(&handle)),
+            Arc::new(move |req| {
+                let shared = shared.clone();
+                let handle = handle.clone();
+                Box::pin(async move { api::answer(&shared, &handle, req).await })
+            }),
         )?
     };
     tracing::info!(
@@ -393,7 +482,6 @@ pub async fn run(
         state.path().display()
     );
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let control = control_loop::ControlLoop {
         client,
         key: secret,
@@ -414,10 +502,25 @@ pub async fn run(
             Err(e) => Err(AgentError::Other(format!("control loop failed: {e}"))),
         },
     };
+    let _ = stop_tx.send(true);
+    engine_task.abort();
+    tview.link.set(None);
     drop(api);
     state.clear_network();
     drop(uapi);
     drop(device);
     net.teardown();
     result
+}
+
+/// The coordinator's first address that resolves (IPv4), for the reflector.
+async fn resolve(info: &crate::control::CoordinatorInfo) -> Option<SocketAddr> {
+    for a in &info.addrs {
+        if let Ok(mut it) = tokio::net::lookup_host(a.as_str()).await {
+            if let Some(sa) = it.find(SocketAddr::is_ipv4) {
+                return Some(sa);
+            }
+        }
+    }
+    None
 }

@@ -2,9 +2,9 @@
 //! remove. Pure, so it is tested without a device.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use weft_proto::{HostSubnet, Netmap, Peer};
+use weft_proto::{HostSubnet, Netmap};
 
 use crate::allowed_ips::IpNet;
 use crate::key::Key;
@@ -14,8 +14,8 @@ use crate::uapi::protocol::{DeviceUpdate, PeerUpdate};
 pub const PERSISTENT_KEEPALIVE_SECS: u16 = 25;
 
 /// Remembers what was last applied, so a netmap update only touches what
-/// changed: an endpoint the data plane learned by roaming is kept until the
-/// coordinator reports a different endpoint set for that peer.
+/// changed. Endpoints are not set here: the traversal engine picks each
+/// peer's path (see `agent::traversal`).
 #[derive(Debug, Default)]
 pub struct PeerReconciler {
     applied: HashMap<Key, Applied>,
@@ -24,7 +24,6 @@ pub struct PeerReconciler {
 #[derive(Debug, PartialEq, Eq)]
 struct Applied {
     subnet: HostSubnet,
-    endpoints: Vec<SocketAddr>,
 }
 
 impl PeerReconciler {
@@ -42,7 +41,6 @@ impl PeerReconciler {
             wanted.insert(key);
             let now = Applied {
                 subnet: peer.subnet,
-                endpoints: peer.endpoints.clone(),
             };
             let known = current.contains(&key);
             let prev = self.applied.get(&key);
@@ -53,10 +51,6 @@ impl PeerReconciler {
             p.replace_allowed_ips = true;
             p.allowed_ips = vec![subnet_net(peer.subnet)];
             p.persistent_keepalive = Some(PERSISTENT_KEEPALIVE_SECS);
-            let endpoints_changed = prev.is_none_or(|a| a.endpoints != now.endpoints);
-            if !known || endpoints_changed {
-                p.endpoint = choose_endpoint(peer);
-            }
             update.peers.push(p);
             self.applied.insert(key, now);
         }
@@ -78,20 +72,11 @@ pub fn subnet_net(s: HostSubnet) -> IpNet {
         .unwrap_or_else(|| IpNet::host(IpAddr::V4(s.addr)))
 }
 
-/// The endpoint to try first: an IPv4 one if any (the lab and most clouds
-/// route v4 underlays), else the first reported.
-pub fn choose_endpoint(peer: &Peer) -> Option<SocketAddr> {
-    peer.endpoints
-        .iter()
-        .find(|e| e.is_ipv4() && !e.ip().is_loopback())
-        .or_else(|| peer.endpoints.first())
-        .copied()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use weft_proto::netmap::NetmapUpdate;
+    use weft_proto::Peer;
     use weft_proto::{NodeId, WgPublicKey};
 
     fn peer(id: u8, ep: &str) -> Peer {
@@ -157,52 +142,12 @@ mod tests {
     }
 
     #[test]
-    fn keeps_a_roamed_endpoint_until_the_coordinator_reports_a_new_one() {
-        let mut r = PeerReconciler::new();
-        r.plan(&map(1, vec![peer(1, "198.18.1.10:51820")]), &[]);
-        // Another peer changes; peer 1 is untouched, so its (possibly
-        // roamed) endpoint is not reset.
-        let u = r.plan(
-            &map(
-                2,
-                vec![peer(1, "198.18.1.10:51820"), peer(2, "198.18.2.10:1")],
-            ),
-            &[Key([1; 32])],
-        );
-        assert_eq!(u.peers.len(), 1);
-        assert_eq!(u.peers[0].public_key, Key([2; 32]));
-        // Peer 1 reports a new endpoint: it is applied.
-        let u = r.plan(
-            &map(
-                3,
-                vec![peer(1, "198.18.1.11:51820"), peer(2, "198.18.2.10:1")],
-            ),
-            &[Key([1; 32]), Key([2; 32])],
-        );
-        assert_eq!(u.peers.len(), 1);
-        assert_eq!(
-            u.peers[0].endpoint,
-            Some("198.18.1.11:51820".parse().unwrap())
-        );
-    }
-
-    #[test]
-    fn a_peer_missing_from_the_device_is_re_added_with_its_endpoint() {
+    fn a_peer_missing_from_the_device_is_re_added() {
         let mut r = PeerReconciler::new();
         let m = map(1, vec![peer(1, "198.18.1.10:51820")]);
         r.plan(&m, &[]);
         let u = r.plan(&m, &[]);
         assert_eq!(u.peers.len(), 1);
-        assert!(u.peers[0].endpoint.is_some());
-    }
-
-    #[test]
-    fn prefers_an_ipv4_endpoint() {
-        let mut p = peer(1, "[2001:db8::1]:51820");
-        p.endpoints.push("192.0.2.7:51820".parse().unwrap());
-        assert_eq!(
-            choose_endpoint(&p),
-            Some("192.0.2.7:51820".parse().unwrap())
-        );
+        assert!(!u.peers[0].remove);
     }
 }

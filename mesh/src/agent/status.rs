@@ -55,6 +55,17 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     /// Whether the coordinator sees the peer connected.
     pub online: bool,
+    /// `lan`, `direct` or `relay`.
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub path_rtt_ms: Option<f64>,
+    /// Why the peer is relayed.
+    #[serde(default)]
+    pub relay_reason: Option<String>,
+    /// Seconds from first sighting to the first direct path.
+    #[serde(default)]
+    pub direct_after_secs: Option<f64>,
 }
 
 /// Seconds from `t` to now, saturating at zero.
@@ -119,22 +130,26 @@ impl Status {
         if !self.peers.is_empty() {
             let _ = writeln!(
                 out,
-                "  {:<16} {:<18} {:<22} {:<14} {:>10} {:>10}",
-                "NAME", "SUBNET", "ENDPOINT", "HANDSHAKE", "RX", "TX"
+                "  {:<16} {:<18} {:<7} {:<22} {:<14} {:>10} {:>10}",
+                "NAME", "SUBNET", "PATH", "ENDPOINT", "HANDSHAKE", "RX", "TX"
             );
         }
         for p in &self.peers {
             let _ = writeln!(
                 out,
-                "  {:<16} {:<18} {:<22} {:<14} {:>10} {:>10}{}",
+                "  {:<16} {:<18} {:<7} {:<22} {:<14} {:>10} {:>10}{}",
                 p.name,
                 p.subnet,
+                p.path.as_deref().unwrap_or("-"),
                 p.endpoint.as_deref().unwrap_or("-"),
                 ago(p.last_handshake_secs),
                 bytes(p.rx_bytes),
                 bytes(p.tx_bytes),
                 if p.online { "" } else { "  (offline)" }
             );
+            if let Some(r) = &p.relay_reason {
+                let _ = writeln!(out, "      relayed: {r}");
+            }
         }
         let dropped: Vec<String> = self
             .drops

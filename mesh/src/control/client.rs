@@ -347,6 +347,11 @@ impl Session {
         self.updater().set_endpoints(endpoints).await
     }
 
+    /// The QUIC connection (relay datagrams and punches travel on it).
+    pub fn connection(&self) -> quinn::Connection {
+        self.conn.clone()
+    }
+
     /// Closes the connection.
     pub fn close(&self) {
         self.conn.close(0u32.into(), b"bye");

@@ -1,0 +1,105 @@
+//! The host end of the relay: WireGuard datagrams for peers without a direct
+//! path go to the coordinator as QUIC datagrams on the session connection
+//! (fragmented to fit), and relayed datagrams coming back are reassembled and
+//! fed to the data plane. Punch requests travel the same way.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::mpsc;
+use weft_proto::relay::{fragment, Datagram};
+use weft_proto::NodeId;
+
+use crate::dataplane::DeviceHandle;
+
+/// Fragments older than this are dropped.
+const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_PENDING: usize = 256;
+
+/// The current session connection, shared with the data plane's relay sink.
+#[derive(Clone, Default)]
+pub struct RelayLink {
+    conn: Arc<ArcSwapOption<quinn::Connection>>,
+    next_id: Arc<AtomicU16>,
+}
+
+impl RelayLink {
+    pub fn set(&self, conn: Option<quinn::Connection>) {
+        self.conn.store(conn.map(Arc::new));
+    }
+
+    pub fn connection(&self) -> Option<Arc<quinn::Connection>> {
+        self.conn.load_full()
+    }
+
+    /// Sends one datagram (WireGuard or disco) to node `node` through the
+    /// coordinator; dropped when there is no connection, like a lost packet.
+    pub fn send(&self, node: u64, packet: &[u8]) {
+        let Some(conn) = self.conn.load_full() else {
+            return;
+        };
+        let Some(max) = conn.max_datagram_size() else {
+            return;
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        for frag in fragment(NodeId(node), id, packet, max) {
+            let _ = conn.send_datagram(frag.into());
+        }
+    }
+
+    /// Asks node `node` to probe us now.
+    pub fn punch(&self, node: NodeId) {
+        if let Some(conn) = self.conn.load_full() {
+            let _ = conn.send_datagram(Datagram::Punch { node }.encode().into());
+        }
+    }
+}
+
+/// Reads the session connection's datagrams until it closes: relayed
+/// datagrams go to the data plane, punch requests to `punches`.
+pub async fn receive(conn: quinn::Connection, handle: DeviceHandle, punches: mpsc::Sender<NodeId>) {
+    let mut partial: HashMap<(NodeId, u16), (Instant, Vec<Option<Vec<u8>>>)> = HashMap::new();
+    while let Ok(bytes) = conn.read_datagram().await {
+        match Datagram::parse(&bytes) {
+            Some(Datagram::Relay {
+                node,
+                count: 1,
+                payload,
+                ..
+            }) => handle.inject_relayed(node.0, payload),
+            Some(Datagram::Relay {
+                node,
+                id,
+                index,
+                count,
+                payload,
+            }) => {
+                let now = Instant::now();
+                if partial.len() >= MAX_PENDING {
+                    partial.retain(|_, (t, _)| now.duration_since(*t) < REASSEMBLY_TIMEOUT);
+                }
+                let entry = partial
+                    .entry((node, id))
+                    .or_insert_with(|| (now, vec![None; count as usize]));
+                if entry.1.len() != count as usize {
+                    partial.remove(&(node, id));
+                    continue;
+                }
+                entry.1[index as usize] = Some(payload.to_vec());
+                if entry.1.iter().all(Option::is_some) {
+                    if let Some((_, parts)) = partial.remove(&(node, id)) {
+                        let packet: Vec<u8> = parts.into_iter().flatten().flatten().collect();
+                        handle.inject_relayed(node.0, &packet);
+                    }
+                }
+            }
+            Some(Datagram::Punch { node }) => {
+                let _ = punches.try_send(node);
+            }
+            None => {}
+        }
+    }
+}
