@@ -58,10 +58,13 @@ impl RelayLink {
     }
 }
 
+/// Fragments of one relayed datagram: when the first arrived, and the parts.
+type Partial = (Instant, Vec<Option<Vec<u8>>>);
+
 /// Reads the session connection's datagrams until it closes: relayed
 /// datagrams go to the data plane, punch requests to `punches`.
 pub async fn receive(conn: quinn::Connection, handle: DeviceHandle, punches: mpsc::Sender<NodeId>) {
-    let mut partial: HashMap<(NodeId, u16), (Instant, Vec<Option<Vec<u8>>>)> = HashMap::new();
+    let mut partial: HashMap<(NodeId, u16), Partial> = HashMap::new();
     while let Ok(bytes) = conn.read_datagram().await {
         match Datagram::parse(&bytes) {
             Some(Datagram::Relay {
