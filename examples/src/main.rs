@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Parser;
 use weft_tests::demo::{self, DemoOptions};
+use weft_tests::NatKind;
 
 /// Build a whole weft cluster in network namespaces and show it working
 /// (needs root; everything is removed on exit and on Ctrl-C).
@@ -30,6 +31,10 @@ struct Args {
     /// Containers per host.
     #[arg(long, default_value_t = 2)]
     containers: usize,
+    /// NAT in front of each cloud, comma-separated, one per cloud: routed,
+    /// eim-eif, eim-adf, eim-apdf, symmetric, udp-blocked (RFC 4787 kinds).
+    #[arg(long, value_delimiter = ',', default_values_t = weft_tests::demo::DEFAULT_NAT)]
+    nat: Vec<NatKind>,
     /// MiB sent by the cross-cloud TCP transfer.
     #[arg(long, default_value_t = 64)]
     transfer_mib: usize,
@@ -52,6 +57,7 @@ fn main() -> anyhow::Result<()> {
     opts.spec.clouds = args.clouds;
     opts.spec.hosts_per_cloud = args.hosts;
     opts.spec.containers_per_host = args.containers;
+    opts.spec = opts.spec.with_nat(&args.nat);
     opts.transfer_bytes = args.transfer_mib << 20;
     opts.keep = args.keep;
     demo::run(&opts)

@@ -363,6 +363,21 @@ impl<'a> Cluster<'a> {
         ])
     }
 
+    /// How host `i` reaches the peer named `peer` (`lan`, `direct`,
+    /// `relay`), and why when relayed.
+    pub fn path(&self, i: usize, peer: &str) -> Option<(String, Option<String>)> {
+        let s = self.status(i).ok()?;
+        let p = s["peers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"].as_str() == Some(peer))?
+            .clone();
+        Some((
+            p["path"].as_str()?.to_string(),
+            p["relay_reason"].as_str().map(str::to_string),
+        ))
+    }
+
     /// The overlay address of host `i` (its bridge gateway).
     pub fn host_addr(&self, i: usize) -> anyhow::Result<Ipv4Addr> {
         let s = self.status(i)?;

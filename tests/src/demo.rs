@@ -8,7 +8,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 use crate::cluster::{seen_source, Cluster, ClusterSpec};
-use crate::Lab;
+use crate::{Lab, NatKind};
+
+/// The NAT in front of each cloud of the demo: two easy NATs that filter
+/// differently and a symmetric one, so it shows LAN, direct and relayed
+/// paths.
+pub const DEFAULT_NAT: [NatKind; 3] = [NatKind::EimAdf, NatKind::EimApdf, NatKind::Symmetric];
 
 /// How to run the demo.
 #[derive(Clone, Debug)]
@@ -27,12 +32,7 @@ impl DemoOptions {
     pub fn new(weft: PathBuf) -> Self {
         Self {
             weft,
-            spec: ClusterSpec {
-                clouds: 3,
-                hosts_per_cloud: 2,
-                containers_per_host: 2,
-                ..ClusterSpec::default()
-            },
+            spec: ClusterSpec::default().with_nat(&DEFAULT_NAT),
             transfer_bytes: 64 << 20,
             keep: false,
         }
@@ -68,6 +68,14 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         cluster.containers().len(),
         t0.elapsed().as_secs_f64()
     );
+    for c in 1..=s.clouds {
+        let nat = s.nat(c);
+        println!(
+            "   cloud {c}: 198.18.{c}.0/24 behind {} ({})",
+            nat.label(),
+            nat.name()
+        );
+    }
     for h in &cluster.hosts {
         let addrs: Vec<String> = h.containers.iter().map(|c| c.addr.to_string()).collect();
         println!(
@@ -143,6 +151,18 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         );
     }
     println!("   {pairs}/{pairs} pairs answered");
+
+    println!("\n== paths between hosts (as each host sees its peers)");
+    for (i, h) in cluster.hosts.iter().enumerate() {
+        let mut row = Vec::new();
+        for other in &cluster.hosts {
+            if other.name != h.name {
+                let (kind, _) = cluster.path(i, &other.name).unwrap_or(("?".into(), None));
+                row.push(format!("{}:{kind}", other.name));
+            }
+        }
+        println!("   {:<6} {}", h.name, row.join("  "));
+    }
 
     println!("\n== weft status on {}", cluster.hosts[0].name);
     for l in cluster.status_text(0)?.lines() {

@@ -135,6 +135,21 @@ impl NatKind {
     }
 }
 
+impl std::str::FromStr for NatKind {
+    type Err = String;
+
+    /// Parses a [`NatKind::label`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NatKind::ALL
+            .into_iter()
+            .find(|k| k.label() == s)
+            .ok_or_else(|| {
+                let labels: Vec<&str> = NatKind::ALL.iter().map(|k| k.label()).collect();
+                format!("unknown NAT kind {s:?}; one of: {}", labels.join(", "))
+            })
+    }
+}
+
 impl fmt::Display for NatKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.label())

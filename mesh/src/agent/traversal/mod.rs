@@ -260,20 +260,29 @@ impl Engine {
         }
     }
 
+    /// Asks the first reflector for this host's public mapping; the second
+    /// is asked once the first answers. One at a time: two first packets
+    /// racing through a NAT can get two mappings even where the NAT maps
+    /// endpoint-independently, which would misreport it as symmetric.
     fn reflect(&mut self) {
+        self.last_reflect = Some(Instant::now());
+        self.reflect_to(0);
+    }
+
+    fn reflect_to(&mut self, which: usize) {
         let Some(coord) = self.coordinator else {
             return;
         };
+        let Some(r) = netcheck::reflectors(coord).get(which).copied() else {
+            return;
+        };
         let now = Instant::now();
-        self.last_reflect = Some(now);
         self.reflect_pending
             .retain(|_, (_, t)| now.duration_since(*t) < PENDING_TTL);
-        for (i, r) in netcheck::reflectors(coord).into_iter().enumerate() {
-            let mut txid = [0u8; 12];
-            rand::thread_rng().fill_bytes(&mut txid);
-            self.reflect_pending.insert(txid, (i, now));
-            self.send_disco(r, &DiscoMsg::ReflectRequest { txid }.encode(None));
-        }
+        let mut txid = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut txid);
+        self.reflect_pending.insert(txid, (which, now));
+        self.send_disco(r, &DiscoMsg::ReflectRequest { txid }.encode(None));
     }
 
     fn on_disco(&mut self, src: SocketAddr, bytes: &[u8]) {
@@ -314,6 +323,9 @@ impl Engine {
             if let Some(p) = changed_public {
                 tracing::info!(public = %p, "public mapping of the WireGuard socket");
                 (self.on_public)(Some(p));
+            }
+            if which == 0 {
+                self.reflect_to(1);
             }
         }
     }
