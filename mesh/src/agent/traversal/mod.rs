@@ -46,6 +46,8 @@ const PROBE_RELAYED: Duration = Duration::from_secs(1);
 const PUNCH_EVERY: Duration = Duration::from_secs(3);
 const PENDING_TTL: Duration = Duration::from_secs(5);
 const REFLECT_EVERY: Duration = Duration::from_secs(30);
+/// Soonest re-check of the public mapping after a direct path died.
+const REFLECT_SOON: Duration = Duration::from_secs(2);
 
 /// Which way traffic to a peer goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +200,8 @@ pub struct Engine {
     pending: HashMap<TxId, Pending>,
     reflect_pending: HashMap<TxId, (usize, Instant)>,
     last_reflect: Option<Instant>,
+    /// A direct path died: this host's public mapping may have changed.
+    reflect_soon: bool,
     netmap_version: (u64, u64),
     local_nets: Vec<(IpAddr, u8)>,
 }
@@ -228,6 +232,7 @@ impl Engine {
             pending: HashMap::new(),
             reflect_pending: HashMap::new(),
             last_reflect: None,
+            reflect_soon: false,
             netmap_version: (u64::MAX, u64::MAX),
             local_nets,
         }
@@ -512,10 +517,11 @@ impl Engine {
         let now = Instant::now();
         self.pending
             .retain(|_, p| now.duration_since(p.sent) < PENDING_TTL);
-        if self
-            .last_reflect
-            .is_none_or(|t| t.elapsed() >= REFLECT_EVERY)
+        let since = self.last_reflect.map(|t| t.elapsed());
+        if since.is_none_or(|t| t >= REFLECT_EVERY)
+            || (self.reflect_soon && since.is_none_or(|t| t >= REFLECT_SOON))
         {
+            self.reflect_soon = false;
             self.reflect();
         }
         let ids: Vec<NodeId> = self.peers.keys().copied().collect();
@@ -601,7 +607,12 @@ impl Engine {
                     }
                     tracing::info!(peer = node.0, endpoint = %a, after = ?peer.seen.elapsed(), "direct path");
                 }
-                None => tracing::info!(peer = node.0, "direct path lost; relaying"),
+                None => {
+                    tracing::info!(peer = node.0, "direct path lost; relaying");
+                    if peer.current.is_some() {
+                        self.reflect_soon = true;
+                    }
+                }
             }
             peer.current = next;
         }
