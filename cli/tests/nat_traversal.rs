@@ -48,6 +48,7 @@ fn nat_matrix_paths_traffic_and_time_to_direct() {
         NatKind::EimApdf,
         NatKind::Symmetric,
         NatKind::Symmetric,
+        NatKind::UdpBlocked,
     ];
     let lab = Lab::new("nm");
     let spec = ClusterSpec {

@@ -16,6 +16,9 @@
 //! - 2026-11-27, version 2: NAT traversal. QUIC datagrams on the session
 //!   connection ([`relay`]): relayed WireGuard datagrams and "punch now"
 //!   requests; the disco datagrams of [`disco`] on the WireGuard socket.
+//!   Where UDP is blocked the same session runs over TLS on TCP (same port,
+//!   same ALPN), with datagrams as `ClientMsg::Datagram` /
+//!   `ServerMsg::Datagram` frames.
 
 pub mod auth;
 pub mod codec;

@@ -82,6 +82,9 @@ pub struct ResumeRequest {
 pub enum ClientMsg {
     /// The host's WireGuard endpoints changed.
     SetEndpoints { endpoints: Vec<SocketAddr> },
+    /// A [`crate::relay::Datagram`], on a TCP session (where QUIC datagrams
+    /// do not exist).
+    Datagram(serde_bytes::ByteBuf),
 }
 
 /// Sent by the coordinator.
@@ -92,6 +95,8 @@ pub enum ServerMsg {
     Netmap(NetmapUpdate),
     Admin(AdminReply),
     Error(ErrorReply),
+    /// A [`crate::relay::Datagram`], on a TCP session.
+    Datagram(serde_bytes::ByteBuf),
 }
 
 /// The host's own registration, sent at the start of every session.

@@ -129,7 +129,7 @@ pub(super) async fn remove_node(shared: &Shared, selector: &str) -> Result<Admin
     };
     let rec = shared.store.remove_node(id).await?;
     if let Some((_, conn)) = shared.sessions().remove(&id) {
-        conn.close(CLOSE_REMOVED.into(), b"node removed by an admin");
+        conn.close(CLOSE_REMOVED, b"node removed by an admin");
     }
     info!(node = %id, name = %rec.name, subnet = %rec.subnet, "node removed");
     Ok(AdminReply::NodeRemoved { id, name: rec.name })

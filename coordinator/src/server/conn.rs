@@ -1,7 +1,10 @@
 //! One connection: the hello, the key proof, and dispatch to a host session
 //! or an admin command.
 
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
 use super::admin_ops::admin;
+use super::link::{FrameSink, Link};
 use super::session::session;
 use super::*;
 
@@ -16,14 +19,16 @@ pub(super) enum ConnError {
     Write(#[from] quinn::WriteError),
     #[error("codec: {0}")]
     Codec(#[from] codec::CodecError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
     #[error("timed out")]
     Timeout,
     #[error("refused: {0:?}")]
     Refused(ErrorCode),
 }
 
-pub(super) async fn read_frame<T: serde::de::DeserializeOwned>(
-    recv: &mut quinn::RecvStream,
+pub(super) async fn read_frame<T: serde::de::DeserializeOwned, R: AsyncRead + Unpin>(
+    recv: &mut R,
 ) -> Result<T, ConnError> {
     let mut header = [0u8; codec::HEADER_LEN];
     recv.read_exact(&mut header).await?;
@@ -33,8 +38,8 @@ pub(super) async fn read_frame<T: serde::de::DeserializeOwned>(
     Ok(codec::decode(&body)?)
 }
 
-pub(super) async fn write_msg<T: Serialize>(
-    send: &mut quinn::SendStream,
+pub(super) async fn write_msg<T: Serialize, W: AsyncWrite + Unpin>(
+    send: &mut W,
     msg: &T,
 ) -> Result<(), ConnError> {
     let frame = codec::encode(msg)?;
@@ -43,11 +48,10 @@ pub(super) async fn write_msg<T: Serialize>(
 }
 
 /// Sends a refusal, waits (briefly) until the client has it, and ends.
-pub(super) async fn refuse_and_close(mut send: quinn::SendStream, reply: ErrorReply) -> ConnError {
+pub(super) async fn refuse_and_close<W: FrameSink>(mut send: W, reply: ErrorReply) -> ConnError {
     let code = reply.code;
     if write_msg(&mut send, &ServerMsg::Error(reply)).await.is_ok() {
-        let _ = send.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+        send.finish().await;
     }
     ConnError::Refused(code)
 }
@@ -59,6 +63,74 @@ pub(super) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) -> Resul
     let hello: Hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut recv))
         .await
         .map_err(|_| ConnError::Timeout)??;
+    let exporter = |key: &WgPublicKey| quic_exporter(&conn, key);
+    if let HelloRequest::Admin(req) = hello.request {
+        return admin(shared, send, req).await;
+    }
+    dispatch(
+        shared,
+        Link::Quic(conn.clone()),
+        None,
+        send,
+        recv,
+        hello,
+        exporter,
+    )
+    .await
+}
+
+/// Serves one TLS-over-TCP connection: a host whose UDP is blocked.
+pub(super) async fn serve_tcp(
+    shared: Arc<Shared>,
+    mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+) -> Result<(), ConnError> {
+    let hello: Hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut tls))
+        .await
+        .map_err(|_| ConnError::Timeout)??;
+    // The exporter needs the TLS session, so take it before splitting.
+    let exported = match &hello.request {
+        HelloRequest::Join(j) => tls_exporter(tls.get_ref().1, &j.public_key),
+        HelloRequest::Resume(r) => tls_exporter(tls.get_ref().1, &r.public_key),
+        _ => None,
+    };
+    let (recv, send) = tokio::io::split(tls);
+    if matches!(hello.request, HelloRequest::Admin(_)) {
+        return Err(refuse_and_close(
+            send,
+            refuse(
+                ErrorCode::BadRequest,
+                "admin commands are served over QUIC only; run them where UDP to the coordinator works",
+            ),
+        )
+        .await);
+    }
+    let (link, inbox) = super::link::tcp_link();
+    dispatch(shared, link, Some(inbox), send, recv, hello, |_| exported).await
+}
+
+/// The TLS exporter of a server-side TCP connection, keyed like QUIC's.
+fn tls_exporter(conn: &rustls::ServerConnection, key: &WgPublicKey) -> Option<[u8; 32]> {
+    conn.export_keying_material([0u8; 32], EXPORTER_LABEL, Some(&key.0))
+        .ok()
+}
+
+fn quic_exporter(conn: &quinn::Connection, key: &WgPublicKey) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    conn.export_keying_material(&mut out, EXPORTER_LABEL, &key.0)
+        .ok()
+        .map(|()| out)
+}
+
+/// Joins or resumes a host session on any link.
+async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
+    shared: Arc<Shared>,
+    link: Link,
+    inbox: Option<super::link::TcpInbox>,
+    send: S,
+    recv: R,
+    hello: Hello,
+    exporter: impl Fn(&WgPublicKey) -> Option<[u8; 32]>,
+) -> Result<(), ConnError> {
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(refuse_and_close(
             send,
@@ -74,7 +146,12 @@ pub(super) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) -> Resul
     }
     match hello.request {
         HelloRequest::Join(req) => {
-            if !proof_ok(&shared, &conn, &req.public_key, &req.proof) {
+            if !proof_ok(
+                &shared,
+                exporter(&req.public_key),
+                &req.public_key,
+                &req.proof,
+            ) {
                 return Err(refuse_and_close(send, proof_failed()).await);
             }
             let args = JoinArgs {
@@ -87,7 +164,7 @@ pub(super) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) -> Resul
             match shared.store.join(args).await {
                 Ok(rec) => {
                     info!(node = %rec.id, name = %rec.name, subnet = %rec.subnet, token = %rec.token_id, "node joined");
-                    session(shared, conn, send, recv, rec.id, req.endpoints, 0, 0).await
+                    session(shared, link, inbox, send, recv, rec.id, req.endpoints, 0, 0).await
                 }
                 Err(e) => {
                     info!(token = %req.token_id, code = ?e.code, "join refused");
@@ -96,7 +173,12 @@ pub(super) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) -> Resul
             }
         }
         HelloRequest::Resume(req) => {
-            if !proof_ok(&shared, &conn, &req.public_key, &req.proof) {
+            if !proof_ok(
+                &shared,
+                exporter(&req.public_key),
+                &req.public_key,
+                &req.proof,
+            ) {
                 return Err(refuse_and_close(send, proof_failed()).await);
             }
             let Some(id) = shared.read().by_key(&req.public_key) else {
@@ -104,7 +186,8 @@ pub(super) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) -> Resul
             };
             session(
                 shared,
-                conn,
+                link,
+                inbox,
                 send,
                 recv,
                 id,
@@ -114,7 +197,6 @@ pub(super) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) -> Resul
             )
             .await
         }
-        HelloRequest::Admin(req) => admin(shared, send, req).await,
         _ => Err(refuse_and_close(
             send,
             refuse(
@@ -143,17 +225,13 @@ pub(super) fn not_registered() -> ErrorReply {
 /// Checks the host's key proof against this TLS session.
 pub(super) fn proof_ok(
     shared: &Shared,
-    conn: &quinn::Connection,
+    exporter: Option<[u8; 32]>,
     key: &WgPublicKey,
     proof: &[u8; 32],
 ) -> bool {
-    let mut exporter = [0u8; 32];
-    if conn
-        .export_keying_material(&mut exporter, EXPORTER_LABEL, &key.0)
-        .is_err()
-    {
+    let Some(exporter) = exporter else {
         return false;
-    }
+    };
     let shared_secret = shared.secret.diffie_hellman(&PublicKey::from(key.0));
     if !shared_secret.was_contributory() {
         return false;

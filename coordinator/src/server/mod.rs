@@ -36,6 +36,7 @@ pub use weft_proto::msg::{CLOSE_REMOVED, CLOSE_REPLACED};
 
 mod admin_ops;
 mod conn;
+mod link;
 mod reflector;
 mod session;
 
@@ -54,7 +55,7 @@ struct Shared {
     store: StoreHandle,
     changed: Arc<Notify>,
     published: watch::Sender<u64>,
-    sessions: Mutex<HashMap<NodeId, (u64, quinn::Connection)>>,
+    sessions: Mutex<HashMap<NodeId, (u64, link::Link)>>,
     next_session: AtomicU64,
     secret: StaticSecret,
     public: [u8; 32],
@@ -71,7 +72,7 @@ impl Shared {
     fn write(&self) -> RwLockWriteGuard<'_, Registry> {
         self.registry.write().unwrap_or_else(|p| p.into_inner())
     }
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, (u64, quinn::Connection)>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, (u64, link::Link)>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -147,6 +148,7 @@ impl Coordinator {
         let admin_hash = secret_hash(&hex::decode(&admin_secret).unwrap_or_default());
 
         let server_config = server_config(&identity)?;
+        let tcp_tls = Arc::new(tls_config(&identity)?);
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(server_config),
@@ -181,6 +183,16 @@ impl Coordinator {
         let acceptor = tokio::spawn(accept(shared.clone(), endpoint.clone()));
         let mut tasks = vec![coalescer, acceptor];
         tasks.extend(reflector::spawn(local));
+        // Hosts whose UDP is blocked reach the same port over TLS on TCP.
+        match tokio::net::TcpListener::bind(local).await {
+            Ok(listener) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tcp_tls);
+                tasks.push(tokio::spawn(accept_tcp(shared.clone(), listener, acceptor)));
+            }
+            Err(e) => {
+                warn!(addr = %local, error = %e, "TCP fallback unavailable; hosts without UDP cannot join")
+            }
+        }
         Ok(Self {
             shared,
             endpoint,
@@ -290,7 +302,8 @@ fn admin_local_addr(local: SocketAddr) -> SocketAddr {
     }
 }
 
-fn server_config(identity: &state::Identity) -> Result<quinn::ServerConfig, CoordinatorError> {
+/// The TLS settings of both listeners (QUIC, and TLS over TCP).
+fn tls_config(identity: &state::Identity) -> Result<rustls::ServerConfig, CoordinatorError> {
     let tls_err = |e: &dyn std::fmt::Display| CoordinatorError::Tls(e.to_string());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -300,6 +313,12 @@ fn server_config(identity: &state::Identity) -> Result<quinn::ServerConfig, Coor
         .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())
         .map_err(|e| tls_err(&e))?;
     tls.alpn_protocols = vec![weft_proto::ALPN.to_vec()];
+    Ok(tls)
+}
+
+fn server_config(identity: &state::Identity) -> Result<quinn::ServerConfig, CoordinatorError> {
+    let tls_err = |e: &dyn std::fmt::Display| CoordinatorError::Tls(e.to_string());
+    let tls = tls_config(identity)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls_err(&e))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -330,6 +349,38 @@ async fn coalesce(shared: Arc<Shared>, window: Duration) {
         tokio::time::sleep(scaled.min(MAX_COALESCE.max(window))).await;
         let v = shared.read().version();
         shared.published.send_replace(v);
+    }
+}
+
+/// Accepts TLS-over-TCP sessions (hosts whose UDP is blocked).
+async fn accept_tcp(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                debug!(error = %e, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    if let Err(e) = conn::serve_tcp(shared, tls).await {
+                        debug!(%remote, error = %e, "TCP connection ended");
+                    }
+                }
+                Ok(Err(e)) => debug!(%remote, error = %e, "TLS handshake over TCP failed"),
+                Err(_) => debug!(%remote, "TLS handshake over TCP timed out"),
+            }
+        });
     }
 }
 

@@ -1,7 +1,13 @@
 //! A host session: the welcome, then netmap updates whenever the coalescer
 //! publishes a new version; endpoint reports from the host.
 
+use std::future::pending;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::mpsc;
+
 use super::conn::{not_registered, read_frame, refuse_and_close, write_msg, ConnError};
+use super::link::{FrameSink, Link, TcpInbox};
 use super::*;
 
 /// The wire form of a netmap update built from shared peer records, so a
@@ -24,8 +30,8 @@ enum ServerMsgOut<'a> {
 }
 
 /// Sends `changes` in chunks; returns the version the host now has.
-pub(super) async fn send_changes(
-    send: &mut quinn::SendStream,
+pub(super) async fn send_changes<W: AsyncWrite + Unpin>(
+    send: &mut W,
     epoch: u64,
     changes: Changes,
     have: u64,
@@ -69,11 +75,12 @@ pub(super) async fn send_changes(
 
 #[allow(clippy::too_many_arguments)]
 #[instrument(skip_all, fields(node = %id))]
-pub(super) async fn session(
+pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     shared: Arc<Shared>,
-    conn: quinn::Connection,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    link: Link,
+    inbox: Option<TcpInbox>,
+    mut send: S,
+    mut recv: R,
     id: NodeId,
     endpoints: Vec<SocketAddr>,
     have_epoch: u64,
@@ -92,15 +99,12 @@ pub(super) async fn session(
     write_msg(&mut send, &ServerMsg::Welcome(welcome)).await?;
 
     let sid = shared.next_session.fetch_add(1, Ordering::Relaxed);
-    if let Some((_, old)) = shared.sessions().insert(id, (sid, conn.clone())) {
-        old.close(
-            CLOSE_REPLACED.into(),
-            b"replaced by a newer session of this node",
-        );
+    if let Some((_, old)) = shared.sessions().insert(id, (sid, link.clone())) {
+        old.close(CLOSE_REPLACED, b"replaced by a newer session of this node");
     }
     // The node may have been removed while this session was starting.
     if shared.read().get(id).is_none() {
-        conn.close(CLOSE_REMOVED.into(), b"node removed by an admin");
+        link.close(CLOSE_REMOVED, b"node removed by an admin");
         let mut sessions = shared.sessions();
         if sessions.get(&id).is_some_and(|(s, _)| *s == sid) {
             sessions.remove(&id);
@@ -122,13 +126,17 @@ pub(super) async fn session(
                     Ok(m) => m,
                     Err(e) => return e,
                 };
-                if let ClientMsg::SetEndpoints { endpoints } = msg {
-                    if shared.write().update(id, |p| p.endpoints = endpoints) {
-                        shared.changed.notify_one();
-                    }
+                match msg {
+                    ClientMsg::SetEndpoints { endpoints } => set_endpoints(&shared, id, endpoints),
+                    ClientMsg::Datagram(bytes) => forward(&shared, id, bytes.into_vec()),
+                    _ => {}
                 }
             }
         }
+    };
+    let (mut datagrams, mut closing) = match inbox {
+        Some(i) => (Some(i.datagrams), Some(i.close)),
+        None => (None, None),
     };
     let writer = async {
         let mut epoch = have_epoch;
@@ -141,15 +149,38 @@ pub(super) async fn session(
                 epoch = shared.epoch;
                 first = false;
             }
-            if published.changed().await.is_err() {
-                return Ok::<(), ConnError>(());
+            loop {
+                tokio::select! {
+                    r = published.changed() => {
+                        if r.is_err() {
+                            return Ok::<(), ConnError>(());
+                        }
+                        break;
+                    }
+                    Some(d) = next_datagram(&mut datagrams) => {
+                        let msg = ServerMsg::Datagram(serde_bytes::ByteBuf::from(d));
+                        write_msg(&mut send, &msg).await?;
+                    }
+                    code = closed(&mut closing) => {
+                        if code == CLOSE_REMOVED {
+                            let msg = ServerMsg::Error(not_registered());
+                            write_msg(&mut send, &msg).await?;
+                        }
+                        send.flush().await?;
+                        return Ok(());
+                    }
+                }
             }
         }
+    };
+    let quic = match &link {
+        Link::Quic(c) => Some(c.clone()),
+        Link::Tcp(_) => None,
     };
     let result = tokio::select! {
         e = reader => Err(e),
         r = writer => r,
-        e = relay(&shared, &conn, id) => Err(e),
+        e = relay(&shared, quic, id) => Err(e),
     };
 
     let current = {
@@ -169,25 +200,62 @@ pub(super) async fn session(
     result
 }
 
-/// Forwards this host's QUIC datagrams (relayed WireGuard ciphertext and
-/// punch requests) to the destination host's session, with the node id
-/// rewritten to the sender. Datagrams for hosts without a session are
-/// dropped, like packets to an unreachable address.
-async fn relay(shared: &Shared, conn: &quinn::Connection, id: NodeId) -> ConnError {
+/// Records a host's new endpoints; peers hear of them with the next netmap.
+fn set_endpoints(shared: &Shared, id: NodeId, endpoints: Vec<SocketAddr>) {
+    if shared.write().update(id, |p| p.endpoints = endpoints) {
+        shared.changed.notify_one();
+    }
+}
+
+/// The next datagram queued for a TCP session (never, for QUIC).
+async fn next_datagram(rx: &mut Option<mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => pending().await,
+    }
+}
+
+/// Completes with the close code when a TCP session is told to end.
+async fn closed(rx: &mut Option<watch::Receiver<Option<u32>>>) -> u32 {
+    let Some(r) = rx else {
+        return pending().await;
+    };
     loop {
-        let bytes = match conn.read_datagram().await {
-            Ok(b) => b,
+        if let Some(code) = *r.borrow_and_update() {
+            return code;
+        }
+        if r.changed().await.is_err() {
+            return pending().await;
+        }
+    }
+}
+
+/// Forwards a datagram from host `from` (relayed WireGuard ciphertext or a
+/// punch) to the host it names, with the node id rewritten to the sender.
+/// Datagrams for hosts without a session are dropped, like packets to an
+/// unreachable address.
+fn forward(shared: &Shared, from: NodeId, mut bytes: Vec<u8>) {
+    let Some(dst) = weft_proto::relay::Datagram::node(&bytes) else {
+        return;
+    };
+    let Some(link) = shared.sessions().get(&dst).map(|(_, l)| l.clone()) else {
+        return;
+    };
+    if weft_proto::relay::Datagram::set_node(&mut bytes, from) {
+        link.send_datagram(bytes);
+    }
+}
+
+/// Reads a QUIC session's datagrams and forwards them (TCP sessions carry
+/// theirs as frames, handled by the reader).
+async fn relay(shared: &Shared, conn: Option<quinn::Connection>, id: NodeId) -> ConnError {
+    let Some(conn) = conn else {
+        return pending().await;
+    };
+    loop {
+        match conn.read_datagram().await {
+            Ok(b) => forward(shared, id, b.to_vec()),
             Err(e) => return ConnError::from(e),
-        };
-        let Some(dst) = weft_proto::relay::Datagram::node(&bytes) else {
-            continue;
-        };
-        let Some(dst_conn) = shared.sessions().get(&dst).map(|(_, c)| c.clone()) else {
-            continue;
-        };
-        let mut out = bytes.to_vec();
-        if weft_proto::relay::Datagram::set_node(&mut out, id) {
-            let _ = dst_conn.send_datagram(out.into());
         }
     }
 }

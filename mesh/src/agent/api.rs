@@ -65,7 +65,8 @@ pub async fn answer(
                 .traversal
                 .link
                 .connection()
-                .map(|c| c.rtt().as_secs_f64() * 1000.0);
+                .and_then(|c| c.rtt())
+                .map(|r| r.as_secs_f64() * 1000.0);
             ApiReply::Netcheck(r)
         }
         ApiRequest::Ping { peer } => {

@@ -135,14 +135,14 @@ impl ControlLoop {
             self.on_netmap(s.netmap().clone());
             self.shared.set_connected();
             // Relay and punches ride this connection.
-            let conn = s.connection();
-            self.shared.traversal.link.set(Some(conn.clone()));
-            let relay_rx = tokio::spawn(super::traversal::relay::receive(
-                conn,
-                self.handle.clone(),
-                self.shared.traversal.punches.clone(),
-            ));
-            let _abort_relay = AbortOnDrop(relay_rx);
+            self.shared.traversal.link.set(Some(s.datagram_link()));
+            let _abort_relay = s.take_datagrams().map(|source| {
+                AbortOnDrop(tokio::spawn(super::traversal::relay::receive(
+                    source,
+                    self.handle.clone(),
+                    self.shared.traversal.punches.clone(),
+                )))
+            });
             tracing::info!(
                 resumed = s.resumed(),
                 version = s.netmap().version(),

@@ -1,8 +1,11 @@
 //! The I/O shell of the control client: QUIC connection, handshake, frames.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -14,6 +17,7 @@ use weft_proto::token::JoinToken;
 use weft_proto::{codec, HostSubnet, Netmap, NetmapChange, NodeId, WgPublicKey, PROTOCOL_VERSION};
 use x25519_dalek::{PublicKey, StaticSecret};
 
+use super::transport::{DatagramLink, DatagramSource, FrameReader, FrameWriter};
 use super::ControlError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,6 +62,8 @@ pub struct JoinOutcome {
 #[derive(Clone)]
 pub struct ControlClient {
     endpoint: quinn::Endpoint,
+    /// TLS over TCP worked last time (UDP to the coordinator is blocked).
+    prefer_tcp: Arc<AtomicBool>,
 }
 
 impl ControlClient {
@@ -65,12 +71,18 @@ impl ControlClient {
     pub fn new() -> Result<Self, ControlError> {
         let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
             .map_err(|e| ControlError::Connection(format!("cannot open a UDP socket: {e}")))?;
-        Ok(Self { endpoint })
+        Ok(Self {
+            endpoint,
+            prefer_tcp: Arc::default(),
+        })
     }
 
     /// A client over an existing quinn endpoint.
     pub fn with_endpoint(endpoint: quinn::Endpoint) -> Self {
-        Self { endpoint }
+        Self {
+            endpoint,
+            prefer_tcp: Arc::default(),
+        }
     }
 
     /// Joins the coordinator named in `token` as a new node.
@@ -155,16 +167,12 @@ impl ControlClient {
         let all = info.addrs.join(", ");
         let mut last = String::from("the token names no address");
         for addr in &info.addrs {
-            let resolved = match tokio::net::lookup_host(addr.as_str()).await {
-                Ok(mut it) => it.find(|a| a.is_ipv4()),
+            let sa = match resolve(addr).await {
+                Ok(sa) => sa,
                 Err(e) => {
-                    last = format!("{addr}: {e}");
+                    last = e;
                     continue;
                 }
-            };
-            let Some(sa) = resolved else {
-                last = format!("{addr}: no IPv4 address");
-                continue;
             };
             let connecting =
                 match self
@@ -198,6 +206,132 @@ impl ControlClient {
         })
     }
 
+    /// TLS over TCP to the same address and port: the fallback where UDP is
+    /// blocked.
+    async fn dial_tcp(
+        &self,
+        info: &CoordinatorInfo,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ControlError> {
+        let (tls, outcome) = weft_proto::tls::pinned_client_config(info.pin)
+            .map_err(|e| ControlError::Protocol(e.to_string()))?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let name = rustls::pki_types::ServerName::try_from(weft_proto::SERVER_NAME)
+            .map_err(|e| ControlError::Protocol(e.to_string()))?;
+        let all = info.addrs.join(", ");
+        let mut last = String::from("the token names no address");
+        for addr in &info.addrs {
+            let sa = match resolve(addr).await {
+                Ok(sa) => sa,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let attempt = async {
+                let tcp = tokio::net::TcpStream::connect(sa).await?;
+                let _ = tcp.set_nodelay(true);
+                connector.connect(name.clone(), tcp).await
+            };
+            match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+                Ok(Ok(tls)) => return Ok(tls),
+                Ok(Err(e)) => {
+                    if let Some(presented) = outcome.mismatched_pin() {
+                        return Err(ControlError::IdentityMismatch {
+                            addr: addr.clone(),
+                            expected: hex::encode(info.pin),
+                            presented: hex::encode(presented),
+                        });
+                    }
+                    last = format!("{addr} (TCP): {e}");
+                }
+                Err(_) => last = format!("{addr} (TCP): no answer within {CONNECT_TIMEOUT:?}"),
+            }
+        }
+        Err(ControlError::Unreachable {
+            addrs: all,
+            reason: last,
+        })
+    }
+
+    /// A frame stream and its TLS exporter (keyed with `public`), over
+    /// QUIC, or over TCP when QUIC gets no answer. The transport that
+    /// worked last is tried first.
+    async fn connect_any(
+        &self,
+        info: &CoordinatorInfo,
+        public: &[u8; 32],
+    ) -> Result<Wire, ControlError> {
+        let tcp_first = self.prefer_tcp.load(Ordering::Relaxed);
+        let first = if tcp_first {
+            self.wire_tcp(info, public).await
+        } else {
+            self.wire_quic(info, public).await
+        };
+        match first {
+            Ok(w) => Ok(w),
+            Err(e @ ControlError::IdentityMismatch { .. }) => Err(e),
+            Err(first_err) => {
+                let second = if tcp_first {
+                    self.wire_quic(info, public).await
+                } else {
+                    self.wire_tcp(info, public).await
+                };
+                match second {
+                    Ok(w) => {
+                        self.prefer_tcp.store(!tcp_first, Ordering::Relaxed);
+                        if !tcp_first {
+                            tracing::info!(
+                                "QUIC to the coordinator gets no answer; using TLS over TCP"
+                            );
+                        }
+                        Ok(w)
+                    }
+                    Err(e @ ControlError::IdentityMismatch { .. }) => Err(e),
+                    Err(_) => Err(first_err),
+                }
+            }
+        }
+    }
+
+    async fn wire_quic(
+        &self,
+        info: &CoordinatorInfo,
+        public: &[u8; 32],
+    ) -> Result<Wire, ControlError> {
+        let conn = self.dial(info).await?;
+        let lost = |e: &dyn std::fmt::Display| ControlError::Connection(e.to_string());
+        let (send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+        let mut exporter = [0u8; 32];
+        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, public)
+            .map_err(|_| ControlError::Protocol("TLS exporter unavailable".into()))?;
+        Ok(Wire {
+            send: Box::new(send),
+            recv: Box::new(recv),
+            exporter,
+            quic: Some(conn),
+        })
+    }
+
+    async fn wire_tcp(
+        &self,
+        info: &CoordinatorInfo,
+        public: &[u8; 32],
+    ) -> Result<Wire, ControlError> {
+        let tls = self.dial_tcp(info).await?;
+        let exporter = tls
+            .get_ref()
+            .1
+            .export_keying_material([0u8; 32], EXPORTER_LABEL, Some(public))
+            .map_err(|_| ControlError::Protocol("TLS exporter unavailable".into()))?;
+        let (r, w) = tokio::io::split(tls);
+        Ok(Wire {
+            send: Box::new(w),
+            recv: Box::new(r),
+            exporter,
+            quic: None,
+        })
+    }
+
     async fn open(
         &self,
         info: &CoordinatorInfo,
@@ -205,13 +339,15 @@ impl ControlClient {
         netmap: Netmap,
         request: impl FnOnce([u8; 32]) -> HelloRequest,
     ) -> Result<Session, ControlError> {
-        let conn = self.dial(info).await?;
-        let lost = |e: &dyn std::fmt::Display| ControlError::Connection(e.to_string());
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
         let public = PublicKey::from(key).to_bytes();
-        let mut exporter = [0u8; 32];
-        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, &public)
-            .map_err(|_| ControlError::Protocol("TLS exporter unavailable".into()))?;
+        let wire = self.connect_any(info, &public).await?;
+        let Wire {
+            mut send,
+            mut recv,
+            exporter,
+            quic,
+        } = wire;
+        let lost = |e: &dyn std::fmt::Display| ControlError::Connection(e.to_string());
         let shared = key.diffie_hellman(&PublicKey::from(info.coordinator_key));
         let proof = key_proof(shared.as_bytes(), &exporter, &public);
         let hello = Hello {
@@ -220,10 +356,12 @@ impl ControlClient {
         };
         let frame = codec::encode(&hello).map_err(|e| ControlError::Protocol(e.to_string()))?;
         send.write_all(&frame).await.map_err(|e| lost(&e))?;
-        let welcome = match read_msg(&conn, &mut recv).await? {
+        let welcome = match read_msg(quic.as_ref(), &mut recv).await? {
             ServerMsg::Welcome(w) => w,
             ServerMsg::Error(e) => {
-                conn.close(0u32.into(), b"refused");
+                if let Some(c) = &quic {
+                    c.close(0u32.into(), b"refused");
+                }
                 return Err(ControlError::Refused {
                     code: e.code,
                     message: e.message,
@@ -235,13 +373,32 @@ impl ControlClient {
                 )))
             }
         };
+        let send: FrameWriter = Arc::new(Mutex::new(send));
+        let (link, source, tcp_in) = match &quic {
+            Some(c) => (
+                DatagramLink::Quic(c.clone()),
+                DatagramSource::Quic(c.clone()),
+                None,
+            ),
+            None => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                (
+                    super::transport::tcp_datagram_writer(send.clone()),
+                    DatagramSource::Tcp(rx),
+                    Some(tx),
+                )
+            }
+        };
         let mut session = Session {
-            conn,
-            send: Arc::new(Mutex::new(send)),
+            quic,
+            send,
             recv,
             welcome,
             netmap,
             resumed: false,
+            link,
+            source: Some(source),
+            tcp_in,
         };
         let first = session.next_change().await?;
         session.resumed = !first.full;
@@ -249,24 +406,41 @@ impl ControlClient {
     }
 }
 
+/// A connected frame stream before the hello.
+struct Wire {
+    send: Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>,
+    recv: FrameReader,
+    exporter: [u8; 32],
+    quic: Option<quinn::Connection>,
+}
+
+async fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    match tokio::net::lookup_host(addr).await {
+        Ok(mut it) => it
+            .find(|a| a.is_ipv4())
+            .ok_or_else(|| format!("{addr}: no IPv4 address")),
+        Err(e) => Err(format!("{addr}: {e}")),
+    }
+}
+
 async fn read_msg(
-    conn: &quinn::Connection,
-    recv: &mut quinn::RecvStream,
+    quic: Option<&quinn::Connection>,
+    recv: &mut FrameReader,
 ) -> Result<ServerMsg, ControlError> {
     let mut header = [0u8; codec::HEADER_LEN];
     if let Err(e) = recv.read_exact(&mut header).await {
-        return Err(closed(conn, &e));
+        return Err(closed(quic, &e));
     }
     let len = codec::frame_len(header).map_err(|e| ControlError::Protocol(e.to_string()))?;
     let mut body = vec![0u8; len];
     if let Err(e) = recv.read_exact(&mut body).await {
-        return Err(closed(conn, &e));
+        return Err(closed(quic, &e));
     }
     codec::decode(&body).map_err(|e| ControlError::Protocol(e.to_string()))
 }
 
-fn closed(conn: &quinn::Connection, e: &dyn std::fmt::Display) -> ControlError {
-    match conn.close_reason() {
+fn closed(quic: Option<&quinn::Connection>, e: &dyn std::fmt::Display) -> ControlError {
+    match quic.and_then(quinn::Connection::close_reason) {
         Some(quinn::ConnectionError::ApplicationClosed(c))
             if c.error_code == quinn::VarInt::from_u32(CLOSE_REMOVED) =>
         {
@@ -279,12 +453,16 @@ fn closed(conn: &quinn::Connection, e: &dyn std::fmt::Display) -> ControlError {
 
 /// One live control session: the netmap and the stream of its updates.
 pub struct Session {
-    conn: quinn::Connection,
-    send: Arc<Mutex<quinn::SendStream>>,
-    recv: quinn::RecvStream,
+    quic: Option<quinn::Connection>,
+    send: FrameWriter,
+    recv: FrameReader,
     welcome: Welcome,
     netmap: Netmap,
     resumed: bool,
+    link: DatagramLink,
+    source: Option<DatagramSource>,
+    /// On TCP, where datagram frames read from the stream go.
+    tcp_in: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 impl Session {
@@ -310,11 +488,21 @@ impl Session {
         self.netmap
     }
 
+    /// Sends datagrams (relay, punches) on this session.
+    pub fn datagram_link(&self) -> DatagramLink {
+        self.link.clone()
+    }
+
+    /// Datagrams from the coordinator; can be taken once.
+    pub fn take_datagrams(&mut self) -> Option<DatagramSource> {
+        self.source.take()
+    }
+
     /// Waits for the next complete netmap update and applies it. An error
     /// ends the session: reconnect (with [`ControlClient::connect`]).
     pub async fn next_change(&mut self) -> Result<NetmapChange, ControlError> {
         loop {
-            match read_msg(&self.conn, &mut self.recv).await? {
+            match read_msg(self.quic.as_ref(), &mut self.recv).await? {
                 ServerMsg::Netmap(update) => match self.netmap.apply(update) {
                     Ok(Some(change)) => return Ok(change),
                     Ok(None) => continue,
@@ -324,6 +512,11 @@ impl Session {
                         return Err(ControlError::Protocol(e.to_string()));
                     }
                 },
+                ServerMsg::Datagram(bytes) => {
+                    if let Some(tx) = &self.tcp_in {
+                        let _ = tx.try_send(bytes.into_vec());
+                    }
+                }
                 ServerMsg::Error(e) => {
                     return Err(ControlError::Refused {
                         code: e.code,
@@ -347,21 +540,19 @@ impl Session {
         self.updater().set_endpoints(endpoints).await
     }
 
-    /// The QUIC connection (relay datagrams and punches travel on it).
-    pub fn connection(&self) -> quinn::Connection {
-        self.conn.clone()
-    }
-
     /// Closes the connection.
     pub fn close(&self) {
-        self.conn.close(0u32.into(), b"bye");
+        if let Some(c) = &self.quic {
+            c.close(0u32.into(), b"bye");
+        }
+        // A TCP session ends when its halves are dropped.
     }
 }
 
 /// Sends endpoint changes on a session.
 #[derive(Clone)]
 pub struct EndpointUpdater {
-    send: Arc<Mutex<quinn::SendStream>>,
+    send: FrameWriter,
 }
 
 impl EndpointUpdater {

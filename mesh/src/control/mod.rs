@@ -12,8 +12,10 @@
 
 mod client;
 mod error;
+mod transport;
 
 pub use client::{ControlClient, CoordinatorInfo, EndpointUpdater, JoinOutcome, Session};
 pub use error::ControlError;
+pub use transport::{DatagramLink, DatagramSource};
 pub use weft_proto::msg::{ErrorCode, Welcome};
 pub use weft_proto::{Netmap, NetmapChange};

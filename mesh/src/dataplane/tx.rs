@@ -1,7 +1,11 @@
 //! Outbound: TUN -> encrypt -> UDP. Reads a batch from the TUN (a TSO
 //! super-packet arrives already split into MTU-sized packets), encrypts each
 //! packet straight into a GSO buffer, and sends runs of equal-sized
-//! datagrams to the same endpoint as one UDP GSO send.
+//! datagrams to the same endpoint as one UDP GSO send. A run may span TUN
+//! reads: plain packets (UDP without USO, ICMP) arrive one per read, and are
+//! batched until the TUN is drained, the run breaks or the GSO buffer is
+//! full, so a burst of them costs one send, and a lone packet waits for no
+//! more than one extra (empty) read.
 
 use std::io;
 use std::net::SocketAddr;
@@ -115,6 +119,10 @@ pub(super) fn run(shared: Arc<Shared>) {
         {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Drained: send what is batched before sleeping.
+                if batch.count > 0 {
+                    batch.flush(&shared.udp.load(), &shared);
+                }
                 match wake::wait(
                     Some(shared.tun.as_raw_fd()),
                     libc::POLLIN,
@@ -172,6 +180,5 @@ pub(super) fn run(shared: Arc<Shared>) {
                 batch.commit(endpoint, written, &udp, &shared);
             }
         }
-        batch.flush(&udp, &shared);
     }
 }

@@ -13,25 +13,27 @@ use tokio::sync::mpsc;
 use weft_proto::relay::{fragment, Datagram};
 use weft_proto::NodeId;
 
+use crate::control::{DatagramLink, DatagramSource};
 use crate::dataplane::DeviceHandle;
 
 /// Fragments older than this are dropped.
 const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_PENDING: usize = 256;
 
-/// The current session connection, shared with the data plane's relay sink.
+/// The current session's datagram link, shared with the data plane's relay
+/// sink.
 #[derive(Clone, Default)]
 pub struct RelayLink {
-    conn: Arc<ArcSwapOption<quinn::Connection>>,
+    conn: Arc<ArcSwapOption<DatagramLink>>,
     next_id: Arc<AtomicU16>,
 }
 
 impl RelayLink {
-    pub fn set(&self, conn: Option<quinn::Connection>) {
+    pub fn set(&self, conn: Option<DatagramLink>) {
         self.conn.store(conn.map(Arc::new));
     }
 
-    pub fn connection(&self) -> Option<Arc<quinn::Connection>> {
+    pub fn connection(&self) -> Option<Arc<DatagramLink>> {
         self.conn.load_full()
     }
 
@@ -41,19 +43,19 @@ impl RelayLink {
         let Some(conn) = self.conn.load_full() else {
             return;
         };
-        let Some(max) = conn.max_datagram_size() else {
+        let Some(max) = conn.max_size() else {
             return;
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         for frag in fragment(NodeId(node), id, packet, max) {
-            let _ = conn.send_datagram(frag.into());
+            conn.send(frag);
         }
     }
 
     /// Asks node `node` to probe us now.
     pub fn punch(&self, node: NodeId) {
         if let Some(conn) = self.conn.load_full() {
-            let _ = conn.send_datagram(Datagram::Punch { node }.encode().into());
+            conn.send(Datagram::Punch { node }.encode());
         }
     }
 }
@@ -63,9 +65,13 @@ type Partial = (Instant, Vec<Option<Vec<u8>>>);
 
 /// Reads the session connection's datagrams until it closes: relayed
 /// datagrams go to the data plane, punch requests to `punches`.
-pub async fn receive(conn: quinn::Connection, handle: DeviceHandle, punches: mpsc::Sender<NodeId>) {
+pub async fn receive(
+    mut source: DatagramSource,
+    handle: DeviceHandle,
+    punches: mpsc::Sender<NodeId>,
+) {
     let mut partial: HashMap<(NodeId, u16), Partial> = HashMap::new();
-    while let Ok(bytes) = conn.read_datagram().await {
+    while let Some(bytes) = source.next().await {
         match Datagram::parse(&bytes) {
             Some(Datagram::Relay {
                 node,
