@@ -116,6 +116,43 @@ fn nat_matrix_paths_traffic_and_time_to_direct() {
             });
         }
     }
+    // `weft netcheck` names each NAT's mapping; `weft ping` names the path.
+    let weft_bin = weft();
+    let weft_s = weft_bin.to_string_lossy();
+    for i in 0..n {
+        let dir = c.hosts[i].state_dir.to_string_lossy().into_owned();
+        let nc =
+            weft_tests::try_run(&[&weft_s, "netcheck", "--state-dir", &dir]).expect("netcheck");
+        let want = match kinds[i] {
+            NatKind::Symmetric => "mapping: endpoint-dependent",
+            NatKind::UdpBlocked => "UDP: no answer",
+            _ => "mapping: endpoint-independent",
+        };
+        assert!(
+            nc.contains(want),
+            "{} ({}): netcheck says\n{nc}",
+            c.hosts[i].name,
+            kinds[i]
+        );
+        let j = (i + 1) % n;
+        let out = weft_tests::try_run(&[
+            &weft_s,
+            "ping",
+            &c.hosts[j].name,
+            "-c",
+            "2",
+            "--state-dir",
+            &dir,
+        ])
+        .expect("weft ping");
+        let via = format!("via {}", expected(i, j));
+        assert!(
+            out.contains(&via),
+            "{} -> {}: weft ping says\n{out}",
+            c.hosts[i].name,
+            c.hosts[j].name
+        );
+    }
     // Time from first sight of a peer to a direct path, per direct pair.
     let mut times = Vec::new();
     eprintln!("time from join to a direct path:");

@@ -158,6 +158,11 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         for other in &cluster.hosts {
             if other.name != h.name {
                 let (kind, _) = cluster.path(i, &other.name).unwrap_or(("?".into(), None));
+                // Hosts behind the same NAT talk over their LAN, never
+                // hairpinning through the router.
+                if other.cloud == h.cloud && kind != "lan" {
+                    bail!("{} reaches {} in its own cloud via {kind}, not the LAN", h.name, other.name);
+                }
                 row.push(format!("{}:{kind}", other.name));
             }
         }

@@ -171,6 +171,12 @@ pub(super) fn run(shared: Arc<Shared>) {
 fn handle_injected(shared: &Shared, udp: &UdpEndpoint, tun: &mut TunBatch, scratch: &mut [u8]) {
     let table = shared.table.load();
     for (src, dgram) in shared.take_injected() {
+        if is_disco(&dgram) {
+            if let Some(sink) = shared.disco.load().as_ref() {
+                sink(src, &dgram);
+            }
+            continue;
+        }
         if tun.is_full() {
             tun.flush(shared);
         }

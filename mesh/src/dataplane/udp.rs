@@ -10,8 +10,14 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::wake::{self, Ready, WakeFd};
 
-/// Socket buffer size we ask for; large buffers absorb bursts at line rate.
+/// Send buffer size we ask for; a large one absorbs bursts at line rate.
 const SOCKET_BUFFER: usize = 8 << 20;
+/// Receive buffer size we ask for (the kernel doubles it for overhead):
+/// enough for a few milliseconds of bursts while the receive thread is off
+/// the CPU, small enough that a TCP stream cannot park a long queue in front
+/// of everything else (a larger one only adds delay under load).
+const RECV_BUFFER: usize = RECV_BUFFER_MIB << 20;
+const RECV_BUFFER_MIB: usize = 1;
 
 /// A bound WireGuard UDP socket.
 #[derive(Debug)]
@@ -130,18 +136,18 @@ fn bind_socket(domain: Domain, port: u16) -> io::Result<Socket> {
         (std::net::Ipv4Addr::UNSPECIFIED, port).into()
     };
     // Root may exceed net.core.{r,w}mem_max; fall back to the capped size.
-    if set_buffer_force(&socket, libc::SO_RCVBUFFORCE).is_err() {
-        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    if set_buffer_force(&socket, libc::SO_RCVBUFFORCE, RECV_BUFFER).is_err() {
+        let _ = socket.set_recv_buffer_size(RECV_BUFFER);
     }
-    if set_buffer_force(&socket, libc::SO_SNDBUFFORCE).is_err() {
+    if set_buffer_force(&socket, libc::SO_SNDBUFFORCE, SOCKET_BUFFER).is_err() {
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     }
     socket.bind(&addr.into())?;
     Ok(socket)
 }
 
-fn set_buffer_force(socket: &Socket, opt: libc::c_int) -> io::Result<()> {
-    let size = SOCKET_BUFFER as libc::c_int;
+fn set_buffer_force(socket: &Socket, opt: libc::c_int, size: usize) -> io::Result<()> {
+    let size = size as libc::c_int;
     // SAFETY: passes a pointer to a live c_int and its exact size.
     let rc = unsafe {
         libc::setsockopt(
