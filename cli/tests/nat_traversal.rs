@@ -119,11 +119,11 @@ fn nat_matrix_paths_traffic_and_time_to_direct() {
     // `weft netcheck` names each NAT's mapping; `weft ping` names the path.
     let weft_bin = weft();
     let weft_s = weft_bin.to_string_lossy();
-    for i in 0..n {
+    for (i, kind) in kinds.iter().enumerate() {
         let dir = c.hosts[i].state_dir.to_string_lossy().into_owned();
         let nc =
             weft_tests::try_run(&[&weft_s, "netcheck", "--state-dir", &dir]).expect("netcheck");
-        let want = match kinds[i] {
+        let want = match kind {
             NatKind::Symmetric => "mapping: endpoint-dependent",
             NatKind::UdpBlocked => "UDP: no answer",
             _ => "mapping: endpoint-independent",
