@@ -313,4 +313,66 @@ fn failover_when_the_nat_forgets_its_mappings() {
     );
     stream.finish();
     ping_with(&a.ns, &["-c", "2", "-W", "2", &b.addr.to_string()]).expect("ping after recovery");
+
+    // Spoofed probes: from the internet, pings and pongs that claim to be
+    // the peer but carry a wrong MAC, sent to this host's public mapping.
+    // They must not move its traffic.
+    let st = c.status(0).expect("status");
+    let before = c.path(0, &peer).expect("path");
+    let peer_key = st["peers"][0]["public_key"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    let sender: [u8; 32] = base64_decode(&peer_key);
+    let public: SocketAddr = st["host"]["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter_map(|e| e.as_str()?.parse().ok())
+        .find(|e: &SocketAddr| e.ip().to_string().starts_with("203.0.113."))
+        .expect("a public mapping");
+    let attacker = c.coordinator_ns.clone();
+    in_netns(&attacker, move || {
+        use weft_proto::disco::DiscoMsg;
+        let s = std::net::UdpSocket::bind("203.0.113.1:0").expect("bind");
+        let wrong_key = [0x42u8; 32];
+        for i in 0..200u8 {
+            let forged = if i % 2 == 0 {
+                DiscoMsg::Ping {
+                    txid: [i; 12],
+                    sender,
+                }
+            } else {
+                DiscoMsg::Pong {
+                    txid: [i; 12],
+                    sender,
+                    observed: "203.0.113.1:9".parse().expect("addr"),
+                }
+            };
+            let _ = s.send_to(&forged.encode(Some(&wrong_key)), public);
+        }
+    })
+    .join()
+    .expect("attacker");
+    std::thread::sleep(Duration::from_secs(3));
+    let after = c.path(0, &peer).expect("path");
+    assert_eq!(
+        after.0, "direct",
+        "spoofed probes moved the path: {after:?}"
+    );
+    let st = c.status(0).expect("status");
+    let endpoint = st["peers"][0]["endpoint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        !endpoint.starts_with("203.0.113.1:"),
+        "traffic was redirected to the spoofer: {endpoint} (was {before:?})"
+    );
+    ping_with(&a.ns, &["-c", "2", "-W", "2", &b.addr.to_string()]).expect("ping after spoofing");
+}
+
+fn base64_decode(s: &str) -> [u8; 32] {
+    let key: weft_proto::WgPublicKey = s.parse().expect("a base64 key");
+    key.0
 }
