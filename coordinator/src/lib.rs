@@ -42,6 +42,9 @@ pub struct Config {
     pub advertise: Vec<String>,
     /// How long changes are gathered before they are sent to hosts.
     pub coalesce: Duration,
+    /// TCP port of the TLS fallback for hosts whose UDP is blocked; `None`:
+    /// the QUIC port.
+    pub tcp_port: Option<u16>,
 }
 
 impl Config {
@@ -55,6 +58,7 @@ impl Config {
             subnet_prefix: DEFAULT_SUBNET_PREFIX,
             advertise: Vec::new(),
             coalesce: Duration::from_millis(25),
+            tcp_port: None,
         }
     }
 }

@@ -25,6 +25,10 @@ pub struct JoinToken {
     pub id: String,
     #[serde(rename = "s", with = "crate::types::bytes32")]
     pub secret: [u8; 32],
+    /// TCP port of the coordinator's TLS fallback (for hosts whose UDP is
+    /// blocked); `None`: the same port as QUIC.
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    pub tcp_port: Option<u16>,
 }
 
 impl fmt::Debug for JoinToken {
@@ -87,6 +91,7 @@ mod tests {
             coordinator_key: [2; 32],
             id: "0123456789abcdef".into(),
             secret: [3; 32],
+            tcp_port: None,
         };
         let s = t.encode();
         assert!(s.starts_with("weft1."));
@@ -100,5 +105,10 @@ mod tests {
             "weft1.AAAA".parse::<JoinToken>(),
             Err(TokenParseError::Damaged(_))
         ));
+        let with_tcp = JoinToken {
+            tcp_port: Some(443),
+            ..t
+        };
+        assert_eq!(with_tcp.encode().parse::<JoinToken>().unwrap(), with_tcp);
     }
 }

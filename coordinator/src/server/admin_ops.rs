@@ -38,6 +38,7 @@ pub(super) async fn create_token(
         coordinator_key: shared.public,
         id: rec.id.clone(),
         secret,
+        tcp_port: shared.tcp_port,
     };
     Ok(AdminReply::TokenCreated {
         token: token.encode(),

@@ -63,6 +63,8 @@ struct Shared {
     admin_hash: [u8; 32],
     advertise: Vec<String>,
     pool: HostSubnet,
+    /// TCP port of the TLS fallback, put into tokens.
+    tcp_port: Option<u16>,
 }
 
 impl Shared {
@@ -175,6 +177,7 @@ impl Coordinator {
             admin_hash,
             advertise,
             pool: opened.ipam_pool,
+            tcp_port: config.tcp_port,
         });
         let nodes = shared.read().len();
         info!(listen = %local, nodes, pin = %hex::encode(shared.pin), "coordinator started");
@@ -183,14 +186,16 @@ impl Coordinator {
         let acceptor = tokio::spawn(accept(shared.clone(), endpoint.clone()));
         let mut tasks = vec![coalescer, acceptor];
         tasks.extend(reflector::spawn(local));
-        // Hosts whose UDP is blocked reach the same port over TLS on TCP.
-        match tokio::net::TcpListener::bind(local).await {
+        // Hosts whose UDP is blocked reach the coordinator over TLS on TCP
+        // (by default on the QUIC port number).
+        let tcp_addr = SocketAddr::new(local.ip(), config.tcp_port.unwrap_or(local.port()));
+        match tokio::net::TcpListener::bind(tcp_addr).await {
             Ok(listener) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tcp_tls);
                 tasks.push(tokio::spawn(accept_tcp(shared.clone(), listener, acceptor)));
             }
             Err(e) => {
-                warn!(addr = %local, error = %e, "TCP fallback unavailable; hosts without UDP cannot join")
+                warn!(addr = %tcp_addr, error = %e, "TCP fallback unavailable; hosts without UDP cannot join")
             }
         }
         Ok(Self {

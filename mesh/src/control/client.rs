@@ -31,6 +31,9 @@ pub struct CoordinatorInfo {
     pub pin: [u8; 32],
     /// The coordinator's x25519 public key.
     pub coordinator_key: [u8; 32],
+    /// TCP port of the TLS fallback; `None`: the QUIC port.
+    #[serde(default)]
+    pub tcp_port: Option<u16>,
 }
 
 impl From<&JoinToken> for CoordinatorInfo {
@@ -39,6 +42,7 @@ impl From<&JoinToken> for CoordinatorInfo {
             addrs: t.addrs.clone(),
             pin: t.pin,
             coordinator_key: t.coordinator_key,
+            tcp_port: t.tcp_port,
         }
     }
 }
@@ -220,13 +224,16 @@ impl ControlClient {
         let all = info.addrs.join(", ");
         let mut last = String::from("the token names no address");
         for addr in &info.addrs {
-            let sa = match resolve(addr).await {
+            let mut sa = match resolve(addr).await {
                 Ok(sa) => sa,
                 Err(e) => {
                     last = e;
                     continue;
                 }
             };
+            if let Some(port) = info.tcp_port {
+                sa.set_port(port);
+            }
             let attempt = async {
                 let tcp = tokio::net::TcpStream::connect(sa).await?;
                 let _ = tcp.set_nodelay(true);

@@ -16,8 +16,7 @@ const SOCKET_BUFFER: usize = 8 << 20;
 /// enough for a few milliseconds of bursts while the receive thread is off
 /// the CPU, small enough that a TCP stream cannot park a long queue in front
 /// of everything else (a larger one only adds delay under load).
-const RECV_BUFFER: usize = RECV_BUFFER_MIB << 20;
-const RECV_BUFFER_MIB: usize = 1;
+const RECV_BUFFER: usize = 1 << 20;
 
 /// A bound WireGuard UDP socket.
 #[derive(Debug)]
