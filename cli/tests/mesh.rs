@@ -3,16 +3,13 @@
 //! going away for a minute, agents restarted without it, and node removal.
 //! Needs root; in CI (`CI=true`) a missing privilege fails instead of skipping.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_tests::cluster::{Cluster, ClusterSpec};
 use weft_tests::demo::{self, DemoOptions};
-use weft_tests::{in_netns, ping_with, require_root, wait_for, Lab};
+use weft_tests::{ping_with, require_root, wait_for, Lab, SteadyStream};
 
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
@@ -29,73 +26,6 @@ fn cluster_example_short_mode() {
     let mut opts = DemoOptions::new(weft());
     opts.transfer_bytes = 16 << 20;
     demo::run(&opts).expect("the cluster example failed");
-}
-
-/// A TCP stream from one namespace to another that runs until stopped and
-/// counts what arrives.
-struct Stream {
-    received: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<Result<(), String>>>,
-}
-
-impl Stream {
-    fn start(from: &str, to: &str, addr: SocketAddr) -> Stream {
-        let received = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (r, s) = (received.clone(), stop.clone());
-        let server = in_netns(to, move || -> Result<(), String> {
-            let l = TcpListener::bind(addr).map_err(|e| e.to_string())?;
-            let _ = tx.send(());
-            let (mut c, _) = l.accept().map_err(|e| e.to_string())?;
-            c.set_read_timeout(Some(Duration::from_secs(1))).ok();
-            let mut buf = vec![0u8; 1 << 16];
-            while !s.load(Ordering::Relaxed) {
-                match c.read(&mut buf) {
-                    Ok(0) if s.load(Ordering::Relaxed) => return Ok(()),
-                    Ok(0) => return Err("stream closed by the sender".into()),
-                    Ok(n) => {
-                        r.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-                    Err(e) => return Err(format!("receive: {e}")),
-                }
-            }
-            Ok(())
-        });
-        rx.recv_timeout(Duration::from_secs(5))
-            .expect("listener up");
-        let s = stop.clone();
-        let client = in_netns(from, move || -> Result<(), String> {
-            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-                .map_err(|e| format!("connect {addr}: {e}"))?;
-            let block = vec![0x5au8; 16 << 10];
-            while !s.load(Ordering::Relaxed) {
-                c.write_all(&block).map_err(|e| format!("send: {e}"))?;
-                // About 2.5 MB/s: a steady stream, not a benchmark.
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Ok(())
-        });
-        Stream {
-            received,
-            stop,
-            threads: vec![server, client],
-        }
-    }
-
-    fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
-
-    fn finish(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().expect("stream thread").expect("stream failed");
-        }
-    }
 }
 
 fn peer_names(c: &Cluster, i: usize) -> Vec<String> {
@@ -128,7 +58,8 @@ fn resilience_without_the_coordinator_and_node_removal() {
     let host_a = c.host_addr(0).expect("address").to_string();
     ping_with(&a.ns, &["-c", "2", "-W", "2", &b.addr.to_string()]).expect("a reaches b");
 
-    let stream = Stream::start(&a.ns, &b.ns, SocketAddr::from((b.addr, 5301)));
+    let stream =
+        SteadyStream::start(&a.ns, &b.ns, SocketAddr::from((b.addr, 5301))).expect("stream");
     wait_for(Duration::from_secs(10), "the stream to start", || {
         (stream.received() > 0).then_some(())
     })
@@ -174,7 +105,7 @@ fn resilience_without_the_coordinator_and_node_removal() {
         stream.received() > before,
         "the stream stopped after the coordinator returned"
     );
-    stream.finish();
+    stream.finish().expect("stream failed");
 
     // Node removal: host 3's peers stop accepting its packets within 1 s.
     let removed = c.hosts[2].name.clone();

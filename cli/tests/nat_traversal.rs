@@ -5,16 +5,13 @@
 //! time from join to a direct path per pair; failover when a NAT forgets its
 //! mappings mid-transfer. Needs root; in CI a missing privilege fails.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_tests::cluster::{Cluster, ClusterSpec};
 use weft_tests::nat::flush_conntrack;
-use weft_tests::{in_netns, ping_with, require_root, wait_for, Lab, NatKind};
+use weft_tests::{in_netns, ping_with, require_root, wait_for, Lab, NatKind, SteadyStream};
 
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
@@ -178,78 +175,6 @@ fn nat_matrix_paths_traffic_and_time_to_direct() {
     );
 }
 
-/// A TCP stream that runs until stopped and counts what arrives.
-struct Stream {
-    received: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<Result<(), String>>>,
-}
-
-impl Stream {
-    fn start(from: &str, to: &str, addr: SocketAddr) -> Stream {
-        let received = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (r, s) = (received.clone(), stop.clone());
-        let server = in_netns(to, move || -> Result<(), String> {
-            let l = TcpListener::bind(addr).map_err(|e| e.to_string())?;
-            let _ = tx.send(());
-            let (mut c, _) = l.accept().map_err(|e| e.to_string())?;
-            c.set_read_timeout(Some(Duration::from_secs(1))).ok();
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                match c.read(&mut buf) {
-                    Ok(0) if s.load(Ordering::Relaxed) => return Ok(()),
-                    Ok(0) => return Err("stream closed by the sender".into()),
-                    Ok(n) => {
-                        r.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        if s.load(Ordering::Relaxed) {
-                            return Ok(());
-                        }
-                    }
-                    Err(e) => return Err(format!("receive: {e}")),
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(5))
-            .expect("listener up");
-        let s = stop.clone();
-        let client = in_netns(from, move || -> Result<(), String> {
-            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-                .map_err(|e| format!("connect {addr}: {e}"))?;
-            let block = vec![0x5au8; 16 << 10];
-            while !s.load(Ordering::Relaxed) {
-                c.write_all(&block).map_err(|e| format!("send: {e}"))?;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Ok(())
-        });
-        Stream {
-            received,
-            stop,
-            threads: vec![server, client],
-        }
-    }
-
-    fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
-
-    fn finish(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().expect("stream thread").expect("stream failed");
-        }
-    }
-}
-
 /// The NATs forget every mapping mid-transfer: the stream survives (through
 /// the relay or a re-punched path) and the path returns to direct.
 #[test]
@@ -274,7 +199,8 @@ fn failover_when_the_nat_forgets_its_mappings() {
     .expect("direct before the flush");
     let a = c.hosts[0].containers[0].clone();
     let b = c.hosts[1].containers[0].clone();
-    let stream = Stream::start(&a.ns, &b.ns, SocketAddr::from((b.addr, 5401)));
+    let stream =
+        SteadyStream::start(&a.ns, &b.ns, SocketAddr::from((b.addr, 5401))).expect("stream");
     wait_for(Duration::from_secs(10), "the stream to start", || {
         (stream.received() > 0).then_some(())
     })
@@ -311,7 +237,7 @@ fn failover_when_the_nat_forgets_its_mappings() {
         stream.received() > last,
         "the stream stalled after recovery"
     );
-    stream.finish();
+    stream.finish().expect("stream failed");
     ping_with(&a.ns, &["-c", "2", "-W", "2", &b.addr.to_string()]).expect("ping after recovery");
 
     // Spoofed probes: from the internet, pings and pongs that claim to be

@@ -33,12 +33,14 @@ mod lab;
 pub mod nat;
 mod registry;
 mod sniff;
+mod stream;
 mod traffic;
 
 pub use cmd::{in_netns, run, run_ok, try_run};
 pub use lab::{Lab, Proc};
 pub use nat::{NatKind, NatRouter};
 pub use sniff::{Capture, Packet, UdpPacket};
+pub use stream::SteadyStream;
 pub use traffic::{ping, ping_with, snmp_counter, tcp_transfer, vm_rss_kib};
 
 use std::time::{Duration, Instant};
