@@ -166,7 +166,11 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
                 // Hosts behind the same NAT talk over their LAN, never
                 // hairpinning through the router.
                 if other.cloud == h.cloud && kind != "lan" {
-                    bail!("{} reaches {} in its own cloud via {kind}, not the LAN", h.name, other.name);
+                    bail!(
+                        "{} reaches {} in its own cloud via {kind}, not the LAN",
+                        h.name,
+                        other.name
+                    );
                 }
                 row.push(format!("{}:{kind}", other.name));
             }
