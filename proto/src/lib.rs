@@ -25,6 +25,7 @@ pub mod codec;
 pub mod disco;
 pub mod msg;
 pub mod netmap;
+pub mod policy;
 pub mod relay;
 #[cfg(feature = "tls")]
 pub mod tls;

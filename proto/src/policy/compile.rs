@@ -1,0 +1,308 @@
+//! Compiling a [`Policy`] against a snapshot of the cluster: each host's
+//! inbound packet filter and the peers it may talk to.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::cidr::Cidr;
+use super::document::Policy;
+use super::filter::{FilterRule, PacketFilter};
+use super::ports::{PortRange, PortSpec, Proto};
+use super::selector::Selector;
+use super::Action;
+use crate::types::{HostSubnet, NodeId};
+
+/// What the compiler needs to know of the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cluster {
+    pub nodes: Vec<ClusterNode>,
+    pub services: Vec<Service>,
+}
+
+/// One host: its name, the tags of its join token, its subnet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterNode {
+    pub id: NodeId,
+    pub name: String,
+    pub tags: Vec<String>,
+    pub subnet: HostSubnet,
+}
+
+/// A published service: a port on one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub node: NodeId,
+    pub port: u16,
+    /// [`Proto::Tcp`] or [`Proto::Udp`].
+    pub proto: Proto,
+}
+
+impl Service {
+    /// The traffic that reaches the service.
+    pub fn spec(&self) -> PortSpec {
+        PortSpec {
+            proto: self.proto,
+            ports: if self.proto.has_ports() {
+                PortRange::single(self.port)
+            } else {
+                PortRange::ALL
+            },
+        }
+    }
+}
+
+/// What one host receives of the policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePolicy {
+    /// Enforced on packets arriving from the mesh.
+    #[serde(rename = "f")]
+    pub filter: PacketFilter,
+    /// The nodes that may send to this one or that it may send to; the host
+    /// learns of no other peer.
+    #[serde(rename = "p", default)]
+    pub peers: BTreeSet<NodeId>,
+}
+
+/// The compiled policy of every node of the snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    pub nodes: BTreeMap<NodeId, NodePolicy>,
+}
+
+impl CompiledPolicy {
+    /// The share of node `id`, if it was in the snapshot.
+    pub fn node(&self, id: NodeId) -> Option<&NodePolicy> {
+        self.nodes.get(&id)
+    }
+}
+
+/// Addresses and the nodes they touch.
+#[derive(Default)]
+struct Resolved {
+    cidrs: Vec<Cidr>,
+    /// Indices into `Cluster::nodes` whose subnet overlaps `cidrs`.
+    nodes: Vec<usize>,
+    /// For a service: the traffic that reaches it.
+    only: Option<PortSpec>,
+}
+
+struct Resolver<'a> {
+    policy: &'a Policy,
+    cluster: &'a Cluster,
+    subnets: Vec<Cidr>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(policy: &'a Policy, cluster: &'a Cluster) -> Self {
+        let subnets = cluster.nodes.iter().map(|n| Cidr::from(n.subnet)).collect();
+        Resolver {
+            policy,
+            cluster,
+            subnets,
+        }
+    }
+
+    fn nodes_where(&self, f: impl Fn(&ClusterNode) -> bool) -> Resolved {
+        let nodes: Vec<usize> = (0..self.cluster.nodes.len())
+            .filter(|&i| f(&self.cluster.nodes[i]))
+            .collect();
+        Resolved {
+            cidrs: nodes.iter().map(|&i| self.subnets[i]).collect(),
+            nodes,
+            only: None,
+        }
+    }
+
+    /// Resolves one selector into each of its parts (a group gives several;
+    /// a parsed policy has its groups already expanded).
+    fn resolve(&self, sel: &Selector, depth: u8, out: &mut Vec<Resolved>) {
+        match sel {
+            Selector::Any => out.push(Resolved {
+                cidrs: vec![Cidr::ANY_V4, Cidr::ANY_V6],
+                nodes: (0..self.cluster.nodes.len()).collect(),
+                only: None,
+            }),
+            Selector::Tag(t) => out.push(self.nodes_where(|n| n.tags.iter().any(|x| x == t))),
+            Selector::Host(h) => out.push(self.nodes_where(|n| &n.name == h)),
+            Selector::Cidr(c) => out.push(Resolved {
+                cidrs: vec![*c],
+                nodes: (0..self.cluster.nodes.len())
+                    .filter(|&i| self.subnets[i].overlaps(c))
+                    .collect(),
+                only: None,
+            }),
+            Selector::Service(name) => {
+                for s in self.cluster.services.iter().filter(|s| &s.name == name) {
+                    let mut r = self.nodes_where(|n| n.id == s.node);
+                    r.only = Some(s.spec());
+                    out.push(r);
+                }
+            }
+            Selector::Group(g) => {
+                if depth < 8 {
+                    for m in self.policy.groups.get(g).into_iter().flatten() {
+                        self.resolve(m, depth + 1, out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The union of a list of selectors, ignoring service ports (for `from`).
+    fn union(&self, sels: &[Selector]) -> Resolved {
+        let mut parts = Vec::new();
+        for s in sels {
+            self.resolve(s, 0, &mut parts);
+        }
+        let mut out = Resolved::default();
+        for p in parts {
+            out.cidrs.extend(p.cidrs);
+            out.nodes.extend(p.nodes);
+        }
+        out.cidrs.sort();
+        out.cidrs.dedup();
+        out.nodes.sort_unstable();
+        out.nodes.dedup();
+        out
+    }
+
+    fn targets(&self, sels: &[Selector]) -> Vec<Resolved> {
+        let mut parts = Vec::new();
+        for s in sels {
+            self.resolve(s, 0, &mut parts);
+        }
+        parts
+    }
+}
+
+/// Whether a deny rule stops every packet `allow` lets through from the
+/// addresses of `from` (a node's subnet).
+fn denied_by(deny: &FilterRule, allow: &FilterRule, from: &Cidr) -> bool {
+    deny.spec().covers(&allow.spec())
+        && allow
+            .dst
+            .iter()
+            .all(|d| deny.dst.iter().any(|x| x.contains_cidr(d)))
+        && allow
+            .src
+            .iter()
+            .filter_map(|s| s.intersect(from))
+            .all(|s| deny.src.iter().any(|x| x.contains_cidr(&s)))
+}
+
+/// Whether one deny rule stops everything from `from` to `to`.
+fn denied_entirely(filter: &PacketFilter, from: &Cidr, to: &Cidr) -> bool {
+    filter.rules.iter().any(|r| {
+        r.action == Action::Deny
+            && r.spec().covers(&PortSpec::ANY)
+            && r.src.iter().any(|x| x.contains_cidr(from))
+            && r.dst.iter().any(|x| x.contains_cidr(to))
+    })
+}
+
+/// Compiles `policy` for every node of `cluster`.
+///
+/// The peer sets are exact except where several deny rules together (but
+/// no single one) shut a pair out: such a pair stays peers, and the filter
+/// still drops its packets.
+pub fn compile(policy: &Policy, cluster: &Cluster) -> CompiledPolicy {
+    let resolver = Resolver::new(policy, cluster);
+    let n = cluster.nodes.len();
+    let mut filters: Vec<PacketFilter> = (0..n)
+        .map(|_| PacketFilter {
+            rules: Vec::new(),
+            default: policy.default,
+        })
+        .collect();
+    // For each policy rule, the nodes its `from` touches.
+    let mut sources: Vec<Vec<usize>> = Vec::with_capacity(policy.rules.len());
+
+    for (i, rule) in policy.rules.iter().enumerate() {
+        let number = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        let src = resolver.union(&rule.from);
+        // (receiving node, traffic) -> destination prefixes in that node.
+        let mut dst: BTreeMap<(usize, PortSpec), Vec<Cidr>> = BTreeMap::new();
+        for target in resolver.targets(&rule.to) {
+            for spec in &rule.ports {
+                let spec = match &target.only {
+                    Some(only) => match spec.intersect(only) {
+                        Some(s) => s,
+                        None => continue,
+                    },
+                    None => *spec,
+                };
+                for &node in &target.nodes {
+                    let subnet = resolver.subnets[node];
+                    let entry = dst.entry((node, spec)).or_default();
+                    entry.extend(target.cidrs.iter().filter_map(|c| c.intersect(&subnet)));
+                }
+            }
+        }
+        if !src.cidrs.is_empty() {
+            for ((node, spec), mut cidrs) in dst {
+                cidrs.sort();
+                cidrs.dedup();
+                if cidrs.is_empty() {
+                    continue;
+                }
+                filters[node].rules.push(FilterRule {
+                    action: rule.action,
+                    src: src.cidrs.clone(),
+                    dst: cidrs,
+                    proto: spec.proto,
+                    ports: spec.ports,
+                    rule: number,
+                });
+            }
+        }
+        sources.push(src.nodes);
+    }
+
+    let mut peers: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+    for (to, filter) in filters.iter().enumerate() {
+        let subnet = resolver.subnets[to];
+        let mut reach = |from: usize| {
+            peers[from].insert(to);
+            peers[to].insert(from);
+        };
+        if filter.default == Action::Allow {
+            for from in (0..n).filter(|&f| f != to) {
+                if !denied_entirely(filter, &resolver.subnets[from], &subnet) {
+                    reach(from);
+                }
+            }
+            continue;
+        }
+        for allow in filter.rules.iter().filter(|r| r.action == Action::Allow) {
+            let Some(from_nodes) = (allow.rule as usize)
+                .checked_sub(1)
+                .and_then(|i| sources.get(i))
+            else {
+                continue;
+            };
+            for &from in from_nodes.iter().filter(|&&f| f != to) {
+                let from_subnet = resolver.subnets[from];
+                let shut = filter
+                    .rules
+                    .iter()
+                    .any(|d| d.action == Action::Deny && denied_by(d, allow, &from_subnet));
+                if !shut {
+                    reach(from);
+                }
+            }
+        }
+    }
+
+    let nodes = filters
+        .into_iter()
+        .zip(peers)
+        .enumerate()
+        .map(|(i, (filter, peers))| {
+            let peers = peers.into_iter().map(|j| cluster.nodes[j].id).collect();
+            (cluster.nodes[i].id, NodePolicy { filter, peers })
+        })
+        .collect();
+    CompiledPolicy { nodes }
+}
