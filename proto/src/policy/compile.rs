@@ -260,12 +260,14 @@ pub fn compile(policy: &Policy, cluster: &Cluster) -> CompiledPolicy {
         sources.push(src.nodes);
     }
 
-    let mut peers: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+    // Who may talk to whom, either way: an n x n bit matrix.
+    let words = n.div_ceil(64);
+    let mut peers = vec![0u64; n * words];
     for (to, filter) in filters.iter().enumerate() {
         let subnet = resolver.subnets[to];
         let mut reach = |from: usize| {
-            peers[from].insert(to);
-            peers[to].insert(from);
+            peers[from * words + to / 64] |= 1 << (to % 64);
+            peers[to * words + from / 64] |= 1 << (from % 64);
         };
         if filter.default == Action::Allow {
             for from in (0..n).filter(|&f| f != to) {
@@ -297,10 +299,13 @@ pub fn compile(policy: &Policy, cluster: &Cluster) -> CompiledPolicy {
 
     let nodes = filters
         .into_iter()
-        .zip(peers)
         .enumerate()
-        .map(|(i, (filter, peers))| {
-            let peers = peers.into_iter().map(|j| cluster.nodes[j].id).collect();
+        .map(|(i, filter)| {
+            let row = &peers[i * words..(i + 1) * words];
+            let peers = (0..n)
+                .filter(|&j| row[j / 64] & (1 << (j % 64)) != 0)
+                .map(|j| cluster.nodes[j].id)
+                .collect();
             (cluster.nodes[i].id, NodePolicy { filter, peers })
         })
         .collect();
