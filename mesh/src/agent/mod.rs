@@ -335,7 +335,10 @@ pub async fn run(
             tview.clone(),
             nc_tx,
             coordinator_addr,
-            Box::new(move || lock(&cell).clone()),
+            Box::new(move |have| {
+                let map = lock(&cell);
+                ((map.epoch(), map.version()) != have).then(|| map.clone())
+            }),
             Box::new(move |p| {
                 *lock(&refl) = p;
                 notify.notify_one();

@@ -192,8 +192,9 @@ pub struct Engine {
     pub netcheck: watch::Sender<NetcheckReport>,
     /// The coordinator's QUIC address (reflectors are the next ports).
     pub coordinator: Option<SocketAddr>,
-    /// Reads the current netmap (version-checked each tick).
-    pub netmap: Box<dyn Fn() -> Netmap + Send>,
+    /// The current netmap, when its (epoch, version) differs from the one
+    /// given (checked each tick; cloned only when it changed).
+    pub netmap: Box<dyn Fn((u64, u64)) -> Option<Netmap> + Send>,
     /// Called when this host's public mapping changes.
     pub on_public: Box<dyn Fn(Option<SocketAddr>) + Send>,
     peers: HashMap<NodeId, PeerPaths>,
@@ -214,7 +215,7 @@ impl Engine {
         view: TraversalView,
         netcheck: watch::Sender<NetcheckReport>,
         coordinator: Option<SocketAddr>,
-        netmap: Box<dyn Fn() -> Netmap + Send>,
+        netmap: Box<dyn Fn((u64, u64)) -> Option<Netmap> + Send>,
         on_public: Box<dyn Fn(Option<SocketAddr>) + Send>,
         local_nets: Vec<(IpAddr, u8)>,
     ) -> Engine {
@@ -465,12 +466,10 @@ impl Engine {
     }
 
     fn sync_peers(&mut self) {
-        let map = (self.netmap)();
-        let version = (map.epoch(), map.version());
-        if version == self.netmap_version {
+        let Some(map) = (self.netmap)(self.netmap_version) else {
             return;
-        }
-        self.netmap_version = version;
+        };
+        self.netmap_version = (map.epoch(), map.version());
         let mut keep = Vec::new();
         for p in map.peers() {
             keep.push(p.id);
