@@ -25,9 +25,8 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd as _;
 use std::time::{Duration, Instant};
 
-use weft_tests::{
-    in_netns, ping, run_ok, snmp_counter, tcp_transfer, wait_for, Capture, Lab, Packet, Proc,
-};
+use weft_tests::wg::{configure_pair, wait_for_uapi, WgEnd};
+use weft_tests::{in_netns, ping, run_ok, snmp_counter, tcp_transfer, Capture, Lab, Packet, Proc};
 
 const A_UNDERLAY: &str = "192.0.2.1";
 const B_UNDERLAY: &str = "192.0.2.2";
@@ -69,58 +68,24 @@ fn tunnel(prefix: &str) -> Tunnel {
         )
     };
     let procs = [start(&a, &ia), start(&b, &ib)];
-    for i in [&ia, &ib] {
-        let sock = format!("/var/run/wireguard/{i}.sock");
-        wait_for(Duration::from_secs(10), &sock, || {
-            std::path::Path::new(&sock).exists().then_some(())
-        })
-        .unwrap();
-    }
-    let dir = lab.tempdir();
-    let ka = weft_mesh::key::Key::generate_private();
-    let kb = weft_mesh::key::Key::generate_private();
-    let (fa, fb) = (dir.join("a.key"), dir.join("b.key"));
-    std::fs::write(&fa, ka.to_base64()).unwrap();
-    std::fs::write(&fb, kb.to_base64()).unwrap();
-    let (pa, pb) = (
-        ka.public_from_private().to_base64(),
-        kb.public_from_private().to_base64(),
-    );
-    let port = PORT.to_string();
-    for (iface, key, peer, endpoint, allowed) in [
-        (
-            &ia,
-            &fa,
-            &pb,
-            format!("{B_UNDERLAY}:{PORT}"),
-            format!("{B4}/32,{B6}/128"),
-        ),
-        (
-            &ib,
-            &fb,
-            &pa,
-            format!("{A_UNDERLAY}:{PORT}"),
-            format!("{A4}/32,{A6}/128"),
-        ),
-    ] {
-        run_ok(&[
-            "wg",
-            "set",
-            iface,
-            "private-key",
-            key.to_str().unwrap(),
-            "listen-port",
-            &port,
-            "peer",
-            peer,
-            "endpoint",
-            &endpoint,
-            "allowed-ips",
-            &allowed,
-        ]);
-    }
-    std::fs::remove_file(&fa).unwrap();
-    std::fs::remove_file(&fb).unwrap();
+    wait_for_uapi(&ia).unwrap();
+    wait_for_uapi(&ib).unwrap();
+    let (own_a, own_b) = (format!("{A4}/32,{A6}/128"), format!("{B4}/32,{B6}/128"));
+    configure_pair(
+        &lab,
+        PORT,
+        &WgEnd {
+            iface: &ia,
+            underlay: A_UNDERLAY,
+            allowed_ips: &own_a,
+        },
+        &WgEnd {
+            iface: &ib,
+            underlay: B_UNDERLAY,
+            allowed_ips: &own_b,
+        },
+    )
+    .unwrap();
     for (ns, iface, v4, v6) in [(&a, &ia, A4, A6), (&b, &ib, B4, B6)] {
         lab.addr(ns, iface, &format!("{v4}/24"));
         lab.addr(ns, iface, &format!("{v6}/64"));

@@ -13,9 +13,10 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
+use weft_tests::wg::{configure_pair, wait_for_uapi, WgEnd};
 use weft_tests::{
     in_netns, ping, ping_with, require_root, run_ok, snmp_counter, tcp_transfer, vm_rss_kib,
-    wait_for, Capture, Lab, Proc,
+    Capture, Lab, Proc,
 };
 
 /// Which WireGuard implementation runs a side of the tunnel.
@@ -67,13 +68,8 @@ fn two_hosts(side_a: Impl, side_b: Impl) -> Hosts {
         }
     };
     let procs = [start(&a, &ia, side_a), start(&b, &ib, side_b)];
-    for i in [&ia, &ib] {
-        let sock = format!("/var/run/wireguard/{i}.sock");
-        wait_for(Duration::from_secs(10), &sock, || {
-            std::path::Path::new(&sock).exists().then_some(())
-        })
-        .unwrap();
-    }
+    wait_for_uapi(&ia).unwrap();
+    wait_for_uapi(&ib).unwrap();
     Hosts {
         lab,
         a,
@@ -87,51 +83,21 @@ fn two_hosts(side_a: Impl, side_b: Impl) -> Hosts {
 impl Hosts {
     /// Keys, peers and overlay addresses with the stock `wg` and `ip`.
     fn configure(&self) {
-        let dir = self.lab.tempdir();
-        let ka = weft_mesh::key::Key::generate_private();
-        let kb = weft_mesh::key::Key::generate_private();
-        let (fa, fb) = (dir.join("a.key"), dir.join("b.key"));
-        std::fs::write(&fa, ka.to_base64()).unwrap();
-        std::fs::write(&fb, kb.to_base64()).unwrap();
-        let (pa, pb) = (
-            ka.public_from_private().to_base64(),
-            kb.public_from_private().to_base64(),
-        );
-        let port = PORT.to_string();
-        for (iface, key, peer, endpoint, allowed) in [
-            (
-                &self.ia,
-                &fa,
-                &pb,
-                format!("{B_UNDERLAY}:{PORT}"),
-                "100.64.0.2/32,fd00:64::2/128",
-            ),
-            (
-                &self.ib,
-                &fb,
-                &pa,
-                format!("{A_UNDERLAY}:{PORT}"),
-                "100.64.0.1/32,fd00:64::1/128",
-            ),
-        ] {
-            run_ok(&[
-                "wg",
-                "set",
-                iface,
-                "private-key",
-                key.to_str().unwrap(),
-                "listen-port",
-                &port,
-                "peer",
-                peer,
-                "endpoint",
-                &endpoint,
-                "allowed-ips",
-                allowed,
-            ]);
-        }
-        std::fs::remove_file(&fa).unwrap();
-        std::fs::remove_file(&fb).unwrap();
+        configure_pair(
+            &self.lab,
+            PORT,
+            &WgEnd {
+                iface: &self.ia,
+                underlay: A_UNDERLAY,
+                allowed_ips: "100.64.0.1/32,fd00:64::1/128",
+            },
+            &WgEnd {
+                iface: &self.ib,
+                underlay: B_UNDERLAY,
+                allowed_ips: "100.64.0.2/32,fd00:64::2/128",
+            },
+        )
+        .unwrap();
         self.lab.addr(&self.a, &self.ia, "100.64.0.1/24");
         self.lab.link_up(&self.a, &self.ia);
         self.lab.addr(&self.b, &self.ib, "100.64.0.2/24");

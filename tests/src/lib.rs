@@ -35,6 +35,7 @@ mod registry;
 mod sniff;
 mod stream;
 mod traffic;
+pub mod wg;
 
 pub use cmd::{in_netns, run, run_ok, try_run};
 pub use lab::{Lab, Proc};
