@@ -168,46 +168,18 @@ impl ControlClient {
             .datagram_receive_buffer_size(Some(1 << 20))
             .datagram_send_buffer_size(1 << 20);
         cfg.transport_config(Arc::new(transport));
-        let all = info.addrs.join(", ");
-        let mut last = String::from("the token names no address");
-        for addr in &info.addrs {
-            let sa = match resolve(addr).await {
-                Ok(sa) => sa,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            };
-            let connecting =
-                match self
-                    .endpoint
-                    .connect_with(cfg.clone(), sa, weft_proto::SERVER_NAME)
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        last = format!("{addr}: {e}");
-                        continue;
-                    }
-                };
-            match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-                Ok(Ok(conn)) => return Ok(conn),
-                Ok(Err(e)) => {
-                    if let Some(presented) = outcome.mismatched_pin() {
-                        return Err(ControlError::IdentityMismatch {
-                            addr: addr.clone(),
-                            expected: hex::encode(info.pin),
-                            presented: hex::encode(presented),
-                        });
-                    }
-                    last = format!("{addr}: {e}");
-                }
-                Err(_) => last = format!("{addr}: no answer within {CONNECT_TIMEOUT:?}"),
+        let endpoint = &self.endpoint;
+        first_reachable(info, &outcome, "", |sa| {
+            let cfg = cfg.clone();
+            async move {
+                endpoint
+                    .connect_with(cfg, sa, weft_proto::SERVER_NAME)
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())
             }
-        }
-        Err(ControlError::Unreachable {
-            addrs: all,
-            reason: last,
         })
+        .await
     }
 
     /// TLS over TCP to the same address and port: the fallback where UDP is
@@ -221,43 +193,24 @@ impl ControlClient {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
         let name = rustls::pki_types::ServerName::try_from(weft_proto::SERVER_NAME)
             .map_err(|e| ControlError::Protocol(e.to_string()))?;
-        let all = info.addrs.join(", ");
-        let mut last = String::from("the token names no address");
-        for addr in &info.addrs {
-            let mut sa = match resolve(addr).await {
-                Ok(sa) => sa,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            };
-            if let Some(port) = info.tcp_port {
+        let tcp_port = info.tcp_port;
+        first_reachable(info, &outcome, " (TCP)", |mut sa| {
+            if let Some(port) = tcp_port {
                 sa.set_port(port);
             }
-            let attempt = async {
-                let tcp = tokio::net::TcpStream::connect(sa).await?;
+            let (connector, name) = (connector.clone(), name.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(sa)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let _ = tcp.set_nodelay(true);
-                connector.connect(name.clone(), tcp).await
-            };
-            match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-                Ok(Ok(tls)) => return Ok(tls),
-                Ok(Err(e)) => {
-                    if let Some(presented) = outcome.mismatched_pin() {
-                        return Err(ControlError::IdentityMismatch {
-                            addr: addr.clone(),
-                            expected: hex::encode(info.pin),
-                            presented: hex::encode(presented),
-                        });
-                    }
-                    last = format!("{addr} (TCP): {e}");
-                }
-                Err(_) => last = format!("{addr} (TCP): no answer within {CONNECT_TIMEOUT:?}"),
+                connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| e.to_string())
             }
-        }
-        Err(ControlError::Unreachable {
-            addrs: all,
-            reason: last,
         })
+        .await
     }
 
     /// A frame stream and its TLS exporter (keyed with `public`), over
@@ -419,6 +372,49 @@ struct Wire {
     recv: FrameReader,
     exporter: [u8; 32],
     quic: Option<quinn::Connection>,
+}
+
+/// Tries `connect` on each of the coordinator's addresses in turn, each
+/// within [`CONNECT_TIMEOUT`]: the first that succeeds; an identity
+/// mismatch at once (never try the next address with a wrong pin); else
+/// `Unreachable` with the last reason. `via` labels the transport in it.
+async fn first_reachable<T, F>(
+    info: &CoordinatorInfo,
+    outcome: &weft_proto::tls::PinOutcome,
+    via: &str,
+    mut connect: impl FnMut(SocketAddr) -> F,
+) -> Result<T, ControlError>
+where
+    F: std::future::Future<Output = Result<T, String>>,
+{
+    let mut last = String::from("the token names no address");
+    for addr in &info.addrs {
+        let sa = match resolve(addr).await {
+            Ok(sa) => sa,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect(sa)).await {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(e)) => {
+                if let Some(presented) = outcome.mismatched_pin() {
+                    return Err(ControlError::IdentityMismatch {
+                        addr: addr.clone(),
+                        expected: hex::encode(info.pin),
+                        presented: hex::encode(presented),
+                    });
+                }
+                last = format!("{addr}{via}: {e}");
+            }
+            Err(_) => last = format!("{addr}{via}: no answer within {CONNECT_TIMEOUT:?}"),
+        }
+    }
+    Err(ControlError::Unreachable {
+        addrs: info.addrs.join(", "),
+        reason: last,
+    })
 }
 
 async fn resolve(addr: &str) -> Result<SocketAddr, String> {
