@@ -149,13 +149,10 @@ impl Shared {
     /// them.
     fn scan_endpoints(&self) -> Vec<SocketAddr> {
         let id = self.identity();
-        let mut eps =
-            endpoints::local_endpoints(id.listen_port, &[&id.interface, &self.bridge], id.pool);
-        if let Some(p) = *lock(&self.reflected) {
-            if !eps.contains(&p) {
-                eps.push(p);
-            }
-        }
+        let eps = with_public(
+            endpoints::local_endpoints(id.listen_port, &[&id.interface, &self.bridge], id.pool),
+            &self.reflected,
+        );
         self.view().endpoints = eps.clone();
         eps
     }
@@ -243,6 +240,17 @@ impl Shared {
             ],
         }
     }
+}
+
+/// The endpoints to report: the interface addresses plus the public mapping
+/// the reflector saw, if it is not one of them already.
+fn with_public(mut eps: Vec<SocketAddr>, reflected: &Mutex<Option<SocketAddr>>) -> Vec<SocketAddr> {
+    if let Some(p) = *lock(reflected) {
+        if !eps.contains(&p) {
+            eps.push(p);
+        }
+    }
+    eps
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -353,14 +361,6 @@ pub async fn run(
         nc.wait_for(|r| r.public.is_some() && r.public_second.is_some()),
     )
     .await;
-    let with_public = |mut eps: Vec<SocketAddr>| {
-        if let Some(p) = *lock(&reflected) {
-            if !eps.contains(&p) {
-                eps.push(p);
-            }
-        }
-        eps
-    };
 
     let client = ControlClient::new()?;
     let (identity, session, netmap) = match (&start, stored) {
@@ -369,11 +369,10 @@ pub async fn run(
                 addr: std::net::Ipv4Addr::new(100, 64, 0, 0),
                 prefix_len: 10,
             };
-            let eps = with_public(endpoints::local_endpoints(
-                listen_port,
-                &[&interface, &config.bridge],
-                pool_guess,
-            ));
+            let eps = with_public(
+                endpoints::local_endpoints(listen_port, &[&interface, &config.bridge], pool_guess),
+                &reflected,
+            );
             let name = name.clone().unwrap_or_else(hostname);
             let out = client.join(token, &secret, &name, eps).await?;
             let id = Identity {
@@ -399,11 +398,10 @@ pub async fn run(
                 tracing::warn!(error = %e, "ignoring the cached netmap");
                 None
             });
-            let eps = with_public(endpoints::local_endpoints(
-                listen_port,
-                &[&interface, &config.bridge],
-                id.pool,
-            ));
+            let eps = with_public(
+                endpoints::local_endpoints(listen_port, &[&interface, &config.bridge], id.pool),
+                &reflected,
+            );
             let attempt = tokio::time::timeout(
                 FIRST_CONNECT_WAIT,
                 client.connect(&id.coordinator, &secret, eps, cached.clone()),
