@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod control_loop;
+pub mod dns;
 pub mod endpoints;
 pub mod host_net;
 pub mod peers;
