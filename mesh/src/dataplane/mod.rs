@@ -6,11 +6,14 @@
 //! recvmmsg/GRO, decrypts, checks the source against the sender's allowed IPs
 //! and writes coalesced batches to the TUN; `timers` drives handshakes,
 //! rekeys and keepalives. Configuration changes build a new [`PeerTable`]
-//! and swap it in, so the packet threads read it without locks.
+//! and swap it in, so the packet threads read it without locks. When the
+//! coordinator's policy restricts this host, `rx` passes decrypted packets
+//! through the stateful [`filter`] and `tx` records the flows it sends.
 //!
 //! [`AllowedIps`]: crate::allowed_ips::AllowedIps
 
 mod config;
+pub mod filter;
 pub mod hooks;
 pub mod peer;
 mod rx;
@@ -28,6 +31,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tun_rs::{DeviceBuilder, SyncDevice};
 
 pub use config::DeviceState;
+pub use filter::{FilterStats, RuleDrops};
 use peer::PeerTable;
 use udp::UdpEndpoint;
 use wake::WakeFd;
@@ -147,6 +151,10 @@ pub(crate) struct Shared {
     pub has_injected: AtomicBool,
     /// Signalled when `injected` has work; cleared by `rx`.
     pub inject: WakeFd,
+    /// The inbound filter (set by the agent); none means everything passes.
+    pub filter: filter::FilterSlot,
+    /// Flows this host started, recorded by `tx` while a filter is active.
+    pub conntrack: filter::Conntrack,
 }
 
 /// A running WireGuard interface. Dropping it stops the threads and removes
@@ -190,6 +198,8 @@ impl Device {
             injected: Mutex::new(Vec::new()),
             has_injected: AtomicBool::new(false),
             inject: WakeFd::new().map_err(DeviceError::Thread)?,
+            filter: filter::FilterSlot::default(),
+            conntrack: filter::Conntrack::default(),
         });
         let mut device = Device {
             shared: shared.clone(),
@@ -265,6 +275,18 @@ impl DeviceHandle {
 
     pub fn counters(&self) -> CounterSnapshot {
         self.shared.counters.snapshot()
+    }
+
+    /// Enforces `filter` on inbound packets; `None` (or a filter that
+    /// allows everything) turns filtering off. Setting the filter already
+    /// in force keeps its counters.
+    pub fn set_filter(&self, filter: Option<weft_proto::policy::PacketFilter>) {
+        self.shared.filter.set(filter);
+    }
+
+    /// What the inbound filter dropped since it was installed.
+    pub fn filter_stats(&self) -> FilterStats {
+        self.shared.filter.stats()
     }
 
     /// Sends the relay's share of outbound WireGuard datagrams to `sink`.

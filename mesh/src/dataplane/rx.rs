@@ -2,8 +2,8 @@
 //! possibly several GRO-coalesced datagrams), routes each message to its
 //! peer by session index (or by the key inside a handshake initiation),
 //! decrypts straight into a TUN buffer, enforces cryptokey routing on the
-//! inner source address, and writes the batch to the TUN, where tun-rs
-//! coalesces TCP/UDP segments into super-packets again.
+//! inner source address and the inbound filter, and writes the batch to the
+//! TUN, where tun-rs coalesces TCP/UDP segments into super-packets again.
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
@@ -15,6 +15,7 @@ use boringtun::noise::{Packet, TunnResult};
 use quinn_udp::RecvMeta;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
+use super::filter::FilterView;
 use super::hooks::{is_disco, relay_node};
 use super::peer::{Peer, PeerTable};
 use super::udp::UdpEndpoint;
@@ -34,6 +35,9 @@ struct TunBatch {
     bufs: Vec<Vec<u8>>,
     count: usize,
     gro: GROTable,
+    /// The inbound filter for this batch, and the conntrack second.
+    filter: FilterView,
+    now: u32,
 }
 
 impl TunBatch {
@@ -48,7 +52,31 @@ impl TunBatch {
                 .collect(),
             count: 0,
             gro: GROTable::default(),
+            filter: FilterView::default(),
+            now: 0,
         }
+    }
+
+    /// Picks up the filter for the packets that follow: one atomic load
+    /// while no filter is installed or changed.
+    fn begin(&mut self, shared: &Shared) {
+        if self.filter.refresh(&shared.filter).is_some() {
+            self.now = shared.conntrack.now();
+        }
+    }
+
+    /// Whether the filter admits the `n` bytes just written into the buffer
+    /// from [`next`](Self::next).
+    fn admits(&self, shared: &Shared, n: usize) -> bool {
+        let Some(filter) = self.filter.current() else {
+            return true;
+        };
+        let packet = self
+            .bufs
+            .get(self.count)
+            .and_then(|b| b.get(VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + n))
+            .unwrap_or_default();
+        filter.check(&shared.conntrack, self.now, packet)
     }
 
     /// The next free buffer, at least `need` bytes past the header room.
@@ -132,6 +160,7 @@ pub(super) fn run(shared: Arc<Shared>) {
             }
         };
         let table = shared.table.load();
+        tun.begin(&shared);
         for (meta, iov) in metas[..n].iter().zip(iovs.iter()) {
             let data = &iov[..meta.len.min(iov.len())];
             let stride = if meta.stride == 0 {
@@ -170,6 +199,7 @@ pub(super) fn run(shared: Arc<Shared>) {
 /// Processes the datagrams that arrived through the relay.
 fn handle_injected(shared: &Shared, udp: &UdpEndpoint, tun: &mut TunBatch, scratch: &mut [u8]) {
     let table = shared.table.load();
+    tun.begin(shared);
     for (src, dgram) in shared.take_injected() {
         if is_disco(&dgram) {
             if let Some(sink) = shared.disco.load().as_ref() {
@@ -290,7 +320,8 @@ fn handle_datagram(
 }
 
 /// Cryptokey routing on the way in: the inner source must be one of the
-/// sending peer's allowed IPs.
+/// sending peer's allowed IPs; then the inbound filter decides (and counts
+/// what it drops).
 fn accept_inner(
     shared: &Shared,
     table: &PeerTable,
@@ -302,7 +333,11 @@ fn accept_inner(
 ) {
     peer.add_rx(wire_len);
     match table.routes.lookup(src_ip) {
-        Some(owner) if Arc::ptr_eq(owner, peer) => tun.commit(inner_len),
+        Some(owner) if Arc::ptr_eq(owner, peer) => {
+            if tun.admits(shared, inner_len) {
+                tun.commit(inner_len);
+            }
+        }
         _ => {
             bump(&shared.counters.rx_src_not_allowed);
             tracing::debug!(%src_ip, "dropped packet from outside the peer's allowed IPs");

@@ -5,7 +5,8 @@
 //! reads: plain packets (UDP without USO, ICMP) arrive one per read, and are
 //! batched until the TUN is drained, the run breaks or the GSO buffer is
 //! full, so a burst of them costs one send, and a lone packet waits for no
-//! more than one extra (empty) read.
+//! more than one extra (empty) read. While an inbound filter is active,
+//! the flow of every packet sent is recorded so that its replies pass.
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use boringtun::noise::{Tunn, TunnResult};
 use tun_rs::{IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
+use super::filter::{FilterView, Recorder};
 use super::udp::UdpEndpoint;
 use super::wake::{self, Ready};
 use super::{bump, Shared};
@@ -108,6 +110,7 @@ pub(super) fn run(shared: Arc<Shared>) {
         .collect();
     let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
     let mut batch = GsoBatch::new();
+    let mut filter = FilterView::default();
 
     loop {
         if shared.stopping.load(std::sync::atomic::Ordering::Relaxed) {
@@ -147,6 +150,9 @@ pub(super) fn run(shared: Arc<Shared>) {
         };
         let table = shared.table.load();
         let udp = shared.udp.load();
+        let mut flows = filter
+            .refresh(&shared.filter)
+            .map(|_| Recorder::new(&shared.conntrack, shared.conntrack.now()));
         for i in 0..n {
             let pkt = &bufs[i][offset..offset + sizes[i]];
             let Some(dst) = Tunn::dst_address(pkt) else {
@@ -157,6 +163,9 @@ pub(super) fn run(shared: Arc<Shared>) {
                 bump(&shared.counters.tx_no_route);
                 continue;
             };
+            if let Some(flows) = flows.as_mut() {
+                flows.packet(pkt);
+            }
             let mut st = peer.state();
             let Some(endpoint) = st.endpoint else {
                 bump(&shared.counters.tx_no_endpoint);
