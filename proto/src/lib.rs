@@ -19,6 +19,17 @@
 //!   Where UDP is blocked the same session runs over TLS on TCP (same port,
 //!   same ALPN), with datagrams as `ClientMsg::Datagram` /
 //!   `ServerMsg::Datagram` frames.
+//! - 2026-11-28, version 3: policy. A host's netmap holds only the peers the
+//!   policy lets it reach or be reached by; [`NetmapUpdate::filter`] carries
+//!   its inbound packet filter and [`NetmapUpdate::services`] the services
+//!   it may reach (both whenever they change, and in every full update);
+//!   a session resumes with a delta only when the host's cached netmap holds
+//!   the view in force ([`NetmapUpdate::view`], `ResumeRequest::have_view`),
+//!   else it starts with a full update. `Peer::routes` lists approved
+//!   advertised routes; `ClientMsg::AdvertiseRoutes` advertises them;
+//!   `Welcome::domain` is the cluster's DNS domain. Admin commands for the
+//!   policy (`Acl*`), services and routes. A version 2 host would ignore the
+//!   filter, so it is refused.
 
 pub mod auth;
 pub mod codec;
@@ -34,14 +45,14 @@ pub mod types;
 
 /// The protocol version both sides put in their first message. A peer with a
 /// different version is refused with [`msg::ErrorCode::VersionMismatch`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The ALPN protocol id of the coordinator's QUIC endpoint.
-pub const ALPN: &[u8] = b"weft/2";
+pub const ALPN: &[u8] = b"weft/3";
 
 /// The TLS server name clients ask for. Identity is checked by the key pin,
 /// not by this name.
 pub const SERVER_NAME: &str = "weft-coordinator";
 
-pub use netmap::{Netmap, NetmapChange, NetmapError, NetmapUpdate};
+pub use netmap::{Netmap, NetmapChange, NetmapError, NetmapUpdate, ServiceEntry};
 pub use types::{HostSubnet, NodeId, Peer, WgPublicKey};

@@ -7,11 +7,12 @@
 //! request gets one [`ServerMsg::Admin`] reply and the stream ends. Any
 //! refusal is one [`ServerMsg::Error`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
 use crate::netmap::NetmapUpdate;
+use crate::policy::{Cidr, Proto};
 use crate::types::{HostSubnet, NodeId, WgPublicKey};
 
 /// QUIC application close code: an admin removed the node.
@@ -74,6 +75,9 @@ pub struct ResumeRequest {
     pub have_epoch: u64,
     #[serde(default)]
     pub have_version: u64,
+    /// [`crate::Netmap::view`] of the cached netmap.
+    #[serde(default)]
+    pub have_view: u64,
 }
 
 /// Sent by a host on its session stream after the welcome.
@@ -82,6 +86,10 @@ pub struct ResumeRequest {
 pub enum ClientMsg {
     /// The host's WireGuard endpoints changed.
     SetEndpoints { endpoints: Vec<SocketAddr> },
+    /// The networks outside the mesh this host can reach and offers to
+    /// route (the whole list; empty withdraws). They take effect once an
+    /// admin approves them.
+    AdvertiseRoutes { routes: Vec<Cidr> },
     /// A [`crate::relay::Datagram`], on a TCP session (where QUIC datagrams
     /// do not exist).
     Datagram(serde_bytes::ByteBuf),
@@ -109,6 +117,16 @@ pub struct Welcome {
     pub tags: Vec<String>,
     /// The pool all host subnets come from (the mesh routes it).
     pub pool: HostSubnet,
+    /// The cluster's DNS domain: services resolve as `NAME.<domain>`.
+    #[serde(default = "default_domain")]
+    pub domain: String,
+}
+
+/// The DNS domain of a cluster that did not choose one.
+pub const DEFAULT_DOMAIN: &str = "weft.internal";
+
+fn default_domain() -> String {
+    DEFAULT_DOMAIN.to_string()
 }
 
 /// A refusal, with a message that says what to do next.
@@ -179,16 +197,110 @@ pub enum AdminCommand {
     NodeRemove {
         node: String,
     },
+    /// The policy in force.
+    AclGet,
+    /// Validates a policy document, runs its tests against the cluster, and
+    /// puts it in force only if all pass.
+    AclSet {
+        text: String,
+    },
+    /// Validates and runs the tests of a document without changing anything.
+    AclTest {
+        text: String,
+    },
+    /// Every version of the policy, oldest first.
+    AclHistory,
+    ServiceExpose(ServiceInfo),
+    ServiceList,
+    ServiceRemove {
+        name: String,
+    },
+    RouteList,
+    /// Approves (or with `approve: false` revokes) a route a node advertised.
+    RouteApprove {
+        node: String,
+        cidr: Cidr,
+        approve: bool,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum AdminReply {
-    TokenCreated { token: String, info: TokenInfo },
+    TokenCreated {
+        token: String,
+        info: TokenInfo,
+    },
     Tokens(Vec<TokenInfo>),
-    TokenRevoked { id: String },
+    TokenRevoked {
+        id: String,
+    },
     Nodes(Vec<NodeInfo>),
-    NodeRemoved { id: NodeId, name: String },
+    NodeRemoved {
+        id: NodeId,
+        name: String,
+    },
+    /// The policy in force; `None` when none was ever set (allow-all).
+    Acl(Option<AclVersion>),
+    /// The document was put in force (`AclSet`), or would be (`AclTest`):
+    /// its version (0 for a test) and how many of its tests passed.
+    AclAccepted {
+        version: u64,
+        tests: usize,
+    },
+    AclHistory(Vec<AclVersion>),
+    Services(Vec<ServiceInfo>),
+    ServiceExposed(ServiceInfo),
+    ServiceRemoved {
+        name: String,
+    },
+    Routes(Vec<RouteInfo>),
+    RouteApproved {
+        node: String,
+        cidr: Cidr,
+        approve: bool,
+    },
+}
+
+/// One version of the policy document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclVersion {
+    pub version: u64,
+    /// Unix seconds.
+    pub set_at: u64,
+    /// The document as the admin wrote it.
+    pub text: String,
+}
+
+/// A published service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub name: String,
+    /// The node it runs on (the coordinator stores its name).
+    pub node: String,
+    pub port: u16,
+    pub proto: Proto,
+    /// The address it listens on when not the node's own (a container's).
+    #[serde(default)]
+    pub addr: Option<IpAddr>,
+    /// Selectors of the clients allowed; empty means "as the policy says".
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// A TCP port on `gateway` forwarded to the service from outside.
+    #[serde(default)]
+    pub public: Option<u16>,
+    /// The node whose public port forwards to the service (default: the
+    /// service's node).
+    #[serde(default)]
+    pub gateway: Option<String>,
+}
+
+/// The routes one node advertised, and which are approved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    pub node: String,
+    pub advertised: Vec<Cidr>,
+    pub approved: Vec<Cidr>,
 }
 
 /// A token as `weft token list` shows it (never the secret).

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::{PacketFilter, Proto};
 use crate::types::{NodeId, Peer};
 
 /// One netmap message (or one chunk of it) from the coordinator.
@@ -35,6 +36,56 @@ pub struct NetmapUpdate {
     /// More chunks of this same update follow.
     #[serde(default)]
     pub more: bool,
+    /// This host's inbound packet filter, when it changed (always in a full
+    /// update). `None` leaves the current one in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<PacketFilter>,
+    /// The published services this host may reach, for its DNS responder,
+    /// when they changed (always in a full update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<ServiceEntry>>,
+    /// Identifies what the coordinator let this host see (peers, filter,
+    /// services); sent with them. A host resuming with the view still in
+    /// force gets a delta instead of a full update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<u64>,
+}
+
+impl NetmapUpdate {
+    /// An update that changes nothing but the version, to extend with
+    /// struct-update syntax.
+    pub fn empty(epoch: u64, from_version: u64, version: u64, full: bool) -> NetmapUpdate {
+        NetmapUpdate {
+            epoch,
+            from_version,
+            version,
+            full,
+            upserts: Vec::new(),
+            removed: Vec::new(),
+            more: false,
+            filter: None,
+            services: None,
+            view: None,
+        }
+    }
+}
+
+/// A published service as hosts see it: a name that resolves to an address
+/// where the service listens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    #[serde(rename = "n")]
+    pub name: String,
+    #[serde(rename = "a")]
+    pub addr: std::net::IpAddr,
+    #[serde(rename = "p")]
+    pub port: u16,
+    #[serde(rename = "t")]
+    pub proto: Proto,
+    /// Set only for the host that forwards this TCP port from outside the
+    /// mesh to the service.
+    #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<u16>,
 }
 
 /// What one complete update changed, for the data plane to act on.
@@ -44,6 +95,10 @@ pub struct NetmapChange {
     pub full: bool,
     pub upserted: Vec<NodeId>,
     pub removed: Vec<NodeId>,
+    /// The packet filter changed.
+    pub filter: bool,
+    /// The published services changed.
+    pub services: bool,
 }
 
 /// Why an update could not be applied. The session must then ask for a full
@@ -62,6 +117,9 @@ pub struct Netmap {
     epoch: u64,
     version: u64,
     peers: BTreeMap<NodeId, Peer>,
+    filter: Option<PacketFilter>,
+    services: Vec<ServiceEntry>,
+    view: u64,
     pending: Option<NetmapUpdate>,
 }
 
@@ -96,6 +154,33 @@ impl Netmap {
         self.peers.is_empty()
     }
 
+    /// The inbound packet filter this host enforces; `None` until the
+    /// coordinator sent one (a coordinator always does in a full update).
+    pub fn filter(&self) -> Option<&PacketFilter> {
+        self.filter.as_ref()
+    }
+
+    /// The published services this host may reach.
+    pub fn services(&self) -> &[ServiceEntry] {
+        &self.services
+    }
+
+    /// The coordinator's id of the view this map holds (0: none).
+    pub fn view(&self) -> u64 {
+        self.view
+    }
+
+    /// The whole map as one full update, for caching on disk.
+    pub fn to_snapshot(&self) -> NetmapUpdate {
+        NetmapUpdate {
+            upserts: self.peers.values().cloned().collect(),
+            filter: self.filter.clone(),
+            services: Some(self.services.clone()),
+            view: Some(self.view),
+            ..NetmapUpdate::empty(self.epoch, 0, self.version, true)
+        }
+    }
+
     /// Folds one update (or chunk) into the map. Returns `Ok(None)` while
     /// chunks of an update are still arriving, and what changed once the
     /// update is complete. On error the map is left as it was before the
@@ -113,6 +198,15 @@ impl Netmap {
                 acc.upserts.extend(update.upserts);
                 acc.removed.extend(update.removed);
                 acc.more = update.more;
+                if update.filter.is_some() {
+                    acc.filter = update.filter;
+                }
+                if update.services.is_some() {
+                    acc.services = update.services;
+                }
+                if update.view.is_some() {
+                    acc.view = update.view;
+                }
                 acc
             }
             None => {
@@ -148,6 +242,17 @@ impl Netmap {
             change.upserted.push(peer.id);
             self.peers.insert(peer.id, peer);
         }
+        if let Some(f) = whole.filter {
+            change.filter = self.filter.as_ref() != Some(&f);
+            self.filter = Some(f);
+        }
+        if let Some(v) = whole.view {
+            self.view = v;
+        }
+        if let Some(s) = whole.services {
+            change.services = self.services != s;
+            self.services = s;
+        }
         self.epoch = whole.epoch;
         self.version = whole.version;
         Ok(Some(change))
@@ -172,6 +277,7 @@ mod tests {
             endpoints: vec![],
             tags: vec![],
             online: true,
+            routes: Vec::new(),
         }
     }
 
@@ -184,13 +290,10 @@ mod tests {
         more: bool,
     ) -> NetmapUpdate {
         NetmapUpdate {
-            epoch: 9,
-            from_version: from,
-            version: to,
-            full,
             upserts: up,
             removed: rm.into_iter().map(NodeId).collect(),
             more,
+            ..NetmapUpdate::empty(9, from, to, full)
         }
     }
 

@@ -100,6 +100,10 @@ pub struct Peer {
     /// Whether the peer holds a control connection to the coordinator now.
     #[serde(rename = "o", default)]
     pub online: bool,
+    /// Networks outside the mesh reached through this peer (advertised by
+    /// it and approved).
+    #[serde(rename = "r", default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<crate::policy::Cidr>,
 }
 
 /// Serde for 32-byte arrays as one byte string (compact in MessagePack).

@@ -81,8 +81,8 @@ fn addresses(
         Selector::Cidr(c) => out.push((c.first_host(), None)),
         Selector::Service(name) => {
             for s in cluster.services.iter().filter(|s| &s.name == name) {
-                for (addr, _) in hosts(&|n| n.id == s.node) {
-                    out.push((addr, Some(s.spec())));
+                for n in cluster.nodes.iter().filter(|n| n.id == s.node) {
+                    out.push((s.address(&n.subnet), Some(s.spec())));
                 }
             }
         }
@@ -128,11 +128,7 @@ fn check(
         let Some(spec) = t.port.or(service) else {
             return Err("the target has no port".to_string());
         };
-        let Some(node) = cluster
-            .nodes
-            .iter()
-            .find(|n| Cidr::from(n.subnet).contains(dst))
-        else {
+        let Some(node) = cluster.nodes.iter().find(|n| n.owns(dst)) else {
             return Err(format!("{dst} is no node's address in this cluster"));
         };
         let Some(share) = compiled.node(node.id) else {
@@ -149,11 +145,13 @@ fn check(
             let v = evaluate(&share.filter, src, dst, proto, port);
             let by = match v.rule.and_then(|i| share.filter.rules.get(i)) {
                 Some(r) => {
-                    let line = (r.rule as usize)
+                    match (r.rule as usize)
                         .checked_sub(1)
                         .and_then(|i| policy.rules.get(i))
-                        .map_or(0, |r| r.line);
-                    format!("rule {} (line {line})", r.rule)
+                    {
+                        Some(p) => format!("rule {} (line {})", r.rule, p.line),
+                        None => format!("rule {}, a service's allow list", r.rule),
+                    }
                 }
                 None => format!("the default ({})", v.action),
             };

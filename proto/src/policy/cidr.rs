@@ -156,6 +156,51 @@ impl Cidr {
     pub fn overlaps(&self, other: &Cidr) -> bool {
         self.intersect(other).is_some()
     }
+
+    /// The prefix of length `len` (at least this one's) whose bit at
+    /// position `len - 1` is flipped relative to `inner`'s: the sibling of
+    /// `inner`'s ancestor of that length.
+    fn sibling_at(inner: &Cidr, len: u8) -> Cidr {
+        match inner.addr {
+            IpAddr::V4(a) => {
+                let bit = 1u32 << (32 - u32::from(len));
+                Cidr::new_truncating(IpAddr::V4(Ipv4Addr::from(u32::from(a) ^ bit)), len)
+            }
+            IpAddr::V6(a) => {
+                let bit = 1u128 << (128 - u32::from(len));
+                Cidr::new_truncating(IpAddr::V6(Ipv6Addr::from(u128::from(a) ^ bit)), len)
+            }
+        }
+    }
+
+    /// The addresses of `from` that are in none of `remove`, as a sorted
+    /// list of disjoint prefixes (set subtraction for `except:` and for
+    /// "everyone but the allowed clients"). At most 128 prefixes per
+    /// removed prefix per input prefix.
+    pub fn subtract(from: &[Cidr], remove: &[Cidr]) -> Vec<Cidr> {
+        let mut out: Vec<Cidr> = from.to_vec();
+        for r in remove {
+            let mut next = Vec::with_capacity(out.len());
+            for x in out {
+                if r.contains_cidr(&x) {
+                    continue;
+                }
+                if !x.contains_cidr(r) {
+                    next.push(x);
+                    continue;
+                }
+                // `r` lies strictly inside `x`: keep the siblings of every
+                // ancestor of `r` below `x`.
+                for len in x.len + 1..=r.len {
+                    next.push(Cidr::sibling_at(r, len));
+                }
+            }
+            out = next;
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
 }
 
 impl From<HostSubnet> for Cidr {
@@ -324,5 +369,26 @@ mod tests {
             assert_eq!(rmp_serde::from_slice::<Cidr>(&bytes).unwrap(), x);
         }
         assert!(rmp_serde::from_slice::<Cidr>(&rmp_serde::to_vec(&[1u8, 2]).unwrap()).is_err());
+    }
+
+    #[test]
+    fn subtraction_leaves_exactly_the_rest() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        let rest = Cidr::subtract(&[c("10.0.0.0/8")], &[c("10.1.2.0/24")]);
+        assert_eq!(rest.len(), 16);
+        for probe in ["10.0.0.1", "10.1.3.1", "10.255.0.0", "10.1.2.255"] {
+            let ip: IpAddr = probe.parse().unwrap();
+            let inside = rest.iter().any(|r| r.contains(ip));
+            assert_eq!(inside, !c("10.1.2.0/24").contains(ip), "{probe}");
+        }
+        assert!(Cidr::subtract(&[c("10.1.2.0/24")], &[c("10.0.0.0/8")]).is_empty());
+        assert_eq!(
+            Cidr::subtract(&[c("10.0.0.0/8"), Cidr::ANY_V6], &[c("192.0.2.0/24")]),
+            vec![c("10.0.0.0/8"), Cidr::ANY_V6]
+        );
+        let v6 = Cidr::subtract(&[Cidr::ANY_V6], &[c("fd00::1/128")]);
+        assert_eq!(v6.len(), 128);
+        assert!(!v6.iter().any(|r| r.contains("fd00::1".parse().unwrap())));
+        assert!(v6.iter().any(|r| r.contains("fd00::2".parse().unwrap())));
     }
 }

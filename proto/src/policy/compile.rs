@@ -2,11 +2,12 @@
 //! inbound packet filter and the peers it may talk to.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use super::cidr::Cidr;
-use super::document::Policy;
+use super::document::{Policy, Rule};
 use super::filter::{FilterRule, PacketFilter};
 use super::ports::{PortRange, PortSpec, Proto};
 use super::selector::Selector;
@@ -20,13 +21,23 @@ pub struct Cluster {
     pub services: Vec<Service>,
 }
 
-/// One host: its name, the tags of its join token, its subnet.
+/// One host: its name, the tags of its join token, its subnet, and the
+/// approved routes it advertised.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterNode {
     pub id: NodeId,
     pub name: String,
     pub tags: Vec<String>,
     pub subnet: HostSubnet,
+    /// Networks outside the mesh reached through this host.
+    pub routes: Vec<Cidr>,
+}
+
+impl ClusterNode {
+    /// Whether `ip` is this host's: in its subnet or one of its routes.
+    pub fn owns(&self, ip: IpAddr) -> bool {
+        Cidr::from(self.subnet).contains(ip) || self.routes.iter().any(|r| r.contains(ip))
+    }
 }
 
 /// A published service: a port on one node.
@@ -37,9 +48,22 @@ pub struct Service {
     pub port: u16,
     /// [`Proto::Tcp`] or [`Proto::Udp`].
     pub proto: Proto,
+    /// The address serving it (a container's, in the node's subnet); `None`
+    /// means the node's own address.
+    pub addr: Option<IpAddr>,
+    /// When not empty, only these clients (and `gateway`) may reach it.
+    pub allow: Vec<Selector>,
+    /// The host address of the host forwarding a public port to it, which
+    /// must reach it (only that address: not the containers of that host).
+    pub gateway: Option<IpAddr>,
 }
 
 impl Service {
+    /// The address clients connect to, given the node's subnet.
+    pub fn address(&self, subnet: &HostSubnet) -> IpAddr {
+        self.addr.unwrap_or(IpAddr::V4(subnet.host_addr()))
+    }
+
     /// The traffic that reaches the service.
     pub fn spec(&self) -> PortSpec {
         PortSpec {
@@ -92,15 +116,28 @@ struct Resolver<'a> {
     policy: &'a Policy,
     cluster: &'a Cluster,
     subnets: Vec<Cidr>,
+    /// Each node's subnet followed by its approved routes.
+    owned: Vec<Vec<Cidr>>,
 }
 
 impl<'a> Resolver<'a> {
     fn new(policy: &'a Policy, cluster: &'a Cluster) -> Self {
-        let subnets = cluster.nodes.iter().map(|n| Cidr::from(n.subnet)).collect();
+        let subnets: Vec<Cidr> = cluster.nodes.iter().map(|n| Cidr::from(n.subnet)).collect();
+        let owned = cluster
+            .nodes
+            .iter()
+            .zip(&subnets)
+            .map(|(n, s)| {
+                std::iter::once(*s)
+                    .chain(n.routes.iter().copied())
+                    .collect()
+            })
+            .collect();
         Resolver {
             policy,
             cluster,
             subnets,
+            owned,
         }
     }
 
@@ -129,13 +166,16 @@ impl<'a> Resolver<'a> {
             Selector::Cidr(c) => out.push(Resolved {
                 cidrs: vec![*c],
                 nodes: (0..self.cluster.nodes.len())
-                    .filter(|&i| self.subnets[i].overlaps(c))
+                    .filter(|&i| self.owned[i].iter().any(|o| o.overlaps(c)))
                     .collect(),
                 only: None,
             }),
             Selector::Service(name) => {
                 for s in self.cluster.services.iter().filter(|s| &s.name == name) {
                     let mut r = self.nodes_where(|n| n.id == s.node);
+                    if let Some(addr) = s.addr {
+                        r.cidrs = vec![Cidr::host(addr)];
+                    }
                     r.only = Some(s.spec());
                     out.push(r);
                 }
@@ -148,6 +188,21 @@ impl<'a> Resolver<'a> {
                 }
             }
         }
+    }
+
+    /// The sources of a rule: `from` minus `except`.
+    fn sources(&self, rule: &Rule) -> Resolved {
+        let mut src = self.union(&rule.from);
+        if rule.except.is_empty() {
+            return src;
+        }
+        let except = self.union(&rule.except);
+        src.cidrs = Cidr::subtract(&src.cidrs, &except.cidrs);
+        let subnets = &self.subnets;
+        let cidrs = &src.cidrs;
+        src.nodes
+            .retain(|&i| cidrs.iter().any(|c| c.overlaps(&subnets[i])));
+        src
     }
 
     /// The union of a list of selectors, ignoring service ports (for `from`).
@@ -208,6 +263,8 @@ fn denied_entirely(filter: &PacketFilter, from: &Cidr, to: &Cidr) -> bool {
 /// no single one) shut a pair out: such a pair stays peers, and the filter
 /// still drops its packets.
 pub fn compile(policy: &Policy, cluster: &Cluster) -> CompiledPolicy {
+    let effective = with_service_rules(policy, cluster);
+    let policy = &effective;
     let resolver = Resolver::new(policy, cluster);
     let n = cluster.nodes.len();
     let mut filters: Vec<PacketFilter> = (0..n)
@@ -221,7 +278,7 @@ pub fn compile(policy: &Policy, cluster: &Cluster) -> CompiledPolicy {
 
     for (i, rule) in policy.rules.iter().enumerate() {
         let number = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        let src = resolver.union(&rule.from);
+        let src = resolver.sources(rule);
         // (receiving node, traffic) -> destination prefixes in that node.
         let mut dst: BTreeMap<(usize, PortSpec), Vec<Cidr>> = BTreeMap::new();
         for target in resolver.targets(&rule.to) {
@@ -234,9 +291,10 @@ pub fn compile(policy: &Policy, cluster: &Cluster) -> CompiledPolicy {
                     None => *spec,
                 };
                 for &node in &target.nodes {
-                    let subnet = resolver.subnets[node];
                     let entry = dst.entry((node, spec)).or_default();
-                    entry.extend(target.cidrs.iter().filter_map(|c| c.intersect(&subnet)));
+                    for owned in &resolver.owned[node] {
+                        entry.extend(target.cidrs.iter().filter_map(|c| c.intersect(owned)));
+                    }
                 }
             }
         }
@@ -310,4 +368,41 @@ pub fn compile(policy: &Policy, cluster: &Cluster) -> CompiledPolicy {
         })
         .collect();
     CompiledPolicy { nodes }
+}
+
+/// `policy` with the rules the published services add, after its own: for a
+/// service with an allow list, an allow from those clients (and its public
+/// gateway) and a deny for everyone else; for a service with only a gateway,
+/// an allow from the gateway. Their rule numbers follow the document's.
+pub fn with_service_rules(policy: &Policy, cluster: &Cluster) -> Policy {
+    let mut out = policy.clone();
+    for s in &cluster.services {
+        let mut clients = s.allow.clone();
+        if let Some(g) = s.gateway {
+            clients.push(Selector::Cidr(Cidr::host(g)));
+        }
+        if clients.is_empty() {
+            continue;
+        }
+        let to = vec![Selector::Service(s.name.clone())];
+        out.rules.push(Rule {
+            action: Action::Allow,
+            from: clients.clone(),
+            except: Vec::new(),
+            to: to.clone(),
+            ports: vec![PortSpec::ANY],
+            line: 0,
+        });
+        if !s.allow.is_empty() {
+            out.rules.push(Rule {
+                action: Action::Deny,
+                from: vec![Selector::Any],
+                except: clients,
+                to,
+                ports: vec![PortSpec::ANY],
+                line: 0,
+            });
+        }
+    }
+    out
 }

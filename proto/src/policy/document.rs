@@ -28,6 +28,9 @@ pub struct Policy {
 pub struct Rule {
     pub action: Action,
     pub from: Vec<Selector>,
+    /// Sources taken out of `from` (set subtraction): `from: ["*"],
+    /// except: [tag:dev]` is everyone but the dev hosts.
+    pub except: Vec<Selector>,
     pub to: Vec<Selector>,
     /// `[PortSpec::ANY]` when the rule names no ports.
     pub ports: Vec<PortSpec>,
@@ -111,6 +114,8 @@ enum RawRule {
 #[serde(deny_unknown_fields)]
 struct RawRuleBody {
     from: Vec<Text>,
+    #[serde(default)]
+    except: Vec<Text>,
     to: Vec<Text>,
     #[serde(default)]
     ports: Vec<Text>,
@@ -331,6 +336,7 @@ impl Policy {
             };
             let context = format!("rule {n}");
             let from = groups_view.selectors(&body.from, &context, &mut errors);
+            let except = groups_view.selectors(&body.except, &context, &mut errors);
             let to = groups_view.selectors(&body.to, &context, &mut errors);
             if body.from.is_empty() || body.to.is_empty() {
                 errors.push(PolicyError {
@@ -357,6 +363,7 @@ impl Policy {
             rules.push(Rule {
                 action,
                 from,
+                except,
                 to,
                 ports,
                 line: r.referenced.line(),

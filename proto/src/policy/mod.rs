@@ -15,6 +15,7 @@
 //! rules:
 //!   - allow: { from: [group:web], to: [tag:db], ports: ["tcp/5432"] }
 //!   - deny:  { from: [tag:dev], to: [service:billing] }
+//!   - allow: { from: ["*"], except: [tag:guest], to: [tag:web], ports: ["tcp/443"] }
 //!   - allow: { from: ["*"], to: ["*"], ports: ["icmp"] }
 //! tests:
 //!   - from: tag:web
@@ -53,9 +54,16 @@
 //! learns nothing of the others. Both serialize with one-letter field names
 //! for the netmap.
 //!
-//! Not yet: set subtraction inside a selector list (`except:`), advertised
-//! routes as destinations (a `cidr:` outside every host subnet compiles to
-//! nothing for now), and stateful return traffic, which is the data plane's.
+//! - `except:` in a rule takes sources out of `from` (set subtraction on
+//!   addresses).
+//! - A host owns its subnet and the routes it advertised that were
+//!   approved: a `cidr:` destination inside an approved route compiles into
+//!   the advertising host's filter.
+//! - A service published with an allow list is reachable only from those
+//!   clients (and from its public gateway), whatever else allows: the
+//!   compiler adds a deny for everyone else.
+//!
+//! Stateful return traffic is the data plane's.
 //!
 //! YAML is read with `serde-saphyr` (pure Rust, no `unsafe-libyaml`), whose
 //! `Spanned` values give every scalar's line for the errors.

@@ -16,6 +16,7 @@ fn node(id: u64, name: &str, tags: &[&str]) -> ClusterNode {
             addr: Ipv4Addr::new(100, 64, id as u8, 0),
             prefix_len: 24,
         },
+        routes: vec![],
     }
 }
 
@@ -35,6 +36,9 @@ fn cluster() -> Cluster {
             node: NodeId(5),
             port: 8080,
             proto: Proto::Tcp,
+            addr: None,
+            allow: vec![],
+            gateway: None,
         }],
     }
 }
@@ -664,6 +668,7 @@ fn compile_at_1000_hosts() {
                 addr: Ipv4Addr::from(0x6440_0000 + ((i as u32) << 8)),
                 prefix_len: 24,
             },
+            routes: vec![],
         })
         .collect();
     let c = Cluster {
@@ -682,4 +687,77 @@ fn compile_at_1000_hosts() {
             bytes.len()
         );
     }
+}
+
+#[test]
+fn except_takes_sources_out_of_from() {
+    let p = parse(
+        "rules:\n  - allow: { from: ['*'], except: [tag:dev, host:web2], to: [tag:db], ports: [tcp/5432] }\n",
+    );
+    let c = cluster();
+    let compiled = compile(&p, &c);
+    let db = &compiled.node(NodeId(3)).unwrap().filter;
+    assert_eq!(decide(db, host(1), host(3), 6, 5432), Action::Allow);
+    assert_eq!(decide(db, host(4), host(3), 6, 5432), Action::Deny);
+    assert_eq!(decide(db, host(2), host(3), 6, 5432), Action::Deny);
+    let peers = &compiled.node(NodeId(3)).unwrap().peers;
+    assert!(peers.contains(&NodeId(1)) && !peers.contains(&NodeId(4)));
+    assert!(!peers.contains(&NodeId(2)));
+}
+
+#[test]
+fn approved_routes_compile_into_the_advertising_host() {
+    let mut c = cluster();
+    c.nodes[5].routes = vec!["198.18.50.0/24".parse().unwrap()];
+    let p = parse(
+        "rules:\n  - allow: { from: [tag:web], to: ['cidr:198.18.50.0/24'], ports: [tcp/22] }\n",
+    );
+    let compiled = compile(&p, &c);
+    let gw = compiled.node(NodeId(6)).unwrap();
+    assert_eq!(
+        decide(&gw.filter, host(1), ip("198.18.50.7"), 6, 22),
+        Action::Allow
+    );
+    assert_eq!(
+        decide(&gw.filter, host(3), ip("198.18.50.7"), 6, 22),
+        Action::Deny
+    );
+    assert!(gw.peers.contains(&NodeId(1)) && !gw.peers.contains(&NodeId(3)));
+    let t = parse(
+        "rules:\n  - allow: { from: [tag:web], to: ['cidr:198.18.50.0/24'], ports: [tcp/22] }\ntests:\n  - { from: tag:web, to: 'cidr:198.18.50.0/24:22/tcp', expect: allow }\n  - { from: tag:db, to: 'cidr:198.18.50.0/24:22/tcp', expect: deny }\n",
+    );
+    assert_eq!(run_tests(&t, &c), vec![]);
+}
+
+#[test]
+fn a_service_allow_list_restricts_even_an_allow_all_cluster() {
+    let mut c = cluster();
+    c.services[0].allow = vec![Selector::Tag("web".into())];
+    c.services[0].addr = Some(ip("100.64.5.9"));
+    c.services[0].gateway = Some(host(3));
+    let compiled = compile(&Policy::allow_all(), &c);
+    let bill = &compiled.node(NodeId(5)).unwrap().filter;
+    let svc = ip("100.64.5.9");
+    assert_eq!(decide(bill, host(1), svc, 6, 8080), Action::Allow);
+    assert_eq!(
+        decide(bill, host(3), svc, 6, 8080),
+        Action::Allow,
+        "the gateway"
+    );
+    assert_eq!(
+        decide(bill, ip("100.64.3.7"), svc, 6, 8080),
+        Action::Deny,
+        "the gateway's containers are not the gateway"
+    );
+    assert_eq!(decide(bill, host(4), svc, 6, 8080), Action::Deny);
+    // Other ports and addresses of the node keep the cluster's default.
+    assert_eq!(decide(bill, host(4), svc, 6, 22), Action::Allow);
+    assert_eq!(decide(bill, host(4), host(5), 6, 8080), Action::Allow);
+    // A policy deny still wins over the service's allow list.
+    let p =
+        parse("default: allow\nrules:\n  - deny: { from: [host:web1], to: [service:billing] }\n");
+    let compiled = compile(&p, &c);
+    let bill = &compiled.node(NodeId(5)).unwrap().filter;
+    assert_eq!(decide(bill, host(1), svc, 6, 8080), Action::Deny);
+    assert_eq!(decide(bill, host(2), svc, 6, 8080), Action::Allow);
 }
