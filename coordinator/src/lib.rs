@@ -9,6 +9,7 @@
 //! side of admin commands, used by the `weft` CLI).
 
 pub mod admin;
+pub mod cluster;
 pub mod ipam;
 pub mod registry;
 pub mod server;
@@ -45,6 +46,8 @@ pub struct Config {
     /// TCP port of the TLS fallback for hosts whose UDP is blocked; `None`:
     /// the QUIC port.
     pub tcp_port: Option<u16>,
+    /// The cluster's DNS domain (services resolve as `NAME.<domain>`).
+    pub domain: String,
 }
 
 impl Config {
@@ -59,6 +62,7 @@ impl Config {
             advertise: Vec::new(),
             coalesce: Duration::from_millis(25),
             tcp_port: None,
+            domain: weft_proto::msg::DEFAULT_DOMAIN.to_string(),
         }
     }
 }

@@ -121,6 +121,13 @@ impl Registry {
         }
     }
 
+    /// A new version with no node changed: what each host may see changed
+    /// (a policy, service or route change), so every host gets an update
+    /// and sees its netmap version move.
+    pub fn bump(&mut self) {
+        self.version += 1;
+    }
+
     /// Adds a node loaded at start: no change is logged.
     pub fn load(&mut self, peer: Peer, created_at: u64) {
         self.by_key.insert(peer.public_key, peer.id);
@@ -236,6 +243,7 @@ mod tests {
             endpoints: vec![],
             tags: vec![],
             online: false,
+            routes: Vec::new(),
         }
     }
 
@@ -243,13 +251,8 @@ mod tests {
         match c {
             Changes::None => None,
             Changes::Full { version, peers } => Some(NetmapUpdate {
-                epoch,
-                from_version: 0,
-                version,
-                full: true,
                 upserts: peers.iter().map(|p| Peer::clone(p)).collect(),
-                removed: vec![],
-                more: false,
+                ..NetmapUpdate::empty(epoch, 0, version, true)
             }),
             Changes::Delta {
                 from,
@@ -257,13 +260,9 @@ mod tests {
                 upserts,
                 removed,
             } => Some(NetmapUpdate {
-                epoch,
-                from_version: from,
-                version: to,
-                full: false,
                 upserts: upserts.iter().map(|p| Peer::clone(p)).collect(),
                 removed,
-                more: false,
+                ..NetmapUpdate::empty(epoch, from, to, false)
             }),
         }
     }

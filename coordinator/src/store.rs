@@ -54,6 +54,7 @@ impl NodeRecord {
             endpoints: Vec::new(),
             tags: self.tags.clone(),
             online: false,
+            routes: Vec::new(),
         }
     }
 }
@@ -112,11 +113,11 @@ fn db_err(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
     }
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(v).unwrap_or_default()
 }
 
-fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, StoreError> {
     rmp_serde::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
@@ -136,6 +137,11 @@ enum Op {
     RevokeToken(String, oneshot::Sender<Result<(), ErrorReply>>),
     RemoveNode(NodeId, oneshot::Sender<Result<NodeRecord, ErrorReply>>),
     ListTokens(oneshot::Sender<Result<Vec<TokenRecord>, ErrorReply>>),
+    /// A write of the cluster's configuration (policy, services, routes),
+    /// committed with the batch it lands in.
+    Write(WriteFn, oneshot::Sender<Result<(), ErrorReply>>),
+    /// A read on the writer thread (it owns the database).
+    Read(Box<dyn FnOnce(&Database) + Send>),
     /// Close the database (releasing its file lock) and stop the thread.
     Shutdown(oneshot::Sender<()>),
 }
@@ -148,11 +154,14 @@ impl Op {
             Op::RevokeToken(_, r) => drop(r.send(Err(e))),
             Op::RemoveNode(_, r) => drop(r.send(Err(e))),
             Op::ListTokens(r) => drop(r.send(Err(e))),
+            Op::Write(_, r) => drop(r.send(Err(e))),
+            Op::Read(_) => {}
             Op::Shutdown(r) => drop(r.send(())),
         }
     }
 }
 
+/// A refusal with a message for the user.
 pub fn refuse(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
     ErrorReply {
         code,
@@ -160,12 +169,17 @@ pub fn refuse(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> ErrorReply {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ErrorReply {
     refuse(
         ErrorCode::Internal,
         format!("the coordinator could not save the change ({e}); try again, and check the coordinator's log and disk"),
     )
 }
+
+/// A change to tables other than nodes and tokens. `Ok(Err(refusal))`
+/// refuses the request without failing the batch.
+pub type WriteFn =
+    Box<dyn FnOnce(&redb::WriteTransaction) -> Result<Result<(), ErrorReply>, redb::Error> + Send>;
 
 /// Sends changes to the writer thread. Cheap to clone.
 #[derive(Clone)]
@@ -181,6 +195,8 @@ pub struct Opened {
     pub handle: StoreHandle,
     pub registry: Arc<RwLock<Registry>>,
     pub ipam_pool: HostSubnet,
+    /// The policy, services and routes, as stored.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// Opens (or creates) the database, loads every node into a fresh registry
@@ -200,6 +216,7 @@ pub fn open(
             w.open_table(NODES).map_err(|e| err(e.into()))?;
             w.open_table(TOKENS).map_err(|e| err(e.into()))?;
             w.open_table(META).map_err(|e| err(e.into()))?;
+            crate::cluster::create_tables(&w).map_err(&err)?;
         }
         w.commit().map_err(|e| err(e.into()))?;
         let r = db.begin_read().map_err(|e| err(e.into()))?;
@@ -217,6 +234,10 @@ pub fn open(
         }
         ipam.settle();
     }
+    let cluster = {
+        let r = db.begin_read().map_err(|e| err(e.into()))?;
+        crate::cluster::load(&r, &err)?
+    };
     let registry = Arc::new(RwLock::new(registry));
     let (tx, rx) = std::sync::mpsc::channel();
     let pool = ipam.pool_subnet();
@@ -235,6 +256,7 @@ pub fn open(
         handle: StoreHandle { tx },
         registry,
         ipam_pool: pool,
+        cluster,
     })
 }
 
@@ -264,6 +286,24 @@ impl StoreHandle {
 
     pub async fn remove_node(&self, id: NodeId) -> Result<NodeRecord, ErrorReply> {
         self.call(|r| Op::RemoveNode(id, r)).await
+    }
+
+    /// Runs `f` in the next write transaction.
+    pub async fn write(&self, f: WriteFn) -> Result<(), ErrorReply> {
+        self.call(|r| Op::Write(f, r)).await
+    }
+
+    /// Runs `f` against the database on the writer thread.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, ErrorReply> + Send + 'static,
+    ) -> Result<T, ErrorReply> {
+        let (tx, rx) = oneshot::channel();
+        let op = Op::Read(Box::new(move |db| drop(tx.send(f(db)))));
+        self.tx
+            .send(op)
+            .map_err(|_| internal("the store is shut down"))?;
+        rx.await.map_err(|_| internal("the store stopped"))?
     }
 
     /// Every token, read from the database.
@@ -316,6 +356,7 @@ impl Writer {
             while let Some(op) = next.take() {
                 match op {
                     Op::ListTokens(r) => drop(r.send(list_tokens(&self.db))),
+                    Op::Read(f) => f(&self.db),
                     Op::Shutdown(r) => stop = Some(r),
                     op => batch.push(op),
                 }
@@ -487,7 +528,15 @@ impl Writer {
                     Err(e) => Err((Op::RevokeToken(id, reply), e.to_string())),
                 }
             }
-            op @ (Op::ListTokens(_) | Op::Shutdown(_)) => {
+            Op::Write(f, reply) => match f(txn) {
+                Ok(Ok(())) => Ok(Effect::Done(reply)),
+                Ok(Err(refusal)) => Ok(Effect::Refused(
+                    Op::Write(Box::new(|_| Ok(Ok(()))), reply),
+                    refusal,
+                )),
+                Err(e) => Err((Op::Write(Box::new(|_| Ok(Ok(()))), reply), e.to_string())),
+            },
+            op @ (Op::ListTokens(_) | Op::Read(_) | Op::Shutdown(_)) => {
                 Ok(Effect::Refused(op, internal("not a write request")))
             }
             Op::RemoveNode(id, reply) => {

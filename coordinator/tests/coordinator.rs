@@ -254,6 +254,7 @@ async fn resume_claiming(
             endpoints: vec![],
             have_epoch: 0,
             have_version: 0,
+            have_view: 0,
         }),
     };
     send.write_all(&codec::encode(&hello).unwrap())

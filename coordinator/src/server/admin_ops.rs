@@ -1,5 +1,7 @@
-//! Admin commands: tokens and nodes.
+//! Admin commands: tokens and nodes (the policy, services and routes are
+//! in `config_ops`).
 
+use super::config_ops;
 use super::conn::{refuse_and_close, write_msg, ConnError};
 use super::*;
 
@@ -96,6 +98,19 @@ pub(super) async fn admin(
             Ok(AdminReply::Nodes(nodes))
         }
         AdminCommand::NodeRemove { node } => remove_node(&shared, &node).await,
+        AdminCommand::AclGet => Ok(config_ops::acl_get(&shared)),
+        AdminCommand::AclSet { text } => config_ops::acl_set(&shared, text).await,
+        AdminCommand::AclTest { text } => config_ops::acl_test(&shared, &text),
+        AdminCommand::AclHistory => config_ops::acl_history(&shared).await,
+        AdminCommand::ServiceExpose(s) => config_ops::service_expose(&shared, s).await,
+        AdminCommand::ServiceList => Ok(config_ops::service_list(&shared)),
+        AdminCommand::ServiceRemove { name } => config_ops::service_remove(&shared, name).await,
+        AdminCommand::RouteList => Ok(config_ops::route_list(&shared)),
+        AdminCommand::RouteApprove {
+            node,
+            cidr,
+            approve,
+        } => config_ops::route_approve(&shared, &node, cidr, approve).await,
         _ => Err(refuse(
             ErrorCode::BadRequest,
             "unsupported admin command; upgrade the coordinator",

@@ -164,7 +164,17 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
             match shared.store.join(args).await {
                 Ok(rec) => {
                     info!(node = %rec.id, name = %rec.name, subnet = %rec.subnet, token = %rec.token_id, "node joined");
-                    session(shared, link, inbox, send, recv, rec.id, req.endpoints, 0, 0).await
+                    session(
+                        shared,
+                        link,
+                        inbox,
+                        send,
+                        recv,
+                        rec.id,
+                        req.endpoints,
+                        (0, 0, 0),
+                    )
+                    .await
                 }
                 Err(e) => {
                     info!(token = %req.token_id, code = ?e.code, "join refused");
@@ -184,18 +194,8 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
             let Some(id) = shared.read().by_key(&req.public_key) else {
                 return Err(refuse_and_close(send, not_registered()).await);
             };
-            session(
-                shared,
-                link,
-                inbox,
-                send,
-                recv,
-                id,
-                req.endpoints,
-                req.have_epoch,
-                req.have_version,
-            )
-            .await
+            let have = (req.have_epoch, req.have_version, req.have_view);
+            session(shared, link, inbox, send, recv, id, req.endpoints, have).await
         }
         _ => Err(refuse_and_close(
             send,

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -23,22 +23,25 @@ use weft_proto::msg::{
     NodeInfo, ServerMsg, Welcome,
 };
 use weft_proto::token::JoinToken;
-use weft_proto::{codec, HostSubnet, NodeId, Peer, WgPublicKey, PROTOCOL_VERSION};
+use weft_proto::{codec, HostSubnet, NodeId, WgPublicKey, PROTOCOL_VERSION};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::admin::AdminCredential;
+use crate::cluster::{compile_views, ClusterConfig, Compiled};
 use crate::ipam::Ipam;
-use crate::registry::{Changes, Registry};
+use crate::registry::Registry;
 use crate::store::{self, refuse, JoinArgs, StoreHandle, TokenRecord};
 use crate::{now_unix, state, Config, CoordinatorError};
 
 pub use weft_proto::msg::{CLOSE_REMOVED, CLOSE_REPLACED};
 
 mod admin_ops;
+mod config_ops;
 mod conn;
 mod link;
 mod reflector;
 mod session;
+mod view;
 
 use admin_ops::create_token;
 use conn::serve;
@@ -65,6 +68,13 @@ struct Shared {
     pool: HostSubnet,
     /// TCP port of the TLS fallback, put into tokens.
     tcp_port: Option<u16>,
+    domain: String,
+    /// Policy, services and routes in force.
+    cluster: RwLock<ClusterConfig>,
+    /// Every host's compiled view of `cluster`.
+    compiled: RwLock<Arc<Compiled>>,
+    /// Set when nodes joined or left, so the views must be compiled again.
+    membership_changed: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -74,6 +84,39 @@ impl Shared {
     fn write(&self) -> RwLockWriteGuard<'_, Registry> {
         self.registry.write().unwrap_or_else(|p| p.into_inner())
     }
+    fn cluster(&self) -> RwLockReadGuard<'_, ClusterConfig> {
+        self.cluster.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn cluster_mut(&self) -> RwLockWriteGuard<'_, ClusterConfig> {
+        self.cluster.write().unwrap_or_else(|p| p.into_inner())
+    }
+    fn compiled(&self) -> Arc<Compiled> {
+        self.compiled
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Compiles every host's view again from the registry and the
+    /// configuration, then wakes the sessions. Cheap enough to do on every
+    /// policy, service, route or membership change (milliseconds at 1,000
+    /// hosts). Sessions see the new views when next woken.
+    fn recompile(&self) {
+        let compiled = {
+            let cfg = self.cluster();
+            let mut reg = self.write();
+            reg.bump();
+            Arc::new(compile_views(&reg, &cfg))
+        };
+        *self.compiled.write().unwrap_or_else(|p| p.into_inner()) = compiled;
+    }
+
+    /// [`Shared::recompile`], then wakes the sessions to send the changes.
+    fn reconfigure(&self) {
+        self.recompile();
+        self.changed.notify_one();
+    }
+
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, (u64, link::Link)>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -96,9 +139,14 @@ impl Coordinator {
         let ipam = Ipam::new(config.pool, config.subnet_prefix)?;
         let epoch = rand::rngs::OsRng.next_u64() | 1;
         let changed = Arc::new(Notify::new());
+        let membership_changed = Arc::new(AtomicBool::new(false));
         let on_commit = {
             let changed = changed.clone();
-            Box::new(move |_: &[NodeId]| changed.notify_one())
+            let membership = membership_changed.clone();
+            Box::new(move |_: &[NodeId]| {
+                membership.store(true, Ordering::Release);
+                changed.notify_one();
+            })
         };
         let db_path = config.state_dir.join(state::DB_FILE);
         let opened =
@@ -178,7 +226,25 @@ impl Coordinator {
             advertise,
             pool: opened.ipam_pool,
             tcp_port: config.tcp_port,
+            domain: config.domain.clone(),
+            cluster: RwLock::new(opened.cluster),
+            compiled: RwLock::new(Arc::new(Compiled::default())),
+            membership_changed,
         });
+        {
+            // Routes in force are part of each node's netmap record.
+            let routes: Vec<_> = shared
+                .cluster()
+                .routes
+                .iter()
+                .map(|(id, r)| (*id, r.active()))
+                .collect();
+            let mut reg = shared.write();
+            for (id, active) in routes {
+                reg.update(id, |p| p.routes = active);
+            }
+        }
+        shared.recompile();
         let nodes = shared.read().len();
         info!(listen = %local, nodes, pin = %hex::encode(shared.pin), "coordinator started");
 
@@ -352,6 +418,9 @@ async fn coalesce(shared: Arc<Shared>, window: Duration) {
         let sessions = shared.sessions().len() as u64;
         let scaled = window.max(Duration::from_micros(sessions * 10));
         tokio::time::sleep(scaled.min(MAX_COALESCE.max(window))).await;
+        if shared.membership_changed.swap(false, Ordering::AcqRel) {
+            shared.recompile();
+        }
         let v = shared.read().version();
         shared.published.send_replace(v);
     }

@@ -3,78 +3,16 @@
 
 use std::future::pending;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
 use super::conn::{not_registered, read_frame, refuse_and_close, write_msg, ConnError};
 use super::link::{FrameSink, Link, TcpInbox};
+use super::view::{send_update, HostView};
 use super::*;
 
-/// The wire form of a netmap update built from shared peer records, so a
-/// snapshot is never copied per session. Field names match
-/// [`weft_proto::NetmapUpdate`].
-#[derive(Serialize)]
-struct NetmapOut<'a> {
-    epoch: u64,
-    from_version: u64,
-    version: u64,
-    full: bool,
-    upserts: Vec<&'a Peer>,
-    removed: &'a [NodeId],
-    more: bool,
-}
-
-#[derive(Serialize)]
-enum ServerMsgOut<'a> {
-    Netmap(NetmapOut<'a>),
-}
-
-/// Sends `changes` in chunks; returns the version the host now has.
-pub(super) async fn send_changes<W: AsyncWrite + Unpin>(
-    send: &mut W,
-    epoch: u64,
-    changes: Changes,
-    have: u64,
-) -> Result<u64, ConnError> {
-    let (from, to, full, upserts, removed) = match changes {
-        Changes::None => (have, have, false, Vec::new(), Vec::new()),
-        Changes::Full { version, peers } => (0, version, true, peers, Vec::new()),
-        Changes::Delta {
-            from,
-            to,
-            upserts,
-            removed,
-        } => (from, to, false, upserts, removed),
-    };
-    let mut chunks = upserts.chunks(PEERS_PER_CHUNK).peekable();
-    let mut first = true;
-    loop {
-        let chunk = chunks.next();
-        if chunk.is_none() && !first {
-            break;
-        }
-        let more = chunks.peek().is_some();
-        let msg = ServerMsgOut::Netmap(NetmapOut {
-            epoch,
-            from_version: from,
-            version: to,
-            full,
-            upserts: chunk.unwrap_or(&[]).iter().map(|p| p.as_ref()).collect(),
-            removed: if more { &[] } else { &removed },
-            more,
-        });
-        let frame = codec::encode(&msg)?;
-        send.write_all(&frame).await?;
-        first = false;
-        if !more {
-            break;
-        }
-    }
-    Ok(to)
-}
-
-#[allow(clippy::too_many_arguments)]
 #[instrument(skip_all, fields(node = %id))]
+#[expect(clippy::too_many_arguments, reason = "one call site each for QUIC and TCP")]
 pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     shared: Arc<Shared>,
     link: Link,
@@ -83,8 +21,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     mut recv: R,
     id: NodeId,
     endpoints: Vec<SocketAddr>,
-    have_epoch: u64,
-    have_version: u64,
+    have: (u64, u64, u64),
 ) -> Result<(), ConnError> {
     let Some(me) = shared.read().get(id).cloned() else {
         return Err(refuse_and_close(send, not_registered()).await);
@@ -95,6 +32,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
         subnet: me.subnet,
         tags: me.tags.clone(),
         pool: shared.pool,
+        domain: shared.domain.clone(),
     };
     write_msg(&mut send, &ServerMsg::Welcome(welcome)).await?;
 
@@ -128,6 +66,9 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
                 };
                 match msg {
                     ClientMsg::SetEndpoints { endpoints } => set_endpoints(&shared, id, endpoints),
+                    ClientMsg::AdvertiseRoutes { routes } => {
+                        super::config_ops::advertise_routes(&shared, id, routes).await
+                    }
                     ClientMsg::Datagram(bytes) => forward(&shared, id, bytes.into_vec()),
                     _ => {}
                 }
@@ -139,16 +80,16 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
         None => (None, None),
     };
     let writer = async {
-        let mut epoch = have_epoch;
-        let mut version = have_version;
+        let mut host = HostView::new(&shared, id, have);
         let mut first = true;
         loop {
-            let changes = shared.read().changes_since(epoch, version, id);
-            if first || changes != Changes::None {
-                version = send_changes(&mut send, shared.epoch, changes, version).await?;
-                epoch = shared.epoch;
-                first = false;
+            match host.next(&shared) {
+                Some(update) => send_update(&mut send, shared.epoch, &update).await?,
+                // The host waits for one update to finish connecting.
+                None if first => send_update(&mut send, shared.epoch, &host.nothing()).await?,
+                None => {}
             }
+            first = false;
             loop {
                 tokio::select! {
                     r = published.changed() => {

@@ -1,0 +1,354 @@
+//! Admin commands for the policy, services and routes, and the routes hosts
+//! advertise. Each change is written durably, then compiled into every
+//! host's view and sent as netmap updates.
+
+use redb::ReadableTable;
+use weft_proto::msg::{AclVersion, RouteInfo, ServiceInfo};
+use weft_proto::policy::{run_tests, Cidr, Policy, Proto, Selector};
+
+use super::*;
+use crate::cluster::{self, RouteRecord};
+use crate::store::{encode, internal};
+
+fn bad(message: impl Into<String>) -> ErrorReply {
+    refuse(ErrorCode::BadRequest, message)
+}
+
+/// Parses a document and runs its tests against the live cluster.
+fn check_policy(shared: &Shared, text: &str) -> Result<(Policy, usize), ErrorReply> {
+    let policy = Policy::parse(text).map_err(|e| {
+        let n = e.0.len();
+        bad(format!(
+            "the policy has {n} problem{}; nothing was changed:\n{e}",
+            if n == 1 { "" } else { "s" }
+        ))
+    })?;
+    let cluster = {
+        let cfg = shared.cluster();
+        let reg = shared.read();
+        cluster::snapshot(&reg, &cfg)
+    };
+    let failures = run_tests(&policy, &cluster);
+    if !failures.is_empty() {
+        let list: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
+        return Err(bad(format!(
+            "{} of the policy's {} tests failed; the policy in force was kept:\n{}",
+            failures.len(),
+            policy.tests.len(),
+            list.join("\n")
+        )));
+    }
+    let tests = policy.tests.len();
+    Ok((policy, tests))
+}
+
+pub(super) fn acl_get(shared: &Shared) -> AdminReply {
+    AdminReply::Acl(shared.cluster().policy.as_ref().map(|(v, _)| v.clone()))
+}
+
+pub(super) fn acl_test(shared: &Shared, text: &str) -> Result<AdminReply, ErrorReply> {
+    let (_, tests) = check_policy(shared, text)?;
+    Ok(AdminReply::AclAccepted { version: 0, tests })
+}
+
+pub(super) async fn acl_set(shared: &Shared, text: String) -> Result<AdminReply, ErrorReply> {
+    let (policy, tests) = check_policy(shared, &text)?;
+    let version = shared
+        .cluster()
+        .policy
+        .as_ref()
+        .map_or(1, |(v, _)| v.version + 1);
+    let record = AclVersion {
+        version,
+        set_at: now_unix(),
+        text,
+    };
+    let bytes = encode(&record);
+    shared
+        .store
+        .write(Box::new(move |txn| {
+            let mut t = txn.open_table(cluster::POLICY)?;
+            if t.get(version)?.is_some() {
+                return Ok(Err(refuse(
+                    ErrorCode::BadRequest,
+                    "another policy change landed at the same time; run the command again",
+                )));
+            }
+            t.insert(version, bytes.as_slice())?;
+            Ok(Ok(()))
+        }))
+        .await?;
+    shared.cluster_mut().policy = Some((record, policy));
+    shared.reconfigure();
+    info!(version, tests, "policy set");
+    Ok(AdminReply::AclAccepted { version, tests })
+}
+
+pub(super) async fn acl_history(shared: &Shared) -> Result<AdminReply, ErrorReply> {
+    let versions = shared
+        .store
+        .read(|db| {
+            let r = redb::ReadableDatabase::begin_read(db).map_err(internal)?;
+            let t = r.open_table(cluster::POLICY).map_err(internal)?;
+            let mut out = Vec::new();
+            for item in t.iter().map_err(internal)? {
+                let (_, v) = item.map_err(internal)?;
+                out.push(crate::store::decode::<AclVersion>(v.value()).map_err(internal)?);
+            }
+            Ok(out)
+        })
+        .await?;
+    Ok(AdminReply::AclHistory(versions))
+}
+
+/// A DNS label: what a service name must be to resolve.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// A node by id or name, as its name.
+fn node_name(shared: &Shared, node: &str) -> Result<String, ErrorReply> {
+    let reg = shared.read();
+    let id = node
+        .parse::<u64>()
+        .ok()
+        .map(NodeId)
+        .filter(|id| reg.get(*id).is_some())
+        .or_else(|| reg.by_name(node));
+    id.and_then(|id| reg.get(id).map(|p| p.name.clone()))
+        .ok_or_else(|| {
+            refuse(
+                ErrorCode::NotFound,
+                format!("no node with id or name `{node}`; see the nodes with `weft node list`"),
+            )
+        })
+}
+
+pub(super) async fn service_expose(
+    shared: &Shared,
+    mut s: ServiceInfo,
+) -> Result<AdminReply, ErrorReply> {
+    s.name = s.name.to_ascii_lowercase();
+    if !valid_name(&s.name) {
+        return Err(bad(format!(
+            "`{}` cannot be a service name: use 1-63 lowercase letters, digits and `-` (it becomes the DNS name {}.{})",
+            s.name, s.name, shared.domain
+        )));
+    }
+    if s.port == 0 || !matches!(s.proto, Proto::Tcp | Proto::Udp) {
+        return Err(bad(
+            "a service needs a port and tcp or udp, as in `--port 8080/tcp`",
+        ));
+    }
+    s.node = node_name(shared, &s.node)?;
+    if let Some(addr) = s.addr {
+        let reg = shared.read();
+        let subnet = reg
+            .by_name(&s.node)
+            .and_then(|id| reg.get(id))
+            .map(|p| p.subnet);
+        if let Some(subnet) = subnet {
+            if !Cidr::from(subnet).contains(addr) {
+                return Err(bad(format!(
+                    "{addr} is not in node {}'s subnet {subnet}; give a container address on that node, or leave out --addr",
+                    s.node
+                )));
+            }
+        }
+    }
+    let groups: Vec<String> = shared
+        .cluster()
+        .policy
+        .as_ref()
+        .map(|(_, p)| p.groups.keys().cloned().collect())
+        .unwrap_or_default();
+    for a in &s.allow {
+        match Selector::parse(a) {
+            Err(e) => return Err(bad(format!("--allow {a}: {e}"))),
+            Ok(Selector::Group(g)) if !groups.contains(&g) => {
+                return Err(bad(format!(
+                    "--allow {a}: the policy has no group `{g}`; groups are: {}",
+                    groups.join(", ")
+                )))
+            }
+            Ok(_) => {}
+        }
+    }
+    if s.public.is_some() {
+        if s.proto != Proto::Tcp {
+            return Err(bad("--public forwards TCP; the service must be tcp"));
+        }
+        let gw = s.gateway.clone().unwrap_or_else(|| s.node.clone());
+        s.gateway = Some(node_name(shared, &gw)?);
+    } else if s.gateway.is_some() {
+        return Err(bad(
+            "--via names the host of a public port; add --public PORT",
+        ));
+    }
+    let bytes = encode(&s);
+    let key = s.name.clone();
+    shared
+        .store
+        .write(Box::new(move |txn| {
+            txn.open_table(cluster::SERVICES)?
+                .insert(key.as_str(), bytes.as_slice())?;
+            Ok(Ok(()))
+        }))
+        .await?;
+    shared
+        .cluster_mut()
+        .services
+        .insert(s.name.clone(), s.clone());
+    shared.reconfigure();
+    info!(service = %s.name, node = %s.node, port = s.port, "service exposed");
+    Ok(AdminReply::ServiceExposed(s))
+}
+
+pub(super) fn service_list(shared: &Shared) -> AdminReply {
+    AdminReply::Services(shared.cluster().services.values().cloned().collect())
+}
+
+pub(super) async fn service_remove(
+    shared: &Shared,
+    name: String,
+) -> Result<AdminReply, ErrorReply> {
+    let name = name.to_ascii_lowercase();
+    if !shared.cluster().services.contains_key(&name) {
+        return Err(refuse(
+            ErrorCode::NotFound,
+            format!("no service `{name}`; see them with `weft service list`"),
+        ));
+    }
+    let key = name.clone();
+    shared
+        .store
+        .write(Box::new(move |txn| {
+            txn.open_table(cluster::SERVICES)?.remove(key.as_str())?;
+            Ok(Ok(()))
+        }))
+        .await?;
+    shared.cluster_mut().services.remove(&name);
+    shared.reconfigure();
+    info!(service = %name, "service removed");
+    Ok(AdminReply::ServiceRemoved { name })
+}
+
+pub(super) fn route_list(shared: &Shared) -> AdminReply {
+    let cfg = shared.cluster();
+    let reg = shared.read();
+    AdminReply::Routes(
+        cfg.routes
+            .iter()
+            .map(|(id, r)| RouteInfo {
+                node: reg
+                    .get(*id)
+                    .map_or_else(|| id.to_string(), |p| p.name.clone()),
+                advertised: r.advertised.clone(),
+                approved: r.approved.clone(),
+            })
+            .collect(),
+    )
+}
+
+/// Why a route cannot be routed through the mesh, if it cannot.
+fn route_problem(shared: &Shared, cidr: &Cidr) -> Option<String> {
+    let pool = Cidr::from(shared.pool);
+    if cidr.overlaps(&pool) {
+        return Some(format!(
+            "{cidr} overlaps the mesh's own address pool {pool}; advertise a network outside it"
+        ));
+    }
+    if cidr.prefix_len() == 0 {
+        return Some(format!(
+            "{cidr} is every address; weft does not route default routes through a host"
+        ));
+    }
+    None
+}
+
+/// Writes a node's route record and puts its routes in force.
+async fn save_routes(shared: &Shared, id: NodeId, rec: RouteRecord) -> Result<(), ErrorReply> {
+    let bytes = encode(&rec);
+    shared
+        .store
+        .write(Box::new(move |txn| {
+            txn.open_table(cluster::ROUTES)?
+                .insert(id.0, bytes.as_slice())?;
+            Ok(Ok(()))
+        }))
+        .await?;
+    let active = rec.active();
+    shared.cluster_mut().routes.insert(id, rec);
+    shared.write().update(id, |p| p.routes = active);
+    shared.reconfigure();
+    Ok(())
+}
+
+pub(super) async fn route_approve(
+    shared: &Shared,
+    node: &str,
+    cidr: Cidr,
+    approve: bool,
+) -> Result<AdminReply, ErrorReply> {
+    let name = node_name(shared, node)?;
+    let Some(id) = shared.read().by_name(&name) else {
+        return Err(refuse(
+            ErrorCode::NotFound,
+            format!("node `{name}` is gone"),
+        ));
+    };
+    if let Some(problem) = route_problem(shared, &cidr) {
+        return Err(bad(problem));
+    }
+    let mut rec = shared
+        .cluster()
+        .routes
+        .get(&id)
+        .cloned()
+        .unwrap_or_default();
+    rec.approved.retain(|c| *c != cidr);
+    if approve {
+        rec.approved.push(cidr);
+        rec.approved.sort();
+    }
+    save_routes(shared, id, rec).await?;
+    info!(node = %name, %cidr, approve, "route approval changed");
+    Ok(AdminReply::RouteApproved {
+        node: name,
+        cidr,
+        approve,
+    })
+}
+
+/// A host's advertisement: stored; in force for the routes an admin
+/// approved.
+pub(super) async fn advertise_routes(shared: &Shared, id: NodeId, mut routes: Vec<Cidr>) {
+    routes.retain(|c| match route_problem(shared, c) {
+        Some(p) => {
+            warn!(node = %id, "advertised route ignored: {p}");
+            false
+        }
+        None => true,
+    });
+    routes.sort();
+    routes.dedup();
+    let mut rec = shared
+        .cluster()
+        .routes
+        .get(&id)
+        .cloned()
+        .unwrap_or_default();
+    if rec.advertised == routes {
+        return;
+    }
+    rec.advertised = routes;
+    if let Err(e) = save_routes(shared, id, rec).await {
+        warn!(node = %id, error = %e.message, "could not save advertised routes");
+    }
+}

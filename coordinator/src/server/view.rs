@@ -1,0 +1,238 @@
+//! One host's share of the netmap: the registry's changes cut down to the
+//! peers the policy lets it reach, plus its packet filter and services when
+//! they change.
+//!
+//! The registry's change log is global; what a host may see is not. So a
+//! session remembers the peers it has sent and the view it last sent: a
+//! policy change turns into upserts of peers that became visible and
+//! removals of peers that stopped being visible, on top of the ordinary
+//! delta.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+use weft_proto::policy::PacketFilter;
+use weft_proto::{codec, NodeId, Peer, ServiceEntry};
+
+use super::conn::ConnError;
+use super::{Serialize, Shared, PEERS_PER_CHUNK};
+use crate::cluster::NodeView;
+use crate::registry::Changes;
+
+/// The wire form of a netmap update built from shared peer records, so a
+/// snapshot is never copied per session. Field names match
+/// [`weft_proto::NetmapUpdate`].
+#[derive(Serialize)]
+struct NetmapOut<'a> {
+    epoch: u64,
+    from_version: u64,
+    version: u64,
+    full: bool,
+    upserts: Vec<&'a Peer>,
+    removed: &'a [NodeId],
+    more: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filter: Option<&'a PacketFilter>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    services: Option<&'a [ServiceEntry]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    view: Option<u64>,
+}
+
+#[derive(Serialize)]
+enum ServerMsgOut<'a> {
+    Netmap(NetmapOut<'a>),
+}
+
+/// One update for the host, ready to send.
+pub(super) struct Update {
+    from: u64,
+    to: u64,
+    full: bool,
+    upserts: Vec<Arc<Peer>>,
+    removed: Vec<NodeId>,
+    view: Option<Arc<NodeView>>,
+}
+
+/// What a session has sent its host.
+pub(super) struct HostView {
+    id: NodeId,
+    epoch: u64,
+    version: u64,
+    /// The peers the host has.
+    visible: HashSet<NodeId>,
+    /// The view (filter, services, peer set) the host has.
+    sent: Option<Arc<NodeView>>,
+}
+
+impl HostView {
+    /// A session's start. A host whose cached netmap holds the view in
+    /// force (same epoch, same view id) resumes with a delta from its
+    /// version; any other gets a full update, since what it may see changed.
+    pub(super) fn new(shared: &Shared, id: NodeId, have: (u64, u64, u64)) -> HostView {
+        let (epoch, version, view) = have;
+        let current = shared.compiled().nodes.get(&id).cloned();
+        match current {
+            Some(v) if epoch == shared.epoch && view == v.id => HostView {
+                id,
+                epoch,
+                version,
+                visible: v.peers.iter().copied().collect(),
+                sent: Some(v),
+            },
+            _ => HostView {
+                id,
+                epoch: 0,
+                version: 0,
+                visible: HashSet::new(),
+                sent: None,
+            },
+        }
+    }
+
+    /// An update that changes nothing, to answer a resume that is current.
+    pub(super) fn nothing(&self) -> Update {
+        Update {
+            from: self.version,
+            to: self.version,
+            full: false,
+            upserts: Vec::new(),
+            removed: Vec::new(),
+            view: None,
+        }
+    }
+
+    /// What the host needs now, or `None` if it is up to date.
+    pub(super) fn next(&mut self, shared: &Shared) -> Option<Update> {
+        let mut view = shared.compiled().nodes.get(&self.id).cloned();
+        if view.is_none() {
+            // Joined since the last compilation.
+            shared.recompile();
+            view = shared.compiled().nodes.get(&self.id).cloned();
+        }
+        let view = view?;
+        let reg = shared.read();
+        let changes = reg.changes_since(self.epoch, self.version, self.id);
+        let view_changed = !self
+            .sent
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, &view) || **s == *view);
+        let mut update = match changes {
+            Changes::None if !view_changed => return None,
+            Changes::None => Update {
+                from: self.version,
+                to: self.version,
+                full: false,
+                upserts: Vec::new(),
+                removed: Vec::new(),
+                view: None,
+            },
+            Changes::Full { version, peers } => Update {
+                from: 0,
+                to: version,
+                full: true,
+                upserts: peers,
+                removed: Vec::new(),
+                view: None,
+            },
+            Changes::Delta {
+                from,
+                to,
+                upserts,
+                removed,
+            } => Update {
+                from,
+                to,
+                full: false,
+                upserts,
+                removed,
+                view: None,
+            },
+        };
+        let allowed = &view.peers;
+        if update.full {
+            self.visible.clear();
+        }
+        // Changed peers the host may not see: drop them, and take them away
+        // if the host has them.
+        let mut removed: Vec<NodeId> = update
+            .removed
+            .iter()
+            .copied()
+            .filter(|id| self.visible.contains(id))
+            .collect();
+        update.upserts.retain(|p| {
+            let keep = allowed.contains(&p.id);
+            if !keep && self.visible.contains(&p.id) {
+                removed.push(p.id);
+            }
+            keep
+        });
+        if view_changed && !update.full {
+            let changed: HashSet<NodeId> = update.upserts.iter().map(|p| p.id).collect();
+            for id in allowed {
+                if !self.visible.contains(id) && !changed.contains(id) {
+                    if let Some(p) = reg.get(*id) {
+                        update.upserts.push(p.clone());
+                    }
+                }
+            }
+            for id in &self.visible {
+                if !allowed.contains(id) && !removed.contains(id) {
+                    removed.push(*id);
+                }
+            }
+        }
+        drop(reg);
+        for id in &removed {
+            self.visible.remove(id);
+        }
+        self.visible.extend(update.upserts.iter().map(|p| p.id));
+        update.removed = removed;
+        if view_changed || update.full {
+            update.view = Some(view.clone());
+        }
+        self.sent = Some(view);
+        self.epoch = shared.epoch;
+        self.version = update.to;
+        Some(update)
+    }
+}
+
+/// Sends an update in chunks of at most [`PEERS_PER_CHUNK`] peers.
+pub(super) async fn send_update<W: AsyncWrite + Unpin>(
+    send: &mut W,
+    epoch: u64,
+    update: &Update,
+) -> Result<(), ConnError> {
+    let mut chunks = update.upserts.chunks(PEERS_PER_CHUNK).peekable();
+    let mut first = true;
+    loop {
+        let chunk = chunks.next();
+        if chunk.is_none() && !first {
+            break;
+        }
+        let more = chunks.peek().is_some();
+        let view = if first { update.view.as_deref() } else { None };
+        let msg = ServerMsgOut::Netmap(NetmapOut {
+            epoch,
+            from_version: update.from,
+            version: update.to,
+            full: update.full,
+            upserts: chunk.unwrap_or(&[]).iter().map(|p| p.as_ref()).collect(),
+            removed: if more { &[] } else { &update.removed },
+            more,
+            filter: view.map(|v| &v.filter),
+            services: view.map(|v| v.services.as_slice()),
+            view: view.map(|v| v.id),
+        });
+        let frame = codec::encode(&msg)?;
+        send.write_all(&frame).await?;
+        first = false;
+        if !more {
+            break;
+        }
+    }
+    Ok(())
+}
