@@ -25,6 +25,10 @@ pub enum ApiRequest {
         peer: String,
     },
     Netcheck,
+    /// Offer routes to these networks (the whole list; empty withdraws).
+    AdvertiseRoutes {
+        routes: Vec<weft_proto::policy::Cidr>,
+    },
 }
 
 /// A reply from the local API.
@@ -39,6 +43,10 @@ pub enum ApiReply {
         pong: super::traversal::PingReply,
     },
     Netcheck(super::traversal::netcheck::NetcheckReport),
+    /// The routes now advertised.
+    Routes {
+        routes: Vec<weft_proto::policy::Cidr>,
+    },
     Error {
         message: String,
     },
@@ -68,6 +76,19 @@ pub async fn answer(
                 .and_then(|c| c.rtt())
                 .map(|r| r.as_secs_f64() * 1000.0);
             ApiReply::Netcheck(r)
+        }
+        ApiRequest::AdvertiseRoutes { mut routes } => {
+            routes.sort();
+            routes.dedup();
+            match shared.state.save_advertised_routes(&routes) {
+                Ok(()) => {
+                    shared.routes_changed.notify_one();
+                    ApiReply::Routes { routes }
+                }
+                Err(e) => ApiReply::Error {
+                    message: e.to_string(),
+                },
+            }
         }
         ApiRequest::Ping { peer } => {
             let netmap = shared.netmap();

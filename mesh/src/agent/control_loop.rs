@@ -5,15 +5,19 @@
 //! the last configuration.
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::Rng as _;
 use tokio::sync::watch;
 use weft_proto::msg::ErrorCode;
+use weft_proto::policy::PacketFilter;
 use weft_proto::Netmap;
 use x25519_dalek::StaticSecret;
 
+use super::host_net::MeshRoutes;
 use super::peers::PeerReconciler;
+use super::services::Services;
 use super::{AgentError, Shared};
 use crate::control::{ControlClient, ControlError, Session};
 use crate::dataplane::DeviceHandle;
@@ -47,8 +51,46 @@ fn is_fatal(e: &ControlError) -> bool {
     )
 }
 
-/// Applies `netmap` to the device: adds, updates and removes peers.
-pub fn apply_netmap(reconciler: &mut PeerReconciler, netmap: &Netmap, handle: &DeviceHandle) {
+/// Brings the host in line with a netmap: peers, packet filter, routes
+/// through other hosts, services. Remembers what it applied.
+pub struct Applier {
+    pub reconciler: PeerReconciler,
+    pub routes: MeshRoutes,
+    filter: Option<Option<PacketFilter>>,
+}
+
+impl Applier {
+    pub fn new(routes: MeshRoutes) -> Applier {
+        Applier {
+            reconciler: PeerReconciler::new(),
+            routes,
+            filter: None,
+        }
+    }
+
+    pub fn apply(&mut self, netmap: &Netmap, handle: &DeviceHandle, services: &Mutex<Services>) {
+        // The filter first: a peer the policy now allows must not reach the
+        // TUN before its rules are in force.
+        let filter = netmap.filter().cloned();
+        if self.filter.as_ref() != Some(&filter) {
+            let rules = filter.as_ref().map_or(0, |f| f.rules.len());
+            handle.set_filter(filter.clone());
+            tracing::info!(rules, "packet filter applied");
+            self.filter = Some(filter);
+        }
+        apply_peers(&mut self.reconciler, netmap, handle);
+        self.routes.sync(
+            netmap
+                .peers()
+                .flat_map(|p| p.routes.iter().copied())
+                .collect(),
+        );
+        super::lock(services).apply(netmap.services());
+    }
+}
+
+/// Applies `netmap`'s peers to the device: adds, updates and removes peers.
+fn apply_peers(reconciler: &mut PeerReconciler, netmap: &Netmap, handle: &DeviceHandle) {
     let current: Vec<_> = handle
         .snapshot()
         .peers
@@ -90,7 +132,7 @@ pub struct ControlLoop {
     pub key: StaticSecret,
     pub shared: std::sync::Arc<Shared>,
     pub handle: DeviceHandle,
-    pub reconciler: PeerReconciler,
+    pub applier: Applier,
 }
 
 impl ControlLoop {
@@ -148,6 +190,9 @@ impl ControlLoop {
                 version = s.netmap().version(),
                 "connected to the coordinator"
             );
+            if let Err(e) = self.advertise(&s).await {
+                tracing::warn!(error = %e, "cannot advertise routes");
+            }
             let mut reported: Vec<SocketAddr> = self.shared.endpoints();
             let mut scan = tokio::time::interval(ENDPOINT_SCAN);
             scan.tick().await;
@@ -155,6 +200,11 @@ impl ControlLoop {
             let lost = loop {
                 tokio::select! {
                     _ = changed.notified() => scan.reset_immediately(),
+                    _ = self.shared.routes_changed.notified() => {
+                        if let Err(e) = self.advertise(&s).await {
+                            break e;
+                        }
+                    }
                     change = s.next_change() => match change {
                         Ok(_) => self.on_netmap(s.netmap().clone()),
                         Err(e) if is_fatal(&e) => return Err(AgentError::Control(e)),
@@ -189,8 +239,19 @@ impl ControlLoop {
         }
     }
 
+    /// Sends the routes this host advertises (stored by `weft route
+    /// advertise`), if any, or an empty list to withdraw them.
+    async fn advertise(&self, s: &Session) -> Result<(), ControlError> {
+        let routes = self.shared.state.advertised_routes().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the advertised routes");
+            Vec::new()
+        });
+        s.updater().advertise_routes(routes).await
+    }
+
     fn on_netmap(&mut self, netmap: Netmap) {
-        apply_netmap(&mut self.reconciler, &netmap, &self.handle);
+        self.applier
+            .apply(&netmap, &self.handle, &self.shared.services);
         if let Err(e) = self.shared.state.save_netmap(&netmap) {
             tracing::warn!(error = %e, "cannot cache the netmap; a restart without the coordinator will start with an older one");
         }

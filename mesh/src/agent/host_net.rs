@@ -7,10 +7,12 @@
 //! operator already reads and debugs, and they run once per agent start, far
 //! from any hot path.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
 
+use weft_proto::policy::Cidr;
 use weft_proto::HostSubnet;
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +103,54 @@ impl HostNetwork {
         } else if !self.created_bridge {
             tracing::debug!(bridge = %self.bridge, "removed a bridge that existed before start");
         }
+    }
+}
+
+/// Kernel routes for the networks other hosts advertise (approved routes):
+/// each goes into the TUN, like the pool. They go away with the TUN.
+#[derive(Debug)]
+pub struct MeshRoutes {
+    interface: String,
+    gateway: Ipv4Addr,
+    applied: BTreeSet<Cidr>,
+}
+
+impl MeshRoutes {
+    pub fn new(interface: &str, gateway: Ipv4Addr) -> MeshRoutes {
+        MeshRoutes {
+            interface: interface.to_string(),
+            gateway,
+            applied: BTreeSet::new(),
+        }
+    }
+
+    /// Routes exactly `wanted` into the TUN, adding and removing the
+    /// difference. Failures are logged; a later call retries them.
+    pub fn sync(&mut self, wanted: BTreeSet<Cidr>) {
+        for gone in self.applied.difference(&wanted) {
+            let _ = ip(&["route", "del", &gone.to_string(), "dev", &self.interface]);
+            tracing::info!(route = %gone, "route through the mesh removed");
+        }
+        let mut applied = BTreeSet::new();
+        for r in &wanted {
+            let mut args = vec!["route", "replace"];
+            let dst = r.to_string();
+            let src = self.gateway.to_string();
+            args.extend([dst.as_str(), "dev", self.interface.as_str()]);
+            if r.addr().is_ipv4() {
+                args.extend(["src", src.as_str()]);
+            }
+            match ip(&args) {
+                Ok(()) => {
+                    if !self.applied.contains(r) {
+                        tracing::info!(route = %r, "route through the mesh added");
+                    }
+                    applied.insert(*r);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot add a route through the mesh"),
+            }
+        }
+        self.applied = applied;
     }
 }
 

@@ -13,6 +13,7 @@ pub mod dns;
 pub mod endpoints;
 pub mod host_net;
 pub mod peers;
+pub mod services;
 pub mod state;
 pub mod status;
 pub mod traversal;
@@ -114,7 +115,10 @@ pub struct Shared {
     reflected: Arc<Mutex<Option<SocketAddr>>>,
     /// Signalled when the endpoints to report changed.
     endpoints_changed: Arc<tokio::sync::Notify>,
+    /// Signalled when `weft route advertise` changed the routes to offer.
+    routes_changed: tokio::sync::Notify,
     traversal: traversal::TraversalView,
+    services: Mutex<services::Services>,
 }
 
 struct View {
@@ -209,6 +213,10 @@ impl Shared {
             })
             .collect();
         let c = handle.counters();
+        let (services, dns) = {
+            let s = lock(&self.services);
+            (s.entries().to_vec(), s.dns_up())
+        };
         Status {
             host: HostStatus {
                 name: id.name.clone(),
@@ -239,6 +247,21 @@ impl Shared {
                 ("rx_unknown_peer".into(), c.rx_unknown_peer),
                 ("rx_src_not_allowed".into(), c.rx_src_not_allowed),
             ],
+            policy: handle.filter_stats(),
+            services,
+            dns,
+            domain: id.domain.clone(),
+            routes: netmap
+                .peers()
+                .flat_map(|p| p.routes.iter().map(move |r| format!("{r} via {}", p.name)))
+                .collect(),
+            advertised: self
+                .state
+                .advertised_routes()
+                .unwrap_or_default()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 }
@@ -385,6 +408,7 @@ pub async fn run(
                 coordinator: out.coordinator,
                 interface: interface.clone(),
                 listen_port,
+                domain: out.session.welcome().domain.clone(),
             };
             state.save_identity(&id)?;
             tracing::info!(node = id.node_id.0, name = %id.name, subnet = %id.subnet, "joined the cluster");
@@ -411,6 +435,10 @@ pub async fn run(
             match attempt {
                 Ok(Ok(s)) => {
                     let m = s.netmap().clone();
+                    if id.domain != s.welcome().domain {
+                        id.domain = s.welcome().domain.clone();
+                        state.save_identity(&id)?;
+                    }
                     (id, Some(s), m)
                 }
                 Ok(Err(e @ ControlError::Removed)) => return Err(e.into()),
@@ -435,6 +463,7 @@ pub async fn run(
         identity.pool,
         config.mtu,
     )?;
+    let services = services::Services::start(&identity.domain, identity.subnet.host_addr()).await;
     let shared = Arc::new(Shared {
         state: state.clone(),
         public_key: key,
@@ -449,7 +478,9 @@ pub async fn run(
         netmap: netmap_cell,
         reflected,
         endpoints_changed,
+        routes_changed: tokio::sync::Notify::new(),
         traversal: tview.clone(),
+        services: Mutex::new(services),
     });
     shared.scan_endpoints();
     state.save_network(&NetworkFile {
@@ -459,8 +490,11 @@ pub async fn run(
         bridge: config.bridge.clone(),
         mtu: config.mtu,
     })?;
-    let mut reconciler = peers::PeerReconciler::new();
-    control_loop::apply_netmap(&mut reconciler, &netmap, &handle);
+    let mut applier = control_loop::Applier::new(host_net::MeshRoutes::new(
+        &interface,
+        identity.subnet.host_addr(),
+    ));
+    applier.apply(&netmap, &handle, &shared.services);
     shared.set_netmap(netmap);
 
     let api = {
@@ -489,7 +523,7 @@ pub async fn run(
         key: secret,
         shared: shared.clone(),
         handle: handle.clone(),
-        reconciler,
+        applier,
     };
     let mut control = tokio::spawn(control.run(session, stop_rx));
     tokio::pin!(shutdown);

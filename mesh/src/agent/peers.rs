@@ -24,6 +24,7 @@ pub struct PeerReconciler {
 #[derive(Debug, PartialEq, Eq)]
 struct Applied {
     subnet: HostSubnet,
+    routes: Vec<weft_proto::policy::Cidr>,
 }
 
 impl PeerReconciler {
@@ -41,6 +42,7 @@ impl PeerReconciler {
             wanted.insert(key);
             let now = Applied {
                 subnet: peer.subnet,
+                routes: peer.routes.clone(),
             };
             let known = current.contains(&key);
             let prev = self.applied.get(&key);
@@ -50,6 +52,12 @@ impl PeerReconciler {
             let mut p = PeerUpdate::new(key);
             p.replace_allowed_ips = true;
             p.allowed_ips = vec![subnet_net(peer.subnet)];
+            // Approved routes through this peer (networks outside the mesh).
+            p.allowed_ips.extend(
+                peer.routes
+                    .iter()
+                    .filter_map(|r| IpNet::new(r.addr(), r.prefix_len())),
+            );
             p.persistent_keepalive = Some(PERSISTENT_KEEPALIVE_SECS);
             update.peers.push(p);
             self.applied.insert(key, now);
@@ -91,19 +99,15 @@ mod tests {
             endpoints: vec![ep.parse().unwrap()],
             tags: vec![],
             online: true,
+            routes: Vec::new(),
         }
     }
 
     fn map(version: u64, peers: Vec<Peer>) -> Netmap {
         let mut m = Netmap::new();
         m.apply(NetmapUpdate {
-            epoch: 1,
-            from_version: 0,
-            version,
-            full: true,
             upserts: peers,
-            removed: vec![],
-            more: false,
+            ..NetmapUpdate::empty(1, 0, version, true)
         })
         .unwrap();
         m

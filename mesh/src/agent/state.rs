@@ -26,6 +26,7 @@ pub const NETWORK_FILE: &str = "network.json";
 const KEY_FILE: &str = "host.key";
 const IDENTITY_FILE: &str = "node.json";
 const NETMAP_FILE: &str = "netmap.json";
+const ROUTES_FILE: &str = "routes.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -53,6 +54,13 @@ pub struct Identity {
     /// Interface and UDP port this host was started with.
     pub interface: String,
     pub listen_port: u16,
+    /// The cluster's DNS domain (from the coordinator's welcome).
+    #[serde(default = "default_domain")]
+    pub domain: String,
+}
+
+fn default_domain() -> String {
+    weft_proto::msg::DEFAULT_DOMAIN.to_string()
 }
 
 /// The host network as the CNI plugin needs it.
@@ -138,16 +146,19 @@ impl StateDir {
     }
 
     pub fn save_netmap(&self, map: &Netmap) -> Result<(), StateError> {
-        let snapshot = NetmapUpdate {
-            epoch: map.epoch(),
-            from_version: 0,
-            version: map.version(),
-            full: true,
-            upserts: map.peers().cloned().collect(),
-            removed: Vec::new(),
-            more: false,
-        };
-        self.write_json(NETMAP_FILE, &snapshot, 0o600)
+        self.write_json(NETMAP_FILE, &map.to_snapshot(), 0o600)
+    }
+
+    /// The routes this host advertises (`weft route advertise`).
+    pub fn advertised_routes(&self) -> Result<Vec<weft_proto::policy::Cidr>, StateError> {
+        Ok(self.read_json(ROUTES_FILE)?.unwrap_or_default())
+    }
+
+    pub fn save_advertised_routes(
+        &self,
+        routes: &[weft_proto::policy::Cidr],
+    ) -> Result<(), StateError> {
+        self.write_json(ROUTES_FILE, &routes, 0o644)
     }
 
     pub fn save_network(&self, net: &NetworkFile) -> Result<(), StateError> {
@@ -236,10 +247,6 @@ mod tests {
         assert!(st.cached_netmap().unwrap().is_none());
         let mut map = Netmap::new();
         map.apply(NetmapUpdate {
-            epoch: 7,
-            from_version: 0,
-            version: 42,
-            full: true,
             upserts: vec![Peer {
                 id: NodeId(3),
                 name: "b".into(),
@@ -251,12 +258,24 @@ mod tests {
                 endpoints: vec!["198.18.1.2:51820".parse().unwrap()],
                 tags: vec![],
                 online: true,
+                routes: Vec::new(),
             }],
-            removed: vec![],
-            more: false,
+            filter: Some(weft_proto::policy::PacketFilter {
+                rules: vec![],
+                default: weft_proto::policy::Action::Deny,
+            }),
+            services: Some(vec![weft_proto::ServiceEntry {
+                name: "db".into(),
+                addr: "100.64.3.9".parse().unwrap(),
+                port: 5432,
+                proto: weft_proto::policy::Proto::Tcp,
+                public: None,
+            }]),
+            ..NetmapUpdate::empty(7, 0, 42, true)
         })
         .unwrap();
         st.save_netmap(&map).unwrap();
+        assert!(map.filter().is_some() && map.services().len() == 1);
         let back = st.cached_netmap().unwrap().unwrap();
         assert_eq!(back, map);
     }

@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::dataplane::FilterStats;
+
 /// The whole status of one agent.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {
@@ -14,6 +16,24 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     /// Packets the data plane dropped, by reason.
     pub drops: Vec<(String, u64)>,
+    /// The inbound packet filter: whether one is in force, and its drops
+    /// per policy rule.
+    #[serde(default)]
+    pub policy: FilterStats,
+    /// Services this host may reach (and answers DNS for).
+    #[serde(default)]
+    pub services: Vec<weft_proto::ServiceEntry>,
+    #[serde(default)]
+    pub domain: String,
+    /// Whether the DNS responder runs on the gateway address.
+    #[serde(default)]
+    pub dns: bool,
+    /// Routes through other hosts: `CIDR via NAME`.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Routes this host advertises.
+    #[serde(default)]
+    pub advertised: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -150,6 +170,52 @@ impl Status {
             if let Some(r) = &p.relay_reason {
                 let _ = writeln!(out, "      relayed: {r}");
             }
+        }
+        let p = &self.policy;
+        if p.active {
+            let _ = writeln!(
+                out,
+                "policy: inbound filter in force; dropped by default {}, malformed {}",
+                p.default_drops, p.malformed
+            );
+            for r in p.rules.iter().filter(|r| r.drops > 0) {
+                let _ = writeln!(out, "  rule {} ({}): {} dropped", r.rule, r.action, r.drops);
+            }
+        } else {
+            let _ = writeln!(
+                out,
+                "policy: none in force (every peer may reach this host)"
+            );
+        }
+        for s in &self.services {
+            let _ = writeln!(
+                out,
+                "service {}.{} -> {}:{}/{}{}",
+                s.name,
+                self.domain,
+                s.addr,
+                s.port,
+                s.proto,
+                s.public
+                    .map(|p| format!("  (public port {p} forwarded here)"))
+                    .unwrap_or_default()
+            );
+        }
+        if !self.services.is_empty() && !self.dns {
+            let _ = writeln!(
+                out,
+                "DNS responder NOT running: service names will not resolve"
+            );
+        }
+        for r in &self.routes {
+            let _ = writeln!(out, "route {r}");
+        }
+        if !self.advertised.is_empty() {
+            let _ = writeln!(
+                out,
+                "advertising {} (in force once an admin approves)",
+                self.advertised.join(", ")
+            );
         }
         let dropped: Vec<String> = self
             .drops

@@ -135,7 +135,8 @@ impl ControlClient {
     ) -> Result<Session, ControlError> {
         let public = WgPublicKey(PublicKey::from(key).to_bytes());
         let netmap = cached.unwrap_or_default();
-        let (have_epoch, have_version) = (netmap.epoch(), netmap.version());
+        let (have_epoch, have_version, have_view) =
+            (netmap.epoch(), netmap.version(), netmap.view());
         self.open(info, key, netmap, |proof| {
             HelloRequest::Resume(ResumeRequest {
                 public_key: public,
@@ -143,6 +144,7 @@ impl ControlClient {
                 endpoints,
                 have_epoch,
                 have_version,
+                have_view,
             })
         })
         .await
@@ -560,8 +562,19 @@ pub struct EndpointUpdater {
 
 impl EndpointUpdater {
     pub async fn set_endpoints(&self, endpoints: Vec<SocketAddr>) -> Result<(), ControlError> {
-        let frame = codec::encode(&ClientMsg::SetEndpoints { endpoints })
-            .map_err(|e| ControlError::Protocol(e.to_string()))?;
+        self.send(&ClientMsg::SetEndpoints { endpoints }).await
+    }
+
+    /// Offers the networks this host routes to (the whole list).
+    pub async fn advertise_routes(
+        &self,
+        routes: Vec<weft_proto::policy::Cidr>,
+    ) -> Result<(), ControlError> {
+        self.send(&ClientMsg::AdvertiseRoutes { routes }).await
+    }
+
+    async fn send(&self, msg: &ClientMsg) -> Result<(), ControlError> {
+        let frame = codec::encode(msg).map_err(|e| ControlError::Protocol(e.to_string()))?;
         self.send
             .lock()
             .await
