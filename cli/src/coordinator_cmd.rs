@@ -26,6 +26,10 @@ pub struct CoordinatorArgs {
     /// tokens. Repeat for several.
     #[arg(long = "advertise", value_name = "HOST:PORT")]
     advertise: Vec<String>,
+    /// DNS domain of the cluster: services resolve as NAME.DOMAIN on every
+    /// host's bridge gateway address.
+    #[arg(long, default_value = weft_proto::msg::DEFAULT_DOMAIN)]
+    domain: String,
     /// How long changes are gathered before they are pushed (milliseconds).
     #[arg(long, default_value_t = 25, hide = true)]
     coalesce_ms: u64,
@@ -41,6 +45,7 @@ pub fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
         config.pool = args.pool;
         config.subnet_prefix = args.subnet_prefix;
         config.advertise = args.advertise;
+        config.domain = args.domain.trim_end_matches('.').to_ascii_lowercase();
         config.coalesce = Duration::from_millis(args.coalesce_ms.min(50));
         let coordinator = Coordinator::start(config).await?;
         tracing::info!(

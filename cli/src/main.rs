@@ -1,10 +1,13 @@
 //! `weft`: the one binary. Each subcommand lives in its own module.
 
+mod acl;
 mod agent_cmd;
 mod cni;
 mod coordinator_cmd;
 mod node;
 mod probe;
+mod route;
+mod service;
 mod status;
 mod token;
 mod wg;
@@ -39,6 +42,12 @@ enum Command {
     Token(token::TokenArgs),
     /// List and remove nodes (needs the admin credential).
     Node(node::NodeArgs),
+    /// Get, set, test and list versions of the access policy (needs the admin credential).
+    Acl(acl::AclArgs),
+    /// Publish services by name, with who may reach them (needs the admin credential).
+    Service(service::ServiceArgs),
+    /// Advertise networks outside the mesh from a host; list and approve them (admin).
+    Route(route::RouteArgs),
     /// Container Network Interface plugin (CNI 1.0.0); invoked by container runtimes, reads
     /// CNI_* env and config on stdin.
     Cni(cni::CniArgs),
@@ -80,6 +89,9 @@ fn main() -> anyhow::Result<()> {
         Command::Coordinator(args) => coordinator_cmd::run(args),
         Command::Token(args) => token::run(args),
         Command::Node(args) => node::run(args),
+        Command::Acl(args) => acl::run(args),
+        Command::Service(args) => service::run(args),
+        Command::Route(args) => route::run(args),
         Command::Cni(args) => cni::run(args),
     }
 }

@@ -45,6 +45,8 @@ pub struct ClusterSpec {
     pub containers_per_host: usize,
     /// The router of cloud `c` (1-based) is `nat[c - 1]`.
     pub nat: [NatKind; MAX_CLOUDS],
+    /// A tag every host gets through its join token.
+    pub tag: Option<&'static str>,
 }
 
 impl Default for ClusterSpec {
@@ -55,6 +57,7 @@ impl Default for ClusterSpec {
             hosts_per_cloud: 2,
             containers_per_host: 2,
             nat: [NatKind::None; MAX_CLOUDS],
+            tag: None,
         }
     }
 }
@@ -180,18 +183,12 @@ impl<'a> Cluster<'a> {
             token: String::new(),
         };
         cluster.start_coordinator()?;
-        let total = spec.clouds * spec.hosts_per_cloud;
-        cluster.token = cluster
-            .admin(&[
-                "token",
-                "create",
-                "--uses",
-                &total.to_string(),
-                "--expires",
-                "1h",
-            ])?
-            .trim()
-            .to_string();
+        let total = (spec.clouds * spec.hosts_per_cloud).to_string();
+        let mut args = vec!["token", "create", "--uses", &total, "--expires", "1h"];
+        if let Some(tag) = spec.tag {
+            args.extend(["--tag", tag]);
+        }
+        cluster.token = cluster.admin(&args)?.trim().to_string();
         for c in 1..=spec.clouds {
             let r = format!("{}-r{c}", lab.tag());
             for h in 1..=spec.hosts_per_cloud {

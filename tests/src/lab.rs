@@ -8,6 +8,8 @@ use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use crate::cmd::{run, run_ok, try_run};
 use crate::registry::{self, Resources};
 
@@ -231,11 +233,24 @@ impl Lab {
         }
     }
 
-    /// Removes `path` (a file or socket something in the lab creates) at
-    /// teardown.
+    /// Removes `path` (a file, socket or directory something in the lab
+    /// creates) at teardown.
     pub fn register_path(&self, path: impl Into<PathBuf>) {
         let path = path.into();
         self.register(|r| r.paths.push(path));
+    }
+
+    /// Points namespace `ns` at `nameserver` for DNS: `ip netns exec`
+    /// programs read `/etc/netns/NS/resolv.conf` (removed at teardown).
+    pub fn resolver(&self, ns: &str, nameserver: &str) -> anyhow::Result<()> {
+        let dir = PathBuf::from("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        self.register_path(&dir);
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {nameserver}\noptions timeout:1 attempts:2\n"),
+        )
+        .with_context(|| format!("write {}/resolv.conf", dir.display()))
     }
 
     /// Prints the last lines of every spawned process's stderr (and

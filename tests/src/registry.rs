@@ -79,7 +79,11 @@ pub(crate) fn teardown(mut r: Resources, grace: Duration) {
         stop_child(c, grace);
     }
     for p in &r.paths {
-        let _ = std::fs::remove_file(p);
+        if p.is_dir() {
+            let _ = std::fs::remove_dir_all(p);
+        } else {
+            let _ = std::fs::remove_file(p);
+        }
     }
     for ns in r.namespaces.iter().rev() {
         let out = crate::cmd::run(&["ip", "netns", "del", ns]);
