@@ -87,7 +87,7 @@ impl Lab {
     fn write_network(&self) {
         let net = json!({
             "subnet": SUBNET, "gateway": GATEWAY, "pool": "100.64.0.0/10",
-            "bridge": "weftbr0", "mtu": 1420
+            "bridge": "weftbr0", "mtu": 1420, "domain": "weft.internal"
         });
         std::fs::write(self.state.join("network.json"), net.to_string()).unwrap();
     }
@@ -245,6 +245,9 @@ fn add_check_del_through_the_reference_plugins() {
     let result = add.json();
     assert_eq!(result["cniVersion"], "1.0.0");
     assert_eq!(result["ips"][0]["gateway"], GATEWAY, "{result}");
+    // Services resolve through the gateway's DNS responder.
+    assert_eq!(result["dns"]["nameservers"][0], GATEWAY, "{result}");
+    assert_eq!(result["dns"]["search"][0], "weft.internal", "{result}");
     let ip1 = address(&result);
     assert!(
         eth0(&c1).contains(&format!("inet {ip1}/24")),

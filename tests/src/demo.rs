@@ -1,14 +1,14 @@
 //! The main job: a whole cluster on one machine, shown working. Run by the
 //! `weft-lab` example and, in its short mode, by the tests.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
 use crate::cluster::{seen_source, Cluster, ClusterSpec};
-use crate::{Lab, NatKind};
+use crate::{Greeter, Lab, NatKind};
 
 /// The NAT in front of each cloud of the demo: two easy NATs that filter
 /// differently and a symmetric one, so it shows LAN, direct and relayed
@@ -178,6 +178,8 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         println!("   {:<6} {}", h.name, row.join("  "));
     }
 
+    policy(&lab, &cluster)?;
+
     println!("\n== weft status on {}", cluster.hosts[0].name);
     for l in cluster.status_text(0)?.lines() {
         println!("   {l}");
@@ -202,5 +204,100 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         "\n== done in {:.1} s; tearing down",
         t0.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// The demo's policy step: a service published by name in the last
+/// container, reachable from cloud 1 only; everyone may still ping.
+#[expect(clippy::print_stdout, reason = "the demo's output")]
+fn policy(lab: &Lab, cluster: &Cluster) -> anyhow::Result<()> {
+    let all = cluster.containers();
+    let (wi, web) = all.last().context("no containers")?.clone();
+    let web_host = &cluster.hosts[wi];
+    let (_, client) = all.first().context("no containers")?.clone();
+    let other = all
+        .iter()
+        .find(|(i, _)| cluster.hosts[*i].cloud == 2)
+        .map(|(_, c)| c.clone())
+        .context("no container in cloud 2")?;
+    println!(
+        "\n== policy: service `web` in {} ({}:8080), reachable from cloud 1 only",
+        web.name, web.addr
+    );
+    let _server = Greeter::start(
+        &web.ns,
+        SocketAddr::new(IpAddr::V4(web.addr), 8080),
+        "hello from web",
+    )?;
+    let doc = "default: deny\n\
+               groups:\n  cloud1: [host:c1-h1, host:c1-h2]\n\
+               rules:\n  - allow: { from: [\"*\"], to: [\"*\"], ports: [icmp] }\n\
+               \x20 - allow: { from: [group:cloud1], to: [service:web] }\n\
+               tests:\n  - { from: host:c1-h1, to: service:web, expect: allow }\n\
+               \x20 - { from: host:c2-h1, to: service:web, expect: deny }\n";
+    let file = lab.tempdir().join("policy.yaml");
+    std::fs::write(&file, doc).context("write the policy file")?;
+    for l in doc.lines() {
+        println!("   | {l}");
+    }
+    let port = "8080/tcp";
+    cluster.admin(&[
+        "service",
+        "expose",
+        "web",
+        "--node",
+        &web_host.name,
+        "--addr",
+        &web.addr.to_string(),
+        "--port",
+        port,
+    ])?;
+    let t = Instant::now();
+    cluster.admin(&["acl", "set", &file.to_string_lossy()])?;
+    println!(
+        "   weft acl set: validated, its 2 tests passed, in force ({:.0} ms)",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    for (ct, expect) in [(&client, true), (&other, false)] {
+        let host = all
+            .iter()
+            .find(|(_, c)| c.ns == ct.ns)
+            .map_or(0, |(i, _)| *i);
+        lab.resolver(&ct.ns, &cluster.host_addr(host)?.to_string())?;
+        let name = "web.weft.internal";
+        let resolved = crate::wait_for(
+            Duration::from_secs(5),
+            "the service name to resolve",
+            || lab.try_ok(&ct.ns, &["getent", "hosts", name]).ok(),
+        );
+        let addr = match (&resolved, expect) {
+            (Ok(out), _) => out
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            (Err(_), false) => {
+                println!(
+                    "   {} cannot resolve {name}: its host may not reach the service's host",
+                    ct.name
+                );
+                continue;
+            }
+            (Err(e), true) => bail!("{name} does not resolve in {}: {e:#}", ct.name),
+        };
+        let to = SocketAddr::new(addr.parse().context("resolved address")?, 8080);
+        let got = crate::greet(&ct.ns, to, Duration::from_millis(1500));
+        match (got, expect) {
+            (Ok(g), true) => println!("   {} -> {name} ({addr}): \"{g}\"", ct.name),
+            (Err(_), false) => println!("   {} -> {name} ({addr}): blocked by the policy", ct.name),
+            (Ok(g), false) => bail!(
+                "{} reached {name} (\"{g}\") though the policy denies it",
+                ct.name
+            ),
+            (Err(e), true) => bail!("{} cannot reach {name}: {e:#}", ct.name),
+        }
+    }
+    crate::ping(&other.ns, &web.addr.to_string()).context("ICMP is allowed to everyone")?;
+    println!("   {} -> {}: ping allowed by rule 1", other.name, web.name);
     Ok(())
 }

@@ -107,6 +107,9 @@ pub struct HostNetwork {
     pub gateway: IpAddr,
     pub bridge: String,
     pub mtu: u32,
+    /// The cluster's DNS domain: containers get the gateway as nameserver
+    /// and this as search domain, so services resolve by bare name.
+    pub domain: Option<String>,
 }
 
 impl HostNetwork {
@@ -155,11 +158,17 @@ impl HostNetwork {
             .and_then(|m| u32::try_from(m).ok())
             .filter(|m| (68..=65535).contains(m))
             .ok_or_else(|| bad(format!("mtu {:?}", obj.get("mtu"))))?;
+        let domain = obj
+            .get("domain")
+            .and_then(Value::as_str)
+            .filter(|d| !d.is_empty())
+            .map(str::to_string);
         Ok(Self {
             subnet,
             gateway,
             bridge: bridge.to_string(),
             mtu,
+            domain,
         })
     }
 }
@@ -194,6 +203,14 @@ pub fn bridge_config(conf: &NetConf, net: &HostNetwork) -> Value {
             "dataDir": conf.ipam_data_dir(),
         },
     });
+    if let Some(domain) = &net.domain {
+        // The bridge plugin returns this in its result; runtimes write the
+        // container's resolv.conf from it.
+        v["dns"] = json!({
+            "nameservers": [net.gateway.to_string()],
+            "search": [domain],
+        });
+    }
     if let Some(args) = &conf.args {
         v["args"] = args.clone();
     }
@@ -214,6 +231,7 @@ pub fn release_only_config(conf: &NetConf) -> Value {
         gateway: IpAddr::from([100, 64, 0, 1]),
         bridge: "weftbr0".into(),
         mtu: 1420,
+        domain: None,
     };
     bridge_config(conf, &placeholder)
 }

@@ -12,7 +12,10 @@ use super::view::{send_update, HostView};
 use super::*;
 
 #[instrument(skip_all, fields(node = %id))]
-#[expect(clippy::too_many_arguments, reason = "one call site each for QUIC and TCP")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site each for QUIC and TCP"
+)]
 pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     shared: Arc<Shared>,
     link: Link,

@@ -489,6 +489,7 @@ pub async fn run(
         pool: identity.pool.to_string(),
         bridge: config.bridge.clone(),
         mtu: config.mtu,
+        domain: identity.domain.clone(),
     })?;
     let mut applier = control_loop::Applier::new(host_net::MeshRoutes::new(
         &interface,

@@ -71,6 +71,9 @@ pub struct NetworkFile {
     pub pool: String,
     pub bridge: String,
     pub mtu: u16,
+    /// The cluster's DNS domain; the gateway answers for it.
+    #[serde(default)]
+    pub domain: String,
 }
 
 /// One agent's state directory.

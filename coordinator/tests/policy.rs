@@ -1,0 +1,205 @@
+//! The coordinator's policy over loopback QUIC with the real control client:
+//! per-host netmaps, refused documents, services and routes, and all of it
+//! surviving a restart.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "helpers in tests should panic on failure"
+)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use weft_proto::msg::{AdminCommand, AdminReply, ServiceInfo};
+use weft_proto::policy::{Action, Proto};
+
+const POLICY: &str = "default: deny
+rules:
+  - allow: { from: [host:a], to: [host:b], ports: [tcp/80] }
+tests:
+  - { from: host:a, to: \"host:b:80/tcp\", expect: allow }
+  - { from: host:c, to: \"host:b:80/tcp\", expect: deny }
+";
+
+fn names(s: &Session) -> Vec<String> {
+    let mut v: Vec<String> = s.netmap().peers().map(|p| p.name.clone()).collect();
+    v.sort();
+    v
+}
+
+async fn admin_err(h: &Harness, cmd: AdminCommand) -> String {
+    match h.admin(cmd).await {
+        Ok(r) => panic!("expected a refusal, got {r:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_cuts_netmaps_refuses_bad_documents_and_survives_restarts() {
+    let mut h = Harness::start().await;
+    let token = h.token(Some(3)).await;
+    let (ka, mut a) = join(&token, "a").await;
+    let (_kb, mut b) = join(&token, "b").await;
+    let (_kc, mut c) = join(&token, "c").await;
+    for s in [&mut a.session, &mut b.session, &mut c.session] {
+        wait_for(s, Duration::from_secs(2), |s| s.netmap().len() == 2).await;
+        // No policy: allow-all, and the filter says so.
+        assert_eq!(s.netmap().filter().map(|f| f.default), Some(Action::Allow));
+    }
+    assert!(matches!(
+        h.admin(AdminCommand::AclGet).await.unwrap(),
+        AdminReply::Acl(None)
+    ));
+
+    // Refused: a bad selector (with its line), and failing tests.
+    let e = admin_err(
+        &h,
+        AdminCommand::AclSet {
+            text: "rules:\n  - allow: { from: [hots:a], to: ['*'] }\n".into(),
+        },
+    )
+    .await;
+    assert!(
+        e.contains("line 2") && e.contains("unknown selector kind `hots`"),
+        "{e}"
+    );
+    let e = admin_err(
+        &h,
+        AdminCommand::AclSet {
+            text: POLICY.replace("expect: deny", "expect: allow"),
+        },
+    )
+    .await;
+    assert!(
+        e.contains("1 of the policy's 2 tests failed") && e.contains("line 6"),
+        "{e}"
+    );
+    assert!(matches!(
+        h.admin(AdminCommand::AclGet).await.unwrap(),
+        AdminReply::Acl(None)
+    ));
+
+    // In force: a sees b, b sees a, c sees nobody and nobody sees c.
+    match h
+        .admin(AdminCommand::AclSet {
+            text: POLICY.into(),
+        })
+        .await
+        .unwrap()
+    {
+        AdminReply::AclAccepted { version, tests } => assert_eq!((version, tests), (1, 2)),
+        other => panic!("{other:?}"),
+    }
+    let wait = Duration::from_secs(2);
+    wait_for(&mut a.session, wait, |s| names(s) == ["b"]).await;
+    wait_for(&mut b.session, wait, |s| names(s) == ["a"]).await;
+    wait_for(&mut c.session, wait, |s| s.netmap().is_empty()).await;
+    let filter = b.session.netmap().filter().unwrap().clone();
+    assert_eq!(filter.default, Action::Deny);
+    assert_eq!(filter.rules.len(), 1);
+    assert!(c.session.netmap().filter().unwrap().rules.is_empty());
+
+    // A service b publishes, allowed for c: c now sees b and its name.
+    let svc = ServiceInfo {
+        name: "Web".into(),
+        node: "b".into(),
+        port: 8080,
+        proto: Proto::Tcp,
+        addr: None,
+        allow: vec!["host:c".into()],
+        public: None,
+        gateway: None,
+    };
+    match h
+        .admin(AdminCommand::ServiceExpose(svc.clone()))
+        .await
+        .unwrap()
+    {
+        AdminReply::ServiceExposed(s) => assert_eq!(s.name, "web"),
+        other => panic!("{other:?}"),
+    }
+    wait_for(&mut c.session, wait, |s| {
+        names(s) == ["b"] && s.netmap().services().iter().any(|e| e.name == "web")
+    })
+    .await;
+    let bad = ServiceInfo {
+        addr: Some("100.64.99.9".parse().unwrap()),
+        ..svc.clone()
+    };
+    let e = admin_err(&h, AdminCommand::ServiceExpose(bad)).await;
+    assert!(e.contains("not in node b's subnet"), "{e}");
+    let e = admin_err(
+        &h,
+        AdminCommand::ServiceExpose(ServiceInfo {
+            name: "no_underscores".into(),
+            ..svc
+        }),
+    )
+    .await;
+    assert!(e.contains("cannot be a service name"), "{e}");
+
+    // A route into the pool is refused; one outside it is approved.
+    let e = admin_err(
+        &h,
+        AdminCommand::RouteApprove {
+            node: "a".into(),
+            cidr: "100.64.0.0/16".parse().unwrap(),
+            approve: true,
+        },
+    )
+    .await;
+    assert!(e.contains("overlaps the mesh's own address pool"), "{e}");
+    h.admin(AdminCommand::RouteApprove {
+        node: "a".into(),
+        cidr: "198.18.200.0/24".parse().unwrap(),
+        approve: true,
+    })
+    .await
+    .unwrap();
+
+    // Everything survives a restart; a host with the view in force resumes
+    // with a delta, one without it gets a full update.
+    let cached = a.session.netmap().clone();
+    let info = a.coordinator.clone();
+    drop((a, b, c));
+    h.restart().await;
+    match h.admin(AdminCommand::AclHistory).await.unwrap() {
+        AdminReply::AclHistory(v) => {
+            assert_eq!(v.len(), 1);
+            assert_eq!(v[0].text, POLICY);
+        }
+        other => panic!("{other:?}"),
+    }
+    match h.admin(AdminCommand::ServiceList).await.unwrap() {
+        AdminReply::Services(s) => assert_eq!(s.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    match h.admin(AdminCommand::RouteList).await.unwrap() {
+        AdminReply::Routes(r) => {
+            assert_eq!(r.len(), 1);
+            assert_eq!(r[0].approved.len(), 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    let client = ControlClient::new().unwrap();
+    let again = client
+        .connect(&info, &ka, vec![], Some(cached))
+        .await
+        .unwrap();
+    // A new coordinator process is a new epoch: a full update, cut as before.
+    assert!(!again.resumed());
+    assert_eq!(names(&again), ["b"]);
+    let cached = again.netmap().clone();
+    drop(again);
+    let resumed = client
+        .connect(&info, &ka, vec![], Some(cached))
+        .await
+        .unwrap();
+    assert!(
+        resumed.resumed(),
+        "the view in force must resume with a delta"
+    );
+    assert_eq!(names(&resumed), ["b"]);
+}
