@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_tests::cluster::{Cluster, ClusterSpec, Container};
-use weft_tests::{greet, ping_with, require_root, try_run, wait_for, Greeter, Lab};
+use weft_tests::{
+    greet, ping_with, require_root, try_run, udp_echo, wait_for, Greeter, Lab, UdpEcho,
+};
 
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
@@ -84,7 +86,7 @@ fn policy_v1(a2: Ipv4Addr) -> String {
 groups:
   front: [host:c1-h1]
 rules:
-  - allow: {{ from: [group:front], to: [host:c2-h1], ports: [tcp/8080, icmp] }}
+  - allow: {{ from: [group:front], to: [host:c2-h1], ports: [tcp/8080, icmp, udp/5353] }}
   - deny: {{ from: ["cidr:{a2}/32"], to: [host:c2-h1], ports: [tcp/8080] }}
   - allow: {{ from: [host:c2-h1], to: [host:c3-h1], ports: [tcp/7777] }}
   - allow: {{ from: ["tag:env:lab"], except: [host:c3-h1], to: [host:c2-h1], ports: [tcp/7777] }}
@@ -139,6 +141,8 @@ fn policy_services_and_routes() {
         servers.push(Greeter::start(&ct.ns, sa(ct.addr, port), &name).expect("greeter"));
     }
     let name = |ct: &Container, port: u16| format!("{}:{port}", ct.name);
+    let _echo_b = UdpEcho::start(&b.ns, sa(b.addr, 5353)).expect("udp echo");
+    let _echo_a = UdpEcho::start(&a1.ns, sa(a1.addr, 5353)).expect("udp echo");
 
     // No policy yet: the whole mesh talks.
     assert_eq!(c.admin(&["acl", "get"]).expect("acl get").trim(), "");
@@ -188,6 +192,14 @@ fn policy_services_and_routes() {
         )
         .is_err(),
         "ICMP c2 -> c1 must go unanswered"
+    );
+    // UDP: the echo of an allowed datagram comes back; the reverse is
+    // dropped.
+    udp_echo(&a1.ns, sa(b.addr, 5353), "hi", Duration::from_secs(1))
+        .expect("UDP allowed c1 -> c2, its reply passes");
+    assert!(
+        udp_echo(&b.ns, sa(a1.addr, 5353), "hi", Duration::from_millis(500)).is_err(),
+        "UDP c2 -> c1 must be dropped"
     );
     // A deny overrides the broader allow of the same host's subnet.
     denied(&a2, sa(b.addr, 8080));
