@@ -35,9 +35,10 @@ struct Admin {
 #[derive(Subcommand, Debug)]
 enum RouteCommand {
     /// Offer to route a network this host reaches (run on that host). Other
-    /// hosts route it here once an admin approves it (`weft route approve`),
-    /// and the policy decides who may reach it. The network needs a route
-    /// back to the mesh pool through this host.
+    /// hosts route it here once it is approved, by an admin (`weft route
+    /// approve`) or by the policy's `routes:`; the policy decides who may
+    /// reach it. The network needs a route back to the mesh pool through
+    /// this host.
     Advertise {
         cidr: Cidr,
         #[command(flatten)]
@@ -130,7 +131,10 @@ pub fn run(args: RouteArgs) -> anyhow::Result<()> {
         RouteCommand::List { admin } => {
             match admin_request(admin.admin, AdminCommand::RouteList)? {
                 AdminReply::Routes(list) => {
-                    println!("{:<24}  {:<40}  APPROVED", "NODE", "ADVERTISED");
+                    println!(
+                        "{:<24}  {:<32}  {:<32}  IN FORCE",
+                        "NODE", "ADVERTISED", "APPROVED BY ADMIN"
+                    );
                     for r in list {
                         let j = |v: &[Cidr]| {
                             v.iter()
@@ -139,10 +143,11 @@ pub fn run(args: RouteArgs) -> anyhow::Result<()> {
                                 .join(",")
                         };
                         println!(
-                            "{:<24}  {:<40}  {}",
+                            "{:<24}  {:<32}  {:<32}  {}",
                             r.node,
                             j(&r.advertised),
-                            j(&r.approved)
+                            j(&r.approved),
+                            j(&r.active)
                         );
                     }
                     Ok(())

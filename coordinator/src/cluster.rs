@@ -35,13 +35,42 @@ pub struct RouteRecord {
 }
 
 impl RouteRecord {
-    /// The routes in force.
-    pub fn active(&self) -> Vec<Cidr> {
+    /// The routes in force: advertised, and approved by an admin or by the
+    /// policy (`routes:`) for this node.
+    pub fn active(&self, policy: Option<&Policy>, node: Option<&ClusterNode>) -> Vec<Cidr> {
         self.advertised
             .iter()
-            .filter(|c| self.approved.contains(c))
+            .filter(|c| {
+                self.approved.contains(c)
+                    || matches!((policy, node), (Some(p), Some(n)) if p.approves_route(c, n))
+            })
             .copied()
             .collect()
+    }
+}
+
+/// Puts every node's routes in force into its registry record (after a
+/// change of routes, approvals or policy). Returns whether any changed.
+pub fn refresh_routes(reg: &mut Registry, cfg: &ClusterConfig) -> bool {
+    let policy = cfg.policy.as_ref().map(|(_, p)| p);
+    let mut changed = false;
+    for (id, rec) in &cfg.routes {
+        let Some(node) = reg.get(*id).map(|p| cluster_node(p)) else {
+            continue;
+        };
+        let active = rec.active(policy, Some(&node));
+        changed |= reg.update(*id, |p| p.routes = active);
+    }
+    changed
+}
+
+fn cluster_node(p: &weft_proto::Peer) -> ClusterNode {
+    ClusterNode {
+        id: p.id,
+        name: p.name.clone(),
+        tags: p.tags.clone(),
+        subnet: p.subnet,
+        routes: p.routes.clone(),
     }
 }
 
@@ -114,16 +143,7 @@ pub struct Compiled {
 /// The compiler's picture of the cluster: nodes with their approved routes,
 /// and the services whose node exists.
 pub fn snapshot(reg: &Registry, cfg: &ClusterConfig) -> Cluster {
-    let nodes: Vec<ClusterNode> = reg
-        .peers()
-        .map(|p| ClusterNode {
-            id: p.id,
-            name: p.name.clone(),
-            tags: p.tags.clone(),
-            subnet: p.subnet,
-            routes: p.routes.clone(),
-        })
-        .collect();
+    let nodes: Vec<ClusterNode> = reg.peers().map(|p| cluster_node(p)).collect();
     let services = cfg
         .services
         .values()

@@ -159,6 +159,29 @@ async fn policy_cuts_netmaps_refuses_bad_documents_and_survives_restarts() {
     .await
     .unwrap();
 
+    // The policy's `routes:` approves what b advertises inside its prefix;
+    // a sees the route on b.
+    b.session
+        .updater()
+        .advertise_routes(vec![
+            "198.18.201.0/24".parse().unwrap(),
+            "198.19.5.0/24".parse().unwrap(),
+        ])
+        .await
+        .unwrap();
+    let with_routes = format!("{POLICY}routes:\n  \"198.18.0.0/16\": [host:b]\n");
+    h.admin(AdminCommand::AclSet {
+        text: with_routes.clone(),
+    })
+    .await
+    .unwrap();
+    wait_for(&mut a.session, wait, |s| {
+        s.netmap()
+            .peer(b.node_id)
+            .is_some_and(|p| p.routes == vec!["198.18.201.0/24".parse().unwrap()])
+    })
+    .await;
+
     // Everything survives a restart; a host with the view in force resumes
     // with a delta, one without it gets a full update.
     let cached = a.session.netmap().clone();
@@ -167,8 +190,9 @@ async fn policy_cuts_netmaps_refuses_bad_documents_and_survives_restarts() {
     h.restart().await;
     match h.admin(AdminCommand::AclHistory).await.unwrap() {
         AdminReply::AclHistory(v) => {
-            assert_eq!(v.len(), 1);
+            assert_eq!(v.len(), 2);
             assert_eq!(v[0].text, POLICY);
+            assert_eq!(v[1].text, with_routes);
         }
         other => panic!("{other:?}"),
     }
@@ -177,9 +201,16 @@ async fn policy_cuts_netmaps_refuses_bad_documents_and_survives_restarts() {
         other => panic!("{other:?}"),
     }
     match h.admin(AdminCommand::RouteList).await.unwrap() {
-        AdminReply::Routes(r) => {
-            assert_eq!(r.len(), 1);
-            assert_eq!(r[0].approved.len(), 1);
+        AdminReply::Routes(mut r) => {
+            r.sort_by(|x, y| x.node.cmp(&y.node));
+            assert_eq!(r.len(), 2);
+            assert_eq!(r[0].approved.len(), 1, "a: approved by the admin");
+            assert_eq!(r[1].advertised.len(), 2, "b: both advertised");
+            assert_eq!(
+                r[1].active,
+                vec!["198.18.201.0/24".parse().unwrap()],
+                "b: only the one the policy approves"
+            );
         }
         other => panic!("{other:?}"),
     }

@@ -301,6 +301,10 @@ pub struct RouteInfo {
     pub node: String,
     pub advertised: Vec<Cidr>,
     pub approved: Vec<Cidr>,
+    /// The routes in force: advertised, and approved by an admin or by the
+    /// policy's `routes:`.
+    #[serde(default)]
+    pub active: Vec<Cidr>,
 }
 
 /// A token as `weft token list` shows it (never the secret).

@@ -79,6 +79,12 @@ pub(super) async fn acl_set(shared: &Shared, text: String) -> Result<AdminReply,
         }))
         .await?;
     shared.cluster_mut().policy = Some((record, policy));
+    // `routes:` may approve (or stop approving) advertised routes.
+    {
+        // Lock order: configuration, then registry.
+        let cfg = shared.cluster();
+        cluster::refresh_routes(&mut shared.write(), &cfg);
+    }
     shared.reconfigure();
     info!(version, tests, "policy set");
     Ok(AdminReply::AclAccepted { version, tests })
@@ -251,6 +257,7 @@ pub(super) fn route_list(shared: &Shared) -> AdminReply {
                     .map_or_else(|| id.to_string(), |p| p.name.clone()),
                 advertised: r.advertised.clone(),
                 approved: r.approved.clone(),
+                active: reg.get(*id).map(|p| p.routes.clone()).unwrap_or_default(),
             })
             .collect(),
     )
@@ -283,9 +290,12 @@ async fn save_routes(shared: &Shared, id: NodeId, rec: RouteRecord) -> Result<()
             Ok(Ok(()))
         }))
         .await?;
-    let active = rec.active();
     shared.cluster_mut().routes.insert(id, rec);
-    shared.write().update(id, |p| p.routes = active);
+    {
+        // Lock order: configuration, then registry.
+        let cfg = shared.cluster();
+        cluster::refresh_routes(&mut shared.write(), &cfg);
+    }
     shared.reconfigure();
     Ok(())
 }

@@ -27,7 +27,7 @@ use weft_proto::{codec, HostSubnet, NodeId, WgPublicKey, PROTOCOL_VERSION};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::admin::AdminCredential;
-use crate::cluster::{compile_views, ClusterConfig, Compiled};
+use crate::cluster::{compile_views, refresh_routes, ClusterConfig, Compiled};
 use crate::ipam::Ipam;
 use crate::registry::Registry;
 use crate::store::{self, refuse, JoinArgs, StoreHandle, TokenRecord};
@@ -69,7 +69,8 @@ struct Shared {
     /// TCP port of the TLS fallback, put into tokens.
     tcp_port: Option<u16>,
     domain: String,
-    /// Policy, services and routes in force.
+    /// Policy, services and routes in force. Lock order: `cluster` before
+    /// `registry`, never the other way round.
     cluster: RwLock<ClusterConfig>,
     /// Every host's compiled view of `cluster`.
     compiled: RwLock<Arc<Compiled>>,
@@ -231,18 +232,11 @@ impl Coordinator {
             compiled: RwLock::new(Arc::new(Compiled::default())),
             membership_changed,
         });
+        // Routes in force are part of each node's netmap record.
         {
-            // Routes in force are part of each node's netmap record.
-            let routes: Vec<_> = shared
-                .cluster()
-                .routes
-                .iter()
-                .map(|(id, r)| (*id, r.active()))
-                .collect();
-            let mut reg = shared.write();
-            for (id, active) in routes {
-                reg.update(id, |p| p.routes = active);
-            }
+            // Lock order: configuration, then registry.
+            let cfg = shared.cluster();
+            refresh_routes(&mut shared.write(), &cfg);
         }
         shared.recompile();
         let nodes = shared.read().len();

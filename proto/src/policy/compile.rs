@@ -33,6 +33,24 @@ pub struct ClusterNode {
     pub routes: Vec<Cidr>,
 }
 
+impl Policy {
+    /// Whether `routes:` approves route `route` advertised by `node`: a
+    /// prefix holding it lists a selector matching the node (`*`, its tag,
+    /// its name, or a `cidr:` holding its subnet).
+    pub fn approves_route(&self, route: &Cidr, node: &ClusterNode) -> bool {
+        self.routes.iter().any(|(prefix, sels)| {
+            prefix.contains_cidr(route)
+                && sels.iter().any(|s| match s {
+                    Selector::Any => true,
+                    Selector::Tag(t) => node.tags.contains(t),
+                    Selector::Host(h) => &node.name == h,
+                    Selector::Cidr(c) => c.contains_cidr(&Cidr::from(node.subnet)),
+                    _ => false,
+                })
+        })
+    }
+}
+
 impl ClusterNode {
     /// Whether `ip` is this host's: in its subnet or one of its routes.
     pub fn owns(&self, ip: IpAddr) -> bool {

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use super::cidr::Cidr;
 use super::ports::{parse_test_port, PortSpec};
 use super::selector::Selector;
 use super::Action;
@@ -21,6 +22,10 @@ pub struct Policy {
     pub groups: BTreeMap<String, Vec<Selector>>,
     pub rules: Vec<Rule>,
     pub tests: Vec<PolicyTest>,
+    /// Routes approved by the policy: a route a host advertises inside one
+    /// of these prefixes is in force if the host matches one of its
+    /// selectors (no admin approval needed).
+    pub routes: Vec<(Cidr, Vec<Selector>)>,
 }
 
 /// One `allow` or `deny` rule.
@@ -101,6 +106,8 @@ struct RawPolicy {
     rules: Vec<Spanned<RawRule>>,
     #[serde(default)]
     tests: Vec<Spanned<RawTest>>,
+    #[serde(default)]
+    routes: HashMap<Text, Vec<Text>>,
 }
 
 #[derive(Deserialize)]
@@ -290,6 +297,7 @@ impl Policy {
             groups: BTreeMap::new(),
             rules: Vec::new(),
             tests: Vec::new(),
+            routes: Vec::new(),
         }
     }
 
@@ -426,12 +434,30 @@ impl Policy {
             });
         }
 
+        let mut routes = Vec::new();
+        for (k, v) in &raw.routes {
+            let context = format!("routes `{}`", k.value.trim());
+            let sels = groups_view.selectors(v, &context, &mut errors);
+            match k.value.trim().parse::<Cidr>() {
+                Ok(c) => routes.push((c, sels)),
+                Err(e) => errors.push(PolicyError {
+                    line: line(k),
+                    message: format!(
+                        "`{}` under `routes:` is not an address range: {e}",
+                        k.value.trim()
+                    ),
+                }),
+            }
+        }
+        routes.sort();
+
         if errors.is_empty() {
             Ok(Policy {
                 default,
                 groups,
                 rules,
                 tests,
+                routes,
             })
         } else {
             errors.sort_by_key(|e| e.line);

@@ -17,6 +17,8 @@
 //!   - deny:  { from: [tag:dev], to: [service:billing] }
 //!   - allow: { from: ["*"], except: [tag:guest], to: [tag:web], ports: ["tcp/443"] }
 //!   - allow: { from: ["*"], to: ["*"], ports: ["icmp"] }
+//! routes:                  # routes approved by the policy
+//!   "10.20.0.0/16": [tag:gateway]
 //! tests:
 //!   - from: tag:web
 //!     to: tag:db:5432/tcp  # SELECTOR:PORT/PROTO, SELECTOR:icmp, or service:NAME
@@ -57,8 +59,10 @@
 //! - `except:` in a rule takes sources out of `from` (set subtraction on
 //!   addresses).
 //! - A host owns its subnet and the routes it advertised that were
-//!   approved: a `cidr:` destination inside an approved route compiles into
-//!   the advertising host's filter.
+//!   approved (by an admin, or by `routes:` when the host matches one of the
+//!   selectors of a prefix holding the route; see [`Policy::approves_route`]):
+//!   a `cidr:` destination inside an approved route compiles into the
+//!   advertising host's filter.
 //! - A service published with an allow list is reachable only from those
 //!   clients (and from its public gateway), whatever else allows: the
 //!   compiler adds a deny for everyone else.

@@ -761,3 +761,39 @@ fn a_service_allow_list_restricts_even_an_allow_all_cluster() {
     assert_eq!(decide(bill, host(1), svc, 6, 8080), Action::Deny);
     assert_eq!(decide(bill, host(2), svc, 6, 8080), Action::Allow);
 }
+
+#[test]
+fn routes_section_approves_by_host_and_tag() {
+    let p = parse(
+        "routes:\n  \"198.18.0.0/16\": [tag:dev, host:web1]\n  \"10.0.0.0/8\": [group:g]\ngroups:\n  g: [host:db1]\n",
+    );
+    let c = cluster();
+    let route = |s: &str| s.parse::<Cidr>().unwrap();
+    assert!(
+        p.approves_route(&route("198.18.50.0/24"), &c.nodes[3]),
+        "tag:dev"
+    );
+    assert!(
+        p.approves_route(&route("198.18.50.0/24"), &c.nodes[0]),
+        "host:web1"
+    );
+    assert!(!p.approves_route(&route("198.18.50.0/24"), &c.nodes[1]));
+    assert!(
+        !p.approves_route(&route("198.0.0.0/8"), &c.nodes[0]),
+        "wider than the prefix"
+    );
+    assert!(
+        p.approves_route(&route("10.1.0.0/16"), &c.nodes[2]),
+        "through a group"
+    );
+    let e = errors("routes:\n  \"10.0.0.1/8\": [tag:x]\n");
+    assert!(
+        e[0].starts_with("line 2:") && e[0].contains("host bits"),
+        "{e:?}"
+    );
+    let e = errors("routes:\n  \"10.0.0.0/8\": [team:x]\n");
+    assert!(
+        e[0].starts_with("line 2:") && e[0].contains("unknown selector kind"),
+        "{e:?}"
+    );
+}
