@@ -22,7 +22,9 @@
 #   UDP_STEPS=4       bisection steps of the loss-free UDP search (resolution 1/2^N)
 #   UDP_WINDOW=4M     iperf3 -w (socket buffers of the iperf3 ends) for the UDP runs
 #   BT_THREADS=$(nproc)  thread count of the "N threads" boringtun-cli run
-#   IMPLS="raw wireguard-go boringtun-1 boringtun-N weft"   what to measure
+#   IMPLS="raw wireguard-go boringtun-1 boringtun-N weft"   what to measure;
+#                     add "weft-filter" for weft with a policy's stateful inbound
+#                     filter in force (default deny, 32 rules; the cost of policy)
 #   BORINGTUN_ROOT=target/bench-tools   where `cargo install boringtun-cli` goes
 #   WEFT_BIN=         use this weft binary instead of `cargo build --release -p weft`
 set -euo pipefail
@@ -65,7 +67,7 @@ esac
 if [ -n "${WEFT_BIN:-}" ]; then
   WEFT="$WEFT_BIN"
 else
-  case " $IMPLS " in *" weft "*)
+  case " $IMPLS " in *" weft "*|*" weft-filter "*)
     echo "== cargo build --release -p weft"
     cargo build --release -q -p weft;;
   esac
@@ -109,6 +111,25 @@ stop_pid() {
   local keep=(); for q in "${pids[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done; pids=("${keep[@]}")
 }
 
+# The filter of "weft-filter": default deny; 30 rules about other addresses
+# and ports (so a new flow is checked against all of them), then an allow
+# for the tunnel's /24. Established flows pass through the flow table.
+write_filter() {
+  python3 - "$WORK/filter.json" <<'PY'
+import json, sys
+rules = []
+for i in range(30):
+    rules.append({"a": "deny" if i % 3 == 0 else "allow", "s": [f"100.64.{100 + i}.0/24"],
+                  "d": ["100.64.0.0/24"], "p": "tcp", "r": {"l": 10000 + i, "h": 10000 + i}, "o": i + 1})
+for n, p in enumerate(("tcp", "udp")):
+    rules.append({"a": "allow", "s": ["100.64.0.0/24"], "d": ["100.64.0.0/24"], "p": p,
+                  "r": {"l": 1, "h": 65535}, "o": 31 + n})
+rules.append({"a": "allow", "s": ["100.64.0.0/24"], "d": ["100.64.0.0/24"], "p": "icmp",
+              "r": {"l": 0, "h": 65535}, "o": 33})
+json.dump({"r": rules, "d": "deny"}, open(sys.argv[1], "w"))
+PY
+}
+
 # Start implementation $1 on both sides as interfaces $2 (in A) and $3 (in B).
 # Sets DPIDS. Returns non-zero if the interfaces never come up.
 start_impl() {
@@ -119,6 +140,7 @@ start_impl() {
     log="$WORK/$i.log"
     case "$impl" in
       weft)         ip netns exec "$ns" "$WEFT" wg "$i" 2>"$log" >&2 & ;;
+      weft-filter)  ip netns exec "$ns" "$WEFT" wg "$i" --filter-json "$WORK/filter.json" 2>"$log" >&2 & ;;
       wireguard-go) WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 LOG_LEVEL=error \
                       ip netns exec "$ns" wireguard-go -f "$i" >"$log" 2>&1 & ;;
       boringtun-1)  ip netns exec "$ns" "$BORINGTUN" "$i" --foreground --disable-drop-privileges \
@@ -251,6 +273,7 @@ measure() { # impl rep dst
 # --- run ---------------------------------------------------------------------
 echo "== weft data-plane benchmark: REPS=$REPS DURATION=${DURATION}s UDP_DURATION=${UDP_DURATION}s BT_THREADS=$BT_THREADS" >&2
 k=0
+case " $IMPLS " in *" weft-filter "*) write_filter;; esac
 for rep in $(seq "$REPS"); do
   for impl in $IMPLS; do
     if [ "$impl" = raw ]; then DPIDS=(); measure raw "$rep" 192.0.2.2; continue; fi
@@ -280,7 +303,8 @@ for impl, rep, metric, v in rows:
 def med(impl, m):
     xs = vals.get((impl, m)); return statistics.median(xs) if xs else None
 names = {"raw": "raw veth", "wireguard-go": "wireguard-go", "boringtun-1": "boringtun-cli, 1 thread",
-         "boringtun-N": f"boringtun-cli, {bt_n} threads", "weft": "weft"}
+         "boringtun-N": f"boringtun-cli, {bt_n} threads", "weft": "weft",
+         "weft-filter": "weft, policy filter in force"}
 metrics = [("tcp1", "TCP 1 stream (Gbit/s)", "{:.2f}"), ("tcp4", "TCP 4 streams (Gbit/s)", "{:.2f}"),
            ("udp", "UDP loss-free (Gbit/s)", "{:.2f}"), ("ping_idle", "ping idle (ms)", "{:.3f}"),
            ("ping_load", "ping under 1 TCP stream (ms)", "{:.3f}"),
@@ -301,6 +325,8 @@ refs = [("weft / wireguard-go", lambda m: med("wireguard-go", m)),
         ("weft / raw veth", lambda m: med("raw", m))]
 for label, ref in refs:
     print(f"| *{label}* | " + " | ".join(cell(ratio(med("weft", m), ref(m)), "{:.2f}") for m, _, _ in metrics) + " |")
+if "weft-filter" in impls:
+    print("| *weft with filter / weft* | " + " | ".join(cell(ratio(med("weft-filter", m), med("weft", m)), "{:.2f}") for m, _, _ in metrics) + " |")
 print()
 w = med("weft", "tcp1")
 others = {n: med(n, "tcp1") for n in ("wireguard-go", "boringtun-1", "boringtun-N")}

@@ -27,13 +27,33 @@ pub struct WgArgs {
     /// Disable TUN segmentation offloads (for debugging or old kernels).
     #[arg(long)]
     pub no_offload: bool,
+
+    /// Enforce a compiled inbound packet filter (JSON, the `filter` of a
+    /// netmap update), for benchmarks and debugging: cluster hosts get
+    /// theirs from the coordinator.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub filter_json: Option<PathBuf>,
 }
 
 pub fn run(args: WgArgs) -> anyhow::Result<()> {
     let mut opts = DeviceOptions::new(&args.interface);
     opts.mtu = args.mtu;
     opts.offload = !args.no_offload;
+    let filter = match &args.filter_json {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let f: weft_proto::policy::PacketFilter = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a packet filter", path.display()))?;
+            Some(f)
+        }
+        None => None,
+    };
     let device = Device::start(&opts)?;
+    if let Some(f) = filter {
+        tracing::info!(rules = f.rules.len(), default = %f.default, "inbound packet filter in force");
+        device.handle().set_filter(Some(f));
+    }
     let uapi = UapiServer::start(&args.socket_dir, device.handle())?;
     tracing::info!(
         interface = %args.interface,

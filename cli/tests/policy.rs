@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_tests::cluster::{Cluster, ClusterSpec, Container};
-use weft_tests::{
-    greet, ping_with, require_root, try_run, udp_echo, wait_for, Greeter, Lab, UdpEcho,
-};
+use weft_tests::{greet, ping_with, require_root, try_run, udp_echo, wait_for, Lab, Server};
 
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
@@ -138,11 +136,11 @@ fn policy_services_and_routes() {
         (&cc, 9000),
     ] {
         let name = format!("{}:{port}", ct.name);
-        servers.push(Greeter::start(&ct.ns, sa(ct.addr, port), &name).expect("greeter"));
+        servers.push(Server::greeter(&ct.ns, sa(ct.addr, port), &name).expect("greeter"));
     }
     let name = |ct: &Container, port: u16| format!("{}:{port}", ct.name);
-    let _echo_b = UdpEcho::start(&b.ns, sa(b.addr, 5353)).expect("udp echo");
-    let _echo_a = UdpEcho::start(&a1.ns, sa(a1.addr, 5353)).expect("udp echo");
+    let _echo_b = Server::udp_echo(&b.ns, sa(b.addr, 5353)).expect("udp echo");
+    let _echo_a = Server::udp_echo(&a1.ns, sa(a1.addr, 5353)).expect("udp echo");
 
     // No policy yet: the whole mesh talks.
     assert_eq!(c.admin(&["acl", "get"]).expect("acl get").trim(), "");
@@ -371,7 +369,7 @@ fn policy_services_and_routes() {
         id: legacy.clone(),
         addr: Ipv4Addr::new(198, 18, 200, 10),
     };
-    servers.push(Greeter::start(&legacy, sa(legacy_ct.addr, 5000), "legacy").expect("greeter"));
+    servers.push(Server::greeter(&legacy, sa(legacy_ct.addr, 5000), "legacy").expect("greeter"));
     try_run(&[
         &weft().to_string_lossy(),
         "route",

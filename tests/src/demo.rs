@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 use crate::cluster::{seen_source, Cluster, ClusterSpec};
-use crate::{Greeter, Lab, NatKind};
+use crate::{Lab, NatKind, Server};
 
 /// The NAT in front of each cloud of the demo: two easy NATs that filter
 /// differently and a symmetric one, so it shows LAN, direct and relayed
@@ -224,7 +224,7 @@ fn policy(lab: &Lab, cluster: &Cluster) -> anyhow::Result<()> {
         "\n== policy: service `web` in {} ({}:8080), reachable from cloud 1 only",
         web.name, web.addr
     );
-    let _server = Greeter::start(
+    let _server = Server::greeter(
         &web.ns,
         SocketAddr::new(IpAddr::V4(web.addr), 8080),
         "hello from web",

@@ -13,30 +13,30 @@ use anyhow::Context as _;
 
 use crate::cmd::in_netns;
 
-/// A greeting TCP server; stops when dropped.
-pub struct Greeter {
+/// A server thread in a namespace (a TCP greeter or a UDP echo); stops
+/// when dropped.
+pub struct Server {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    pub addr: SocketAddr,
-    pub greeting: String,
 }
 
-impl Greeter {
-    /// Listens on `addr` in namespace `ns`; each connection gets
-    /// `greeting` and a newline.
-    pub fn start(ns: &str, addr: SocketAddr, greeting: &str) -> anyhow::Result<Greeter> {
+impl Server {
+    /// Binds with `bind` inside `ns`, then calls `serve` (which should
+    /// return within ~50 ms) until dropped.
+    fn spawn<S: 'static>(
+        ns: &str,
+        what: String,
+        bind: impl FnOnce() -> std::io::Result<S> + Send + 'static,
+        mut serve: impl FnMut(&S) + Send + 'static,
+    ) -> anyhow::Result<Server> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
-        let line = format!("{greeting}\n");
         let flag = stop.clone();
         let thread = in_netns(ns, move || {
-            let l = match TcpListener::bind(addr).and_then(|l| {
-                l.set_nonblocking(true)?;
-                Ok(l)
-            }) {
-                Ok(l) => {
+            let s = match bind() {
+                Ok(s) => {
                     let _ = tx.send(Ok(()));
-                    l
+                    s
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e));
@@ -44,29 +44,54 @@ impl Greeter {
                 }
             };
             while !flag.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-                        let _ = s.write_all(line.as_bytes());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
+                serve(&s);
             }
         });
         rx.recv_timeout(Duration::from_secs(5))
-            .context("greeter thread did not start")?
-            .with_context(|| format!("bind {addr} in {ns}"))?;
-        Ok(Greeter {
+            .with_context(|| format!("{what}: server thread did not start"))?
+            .with_context(|| format!("{what}: bind in {ns}"))?;
+        Ok(Server {
             stop,
             thread: Some(thread),
-            addr,
-            greeting: greeting.to_string(),
+        })
+    }
+
+    /// A TCP server on `addr` in `ns` that answers each connection with
+    /// `greeting` and a newline.
+    pub fn greeter(ns: &str, addr: SocketAddr, greeting: &str) -> anyhow::Result<Server> {
+        let line = format!("{greeting}\n");
+        let bind = move || {
+            let l = TcpListener::bind(addr)?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        };
+        Server::spawn(ns, format!("TCP {addr}"), bind, move |l| match l.accept() {
+            Ok((mut s, _)) => {
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+                let _ = s.write_all(line.as_bytes());
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        })
+    }
+
+    /// A UDP server on `addr` in `ns` that echoes every datagram.
+    pub fn udp_echo(ns: &str, addr: SocketAddr) -> anyhow::Result<Server> {
+        let bind = move || {
+            let s = std::net::UdpSocket::bind(addr)?;
+            s.set_read_timeout(Some(Duration::from_millis(50)))?;
+            Ok(s)
+        };
+        let mut buf = [0u8; 2048];
+        Server::spawn(ns, format!("UDP {addr}"), bind, move |s| {
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..n], from);
+            }
         })
     }
 }
 
-impl Drop for Greeter {
+impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -96,58 +121,6 @@ pub fn greet(ns: &str, addr: SocketAddr, timeout: Duration) -> anyhow::Result<St
     })
     .join()
     .map_err(|_| anyhow::anyhow!("client thread panicked"))?
-}
-
-/// A UDP echo server; stops when dropped.
-pub struct UdpEcho {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl UdpEcho {
-    /// Echoes every datagram to `addr` in namespace `ns` back to its sender.
-    pub fn start(ns: &str, addr: SocketAddr) -> anyhow::Result<UdpEcho> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let flag = stop.clone();
-        let thread = in_netns(ns, move || {
-            let s = match std::net::UdpSocket::bind(addr).and_then(|s| {
-                s.set_read_timeout(Some(Duration::from_millis(50)))?;
-                Ok(s)
-            }) {
-                Ok(s) => {
-                    let _ = tx.send(Ok(()));
-                    s
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            let mut buf = [0u8; 2048];
-            while !flag.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = s.recv_from(&mut buf) {
-                    let _ = s.send_to(&buf[..n], from);
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(5))
-            .context("UDP echo thread did not start")?
-            .with_context(|| format!("bind UDP {addr} in {ns}"))?;
-        Ok(UdpEcho {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// Sends `msg` over UDP from namespace `ns` to `to` (up to 3 tries) and

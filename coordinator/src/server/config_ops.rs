@@ -279,6 +279,16 @@ fn route_problem(shared: &Shared, cidr: &Cidr) -> Option<String> {
     None
 }
 
+/// A node's route record (empty if it has none).
+fn routes_of(shared: &Shared, id: NodeId) -> RouteRecord {
+    shared
+        .cluster()
+        .routes
+        .get(&id)
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// Writes a node's route record and puts its routes in force.
 async fn save_routes(shared: &Shared, id: NodeId, rec: RouteRecord) -> Result<(), ErrorReply> {
     let bytes = encode(&rec);
@@ -316,12 +326,7 @@ pub(super) async fn route_approve(
     if let Some(problem) = route_problem(shared, &cidr) {
         return Err(bad(problem));
     }
-    let mut rec = shared
-        .cluster()
-        .routes
-        .get(&id)
-        .cloned()
-        .unwrap_or_default();
+    let mut rec = routes_of(shared, id);
     rec.approved.retain(|c| *c != cidr);
     if approve {
         rec.approved.push(cidr);
@@ -336,8 +341,8 @@ pub(super) async fn route_approve(
     })
 }
 
-/// A host's advertisement: stored; in force for the routes an admin
-/// approved.
+/// A host's advertisement: stored; in force for the routes approved by an
+/// admin or by the policy.
 pub(super) async fn advertise_routes(shared: &Shared, id: NodeId, mut routes: Vec<Cidr>) {
     routes.retain(|c| match route_problem(shared, c) {
         Some(p) => {
@@ -348,12 +353,7 @@ pub(super) async fn advertise_routes(shared: &Shared, id: NodeId, mut routes: Ve
     });
     routes.sort();
     routes.dedup();
-    let mut rec = shared
-        .cluster()
-        .routes
-        .get(&id)
-        .cloned()
-        .unwrap_or_default();
+    let mut rec = routes_of(shared, id);
     if rec.advertised == routes {
         return;
     }

@@ -120,14 +120,7 @@ impl HostView {
             .is_some_and(|s| Arc::ptr_eq(s, &view) || **s == *view);
         let mut update = match changes {
             Changes::None if !view_changed => return None,
-            Changes::None => Update {
-                from: self.version,
-                to: self.version,
-                full: false,
-                upserts: Vec::new(),
-                removed: Vec::new(),
-                view: None,
-            },
+            Changes::None => self.nothing(),
             Changes::Full { version, peers } => Update {
                 from: 0,
                 to: version,
