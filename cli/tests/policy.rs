@@ -118,7 +118,7 @@ fn policy_services_and_routes() {
         tag: Some("env:lab"),
         ..ClusterSpec::default()
     };
-    let c = Cluster::build(&lab, &weft(), spec).expect("cluster");
+    let mut c = Cluster::build(&lab, &weft(), spec).expect("cluster");
     let dir = lab.tempdir().to_path_buf();
     let a1 = c.hosts[0].containers[0].clone();
     let a2 = c.hosts[0].containers[1].clone();
@@ -415,5 +415,21 @@ fn policy_services_and_routes() {
     c.admin(&["acl", "test", &v1]).expect("acl test v1");
     let got = c.admin(&["acl", "get"]).expect("acl get");
     assert_eq!(got, v3, "acl test must not change the policy");
+
+    // With the coordinator down, a restarted agent enforces the policy it
+    // cached: allowed flows work again, denied ones stay denied.
+    c.stop_coordinator();
+    assert!(c.stop_agent(1), "c2-h1 did not stop cleanly");
+    c.up(1).expect("weft up without the coordinator");
+    wait_for(Duration::from_secs(15), "c1 to reach c2 again", || {
+        greet(&a1.ns, sa(b.addr, 8080), Duration::from_secs(1)).ok()
+    })
+    .expect("allowed flow after the restart");
+    denied(&a2, sa(b.addr, 8080));
+    denied(&cc, sa(b.addr, 7777));
+    assert!(
+        c.status(1).expect("status")["policy"]["active"] == true,
+        "the cached filter is in force"
+    );
     drop(servers);
 }

@@ -96,6 +96,32 @@ async fn policy_cuts_netmaps_refuses_bad_documents_and_survives_restarts() {
     wait_for(&mut a.session, wait, |s| names(s) == ["b"]).await;
     wait_for(&mut b.session, wait, |s| names(s) == ["a"]).await;
     wait_for(&mut c.session, wait, |s| s.netmap().is_empty()).await;
+    // The relay carries punches between peers only: b's reaches a, c's
+    // does not.
+    let mut a_in = a.session.take_datagrams().unwrap();
+    let punch = |to: u64| {
+        weft_proto::relay::Datagram::Punch {
+            node: weft_proto::NodeId(to),
+        }
+        .encode()
+    };
+    c.session.datagram_link().send(punch(a.node_id.0));
+    b.session.datagram_link().send(punch(a.node_id.0));
+    let got = tokio::time::timeout(Duration::from_secs(2), a_in.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        weft_proto::relay::Datagram::node(&got),
+        Some(b.node_id),
+        "the first datagram through the relay must be b's"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), a_in.next())
+            .await
+            .is_err(),
+        "c's punch must not reach a"
+    );
     let filter = b.session.netmap().filter().unwrap().clone();
     assert_eq!(filter.default, Action::Deny);
     assert_eq!(filter.rules.len(), 1);

@@ -175,13 +175,24 @@ async fn closed(rx: &mut Option<watch::Receiver<Option<u32>>>) -> u32 {
 }
 
 /// Forwards a datagram from host `from` (relayed WireGuard ciphertext or a
-/// punch) to the host it names, with the node id rewritten to the sender.
+/// punch) to the host it names if the two are peers, with the node id
+/// rewritten to the sender.
 /// Datagrams for hosts without a session are dropped, like packets to an
 /// unreachable address.
 fn forward(shared: &Shared, from: NodeId, mut bytes: Vec<u8>) {
     let Some(dst) = weft_proto::relay::Datagram::node(&bytes) else {
         return;
     };
+    // The relay carries nothing between hosts the policy keeps apart (they
+    // are not each other's peers).
+    let peers = shared
+        .compiled()
+        .nodes
+        .get(&from)
+        .is_some_and(|v| v.peers.contains(&dst));
+    if !peers {
+        return;
+    }
     let Some(link) = shared.sessions().get(&dst).map(|(_, l)| l.clone()) else {
         return;
     };

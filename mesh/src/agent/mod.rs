@@ -29,13 +29,12 @@ use weft_proto::Netmap;
 use x25519_dalek::StaticSecret;
 
 use crate::control::{ControlClient, ControlError};
-use crate::dataplane::{Device, DeviceError, DeviceHandle, DeviceOptions, DEFAULT_MTU};
+use crate::dataplane::{Device, DeviceError, DeviceOptions, DEFAULT_MTU};
 use crate::key::Key;
 use crate::uapi::protocol::DeviceUpdate;
 use crate::uapi::server::{UapiServer, SOCKET_DIR};
 use host_net::HostNetwork;
 use state::{Identity, NetworkFile, StateDir, StateError};
-use status::{CoordinatorStatus, HostStatus, PeerStatus, Status};
 
 /// The default TUN interface name.
 pub const DEFAULT_INTERFACE: &str = "weft0";
@@ -176,93 +175,6 @@ impl Shared {
         }
         v.connected = false;
         v.last_error = Some(error);
-    }
-
-    /// The status `weft status` shows.
-    pub fn status(&self, handle: &DeviceHandle) -> Status {
-        let snap = handle.snapshot();
-        let netmap = self.netmap();
-        let v = self.view();
-        let id = &v.identity;
-        let peers = netmap
-            .peers()
-            .map(|p| {
-                let key = Key(p.public_key.0);
-                let live = snap.peers.iter().find(|s| s.public_key == key);
-                let path = self.traversal.path(p.id);
-                PeerStatus {
-                    path: path.as_ref().map(|p| p.kind.to_string()),
-                    path_rtt_ms: path.as_ref().and_then(|p| p.rtt_ms),
-                    relay_reason: path.as_ref().and_then(|p| p.reason.clone()),
-                    direct_after_secs: path.as_ref().and_then(|p| p.direct_after_secs),
-                    name: p.name.clone(),
-                    node_id: p.id.0,
-                    subnet: p.subnet.to_string(),
-                    public_key: key.to_base64(),
-                    endpoint: live
-                        .and_then(|s| s.endpoint)
-                        .filter(|e| crate::dataplane::hooks::relay_node(e).is_none())
-                        .map(|e| e.to_string()),
-                    last_handshake_secs: live
-                        .and_then(|s| s.last_handshake)
-                        .map(status::secs_since),
-                    rx_bytes: live.map_or(0, |s| s.rx_bytes),
-                    tx_bytes: live.map_or(0, |s| s.tx_bytes),
-                    online: p.online,
-                }
-            })
-            .collect();
-        let c = handle.counters();
-        let (services, dns) = {
-            let s = lock(&self.services);
-            (s.entries().to_vec(), s.dns_up())
-        };
-        Status {
-            host: HostStatus {
-                name: id.name.clone(),
-                node_id: id.node_id.0,
-                address: id.subnet.host_addr().to_string(),
-                subnet: id.subnet.to_string(),
-                pool: id.pool.to_string(),
-                interface: id.interface.clone(),
-                bridge: self.bridge.clone(),
-                listen_port: snap.listen_port,
-                public_key: self.public_key.public_from_private().to_base64(),
-                endpoints: v.endpoints.iter().map(ToString::to_string).collect(),
-            },
-            coordinator: CoordinatorStatus {
-                addrs: id.coordinator.addrs.clone(),
-                connected: v.connected,
-                since_secs: v.since.elapsed().as_secs(),
-                last_error: v.last_error.clone(),
-                netmap_version: netmap.version(),
-            },
-            peers,
-            drops: vec![
-                ("tx_no_route".into(), c.tx_no_route),
-                ("tx_no_endpoint".into(), c.tx_no_endpoint),
-                ("tx_malformed".into(), c.tx_malformed),
-                ("tx_send_errors".into(), c.tx_send_errors),
-                ("rx_invalid".into(), c.rx_invalid),
-                ("rx_unknown_peer".into(), c.rx_unknown_peer),
-                ("rx_src_not_allowed".into(), c.rx_src_not_allowed),
-            ],
-            policy: handle.filter_stats(),
-            services,
-            dns,
-            domain: id.domain.clone(),
-            routes: netmap
-                .peers()
-                .flat_map(|p| p.routes.iter().map(move |r| format!("{r} via {}", p.name)))
-                .collect(),
-            advertised: self
-                .state
-                .advertised_routes()
-                .unwrap_or_default()
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-        }
     }
 }
 

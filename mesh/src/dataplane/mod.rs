@@ -325,6 +325,26 @@ impl DeviceHandle {
         }
     }
 
+    /// Points peer `key` at `endpoint` only if it has none (a peer just
+    /// added); false if there is no such peer.
+    pub fn set_endpoint_if_unset(
+        &self,
+        key: &crate::key::Key,
+        endpoint: std::net::SocketAddr,
+    ) -> bool {
+        let table = self.shared.table.load();
+        match table.by_key.get(key) {
+            Some(peer) => {
+                let mut st = peer.state();
+                if st.endpoint.is_none() {
+                    st.endpoint = Some(udp::canonical(endpoint));
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.shared.stopping.load(Ordering::SeqCst)
     }

@@ -501,9 +501,18 @@ impl Engine {
             entry.candidates.retain(|_, c| {
                 c.from_netmap || c.last_pong.is_some_and(|t| t.elapsed() < DEAD_AFTER)
             });
-            if entry.current.is_none() {
+            match entry.current {
                 // Until a direct path answers, traffic goes through the relay.
-                self.handle.set_endpoint(&key, relay_endpoint(p.id.0));
+                None => {
+                    self.handle.set_endpoint(&key, relay_endpoint(p.id.0));
+                }
+                // A peer the data plane dropped and added again (a policy
+                // change can do that between two looks at the netmap)
+                // comes back without an endpoint: give it the path in use.
+                // One that has an endpoint keeps it (it may have roamed).
+                Some(ep) => {
+                    self.handle.set_endpoint_if_unset(&key, ep);
+                }
             }
         }
         self.peers.retain(|id, _| keep.contains(id));
@@ -598,7 +607,11 @@ impl Engine {
         };
         if next != peer.current {
             let target = next.unwrap_or_else(|| relay_endpoint(node.0));
-            self.handle.set_endpoint(&peer.key, target);
+            if !self.handle.set_endpoint(&peer.key, target) {
+                // The data plane has no such peer (yet): keep the old
+                // choice so the next evaluation tries again.
+                return;
+            }
             match next {
                 Some(a) => {
                     if peer.direct_after.is_none() {
