@@ -406,14 +406,28 @@ fn server_config(identity: &state::Identity) -> Result<quinn::ServerConfig, Coor
 /// Gathers changes for `window`, then publishes the version to every
 /// session. With many sessions the window grows (to at most 50 ms) so a burst
 /// of changes, such as a join storm, costs each host fewer messages.
+///
+/// When nodes joined or left, the views are compiled again first (in a
+/// blocking thread: it is O(hosts²) bits). During a join storm that is at
+/// most once per window, and never more than a fifth of the time: after a
+/// compilation that took `t`, the next waits until `4 t` has passed.
 async fn coalesce(shared: Arc<Shared>, window: Duration) {
+    let mut compiled_at = std::time::Instant::now();
+    let mut compile_took = Duration::ZERO;
     loop {
         shared.changed.notified().await;
         let sessions = shared.sessions().len() as u64;
         let scaled = window.max(Duration::from_micros(sessions * 10));
         tokio::time::sleep(scaled.min(MAX_COALESCE.max(window))).await;
-        if shared.membership_changed.swap(false, Ordering::AcqRel) {
-            shared.recompile();
+        if shared.membership_changed.load(Ordering::Acquire) {
+            let rest = (compile_took * 4).saturating_sub(compiled_at.elapsed());
+            tokio::time::sleep(rest).await;
+            shared.membership_changed.store(false, Ordering::Release);
+            let t = std::time::Instant::now();
+            let s = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || s.recompile()).await;
+            compile_took = t.elapsed();
+            compiled_at = std::time::Instant::now();
         }
         let v = shared.read().version();
         shared.published.send_replace(v);

@@ -87,12 +87,18 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
         let mut first = true;
         loop {
             match host.next(&shared) {
-                Some(update) => send_update(&mut send, shared.epoch, &update).await?,
-                // The host waits for one update to finish connecting.
-                None if first => send_update(&mut send, shared.epoch, &host.nothing()).await?,
+                Some(update) => {
+                    send_update(&mut send, shared.epoch, &update).await?;
+                    first = false;
+                }
+                // The host waits for one update to finish connecting: a
+                // resume that is current gets an empty one.
+                None if first && host.ready(&shared) => {
+                    send_update(&mut send, shared.epoch, &host.nothing()).await?;
+                    first = false;
+                }
                 None => {}
             }
-            first = false;
             loop {
                 tokio::select! {
                     r = published.changed() => {

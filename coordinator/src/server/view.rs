@@ -16,7 +16,7 @@ use weft_proto::policy::PacketFilter;
 use weft_proto::{codec, NodeId, Peer, ServiceEntry};
 
 use super::conn::ConnError;
-use super::{Serialize, Shared, PEERS_PER_CHUNK};
+use super::{Ordering, Serialize, Shared, PEERS_PER_CHUNK};
 use crate::cluster::NodeView;
 use crate::registry::Changes;
 
@@ -103,15 +103,21 @@ impl HostView {
         }
     }
 
-    /// What the host needs now, or `None` if it is up to date.
+    /// Whether the host's view is compiled (a host that just joined waits
+    /// for the coalescer's next compilation).
+    pub(super) fn ready(&self, shared: &Shared) -> bool {
+        shared.compiled().nodes.contains_key(&self.id)
+    }
+
+    /// What the host needs now, or `None` if it is up to date (or its view
+    /// is not compiled yet).
     pub(super) fn next(&mut self, shared: &Shared) -> Option<Update> {
-        let mut view = shared.compiled().nodes.get(&self.id).cloned();
-        if view.is_none() {
-            // Joined since the last compilation.
-            shared.recompile();
-            view = shared.compiled().nodes.get(&self.id).cloned();
-        }
-        let view = view?;
+        let Some(view) = shared.compiled().nodes.get(&self.id).cloned() else {
+            // Joined since the last compilation: ask for one.
+            shared.membership_changed.store(true, Ordering::Release);
+            shared.changed.notify_one();
+            return None;
+        };
         let reg = shared.read();
         let changes = reg.changes_since(self.epoch, self.version, self.id);
         let view_changed = !self
