@@ -34,7 +34,8 @@ enum ServiceCommand {
         /// PORT/tcp or PORT/udp (tcp if omitted).
         #[arg(long, value_parser = parse_port)]
         port: (u16, Proto),
-        /// The address it listens on, if not the node's own (a container's).
+        /// The address it listens on, if not the node's own: a container's,
+        /// or a system's on a network the node routes (`weft route`).
         #[arg(long)]
         addr: Option<IpAddr>,
         /// Clients allowed (selector: tag:T, host:H, group:G, cidr:C, *).

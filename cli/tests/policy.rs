@@ -67,6 +67,11 @@ fn wait_peers(c: &Cluster, i: usize, want: &[&str]) {
     }
 }
 
+/// `getent hosts NAME` in namespace `ns` (its resolver per `Lab::resolver`).
+fn lookup_in(ns: &str, name: &str) -> anyhow::Result<String> {
+    try_run(&["ip", "netns", "exec", ns, "getent", "hosts", name])
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("write policy file");
@@ -305,17 +310,7 @@ fn policy_services_and_routes() {
     );
     let gw_b = c.host_addr(1).expect("address").to_string();
     lab.resolver(&b.ns, &gw_b).expect("resolver");
-    let lookup = |ns: &str| {
-        try_run(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "getent",
-            "hosts",
-            "web.weft.internal",
-        ])
-    };
+    let lookup = |ns: &str| lookup_in(ns, "web.weft.internal");
     let resolved = wait_for(
         Duration::from_secs(5),
         "web.weft.internal to resolve",
@@ -401,6 +396,26 @@ fn policy_services_and_routes() {
     .expect("route");
     allowed(&a1, sa(legacy_ct.addr, 5000), "legacy");
     denied(&cc, sa(legacy_ct.addr, 5000));
+    // The legacy system gets a name too.
+    c.admin(&[
+        "service",
+        "expose",
+        "legacy",
+        "--node",
+        "c2-h1",
+        "--addr",
+        "198.18.200.10",
+        "--port",
+        "5000",
+    ])
+    .expect("expose the legacy system");
+    lab.resolver(&a1.ns, &c.host_addr(0).expect("address").to_string())
+        .expect("resolver");
+    let legacy_name = wait_for(Duration::from_secs(5), "legacy.weft.internal", || {
+        lookup_in(&a1.ns, "legacy.weft.internal").ok()
+    })
+    .expect("legacy name");
+    assert!(legacy_name.contains("198.18.200.10"), "{legacy_name}");
     let routes = c.admin(&["route", "list"]).expect("route list");
     assert!(
         routes.contains("c2-h1") && routes.contains("198.18.200.0/24"),

@@ -155,7 +155,7 @@ async fn policy_cuts_netmaps_refuses_bad_documents_and_survives_restarts() {
         ..svc.clone()
     };
     let e = admin_err(&h, AdminCommand::ServiceExpose(bad)).await;
-    assert!(e.contains("not in node b's subnet"), "{e}");
+    assert!(e.contains("is not in node b's subnet"), "{e}");
     let e = admin_err(
         &h,
         AdminCommand::ServiceExpose(ServiceInfo {

@@ -155,15 +155,15 @@ pub(super) async fn service_expose(
     s.node = node_name(shared, &s.node)?;
     if let Some(addr) = s.addr {
         let reg = shared.read();
-        let subnet = reg
-            .by_name(&s.node)
-            .and_then(|id| reg.get(id))
-            .map(|p| p.subnet);
-        if let Some(subnet) = subnet {
-            if !Cidr::from(subnet).contains(addr) {
+        if let Some(p) = reg.by_name(&s.node).and_then(|id| reg.get(id)) {
+            // A container on the node, or a system on a network the node
+            // routes for the mesh.
+            let inside =
+                Cidr::from(p.subnet).contains(addr) || p.routes.iter().any(|r| r.contains(addr));
+            if !inside {
                 return Err(bad(format!(
-                    "{addr} is not in node {}'s subnet {subnet}; give a container address on that node, or leave out --addr",
-                    s.node
+                    "{addr} is not in node {}'s subnet {} nor in a route in force through it; give a container address on that node, an address in one of its approved routes, or leave out --addr",
+                    s.node, p.subnet
                 )));
             }
         }
