@@ -87,7 +87,8 @@ impl Lab {
     fn write_network(&self) {
         let net = json!({
             "subnet": SUBNET, "gateway": GATEWAY, "pool": "100.64.0.0/10",
-            "bridge": "weftbr0", "mtu": 1420, "domain": "weft.internal"
+            "bridge": "weftbr0", "mtu": 1420, "domain": "weft.internal",
+            "upstream_dns": ["192.0.2.53"]
         });
         std::fs::write(self.state.join("network.json"), net.to_string()).unwrap();
     }
@@ -248,6 +249,7 @@ fn add_check_del_through_the_reference_plugins() {
     // Services resolve through the gateway's DNS responder.
     assert_eq!(result["dns"]["nameservers"][0], GATEWAY, "{result}");
     assert_eq!(result["dns"]["search"][0], "weft.internal", "{result}");
+    assert_eq!(result["dns"]["nameservers"][1], "192.0.2.53", "{result}");
     let ip1 = address(&result);
     assert!(
         eth0(&c1).contains(&format!("inet {ip1}/24")),

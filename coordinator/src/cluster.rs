@@ -54,11 +54,22 @@ impl RouteRecord {
 pub fn refresh_routes(reg: &mut Registry, cfg: &ClusterConfig) -> bool {
     let policy = cfg.policy.as_ref().map(|(_, p)| p);
     let mut changed = false;
+    // A network is routed through one host only: where approvals overlap,
+    // the node with the lowest id keeps it (deterministic on every host).
+    let mut taken: Vec<(Cidr, NodeId)> = Vec::new();
     for (id, rec) in &cfg.routes {
         let Some(node) = reg.get(*id).map(|p| cluster_node(p)) else {
             continue;
         };
-        let active = rec.active(policy, Some(&node));
+        let mut active = rec.active(policy, Some(&node));
+        active.retain(|c| match taken.iter().find(|(t, _)| t.overlaps(c)) {
+            Some((t, owner)) => {
+                tracing::warn!(node = %id, route = %c, %owner, taken = %t, "route not in force: it overlaps a route through another node");
+                false
+            }
+            None => true,
+        });
+        taken.extend(active.iter().map(|c| (*c, *id)));
         changed |= reg.update(*id, |p| p.routes = active);
     }
     changed

@@ -184,6 +184,23 @@ async fn policy_cuts_netmaps_refuses_bad_documents_and_survives_restarts() {
     })
     .await
     .unwrap();
+    // A network goes through one host; every host's own ranges stay local.
+    for (node, cidr, why) in [
+        ("b", "198.18.200.128/25", "overlaps a route through a"),
+        ("b", "169.254.0.0/16", "link-local"),
+        ("b", "127.0.0.0/8", "loopback"),
+    ] {
+        let e = admin_err(
+            &h,
+            AdminCommand::RouteApprove {
+                node: node.into(),
+                cidr: cidr.parse().unwrap(),
+                approve: true,
+            },
+        )
+        .await;
+        assert!(e.contains(why), "{cidr}: {e}");
+    }
 
     // The policy's `routes:` approves what b advertises inside its prefix;
     // a sees the route on b.
@@ -259,4 +276,18 @@ async fn policy_cuts_netmaps_refuses_bad_documents_and_survives_restarts() {
         "the view in force must resume with a delta"
     );
     assert_eq!(names(&resumed), ["b"]);
+
+    // A removed node takes its services and routes with it: a new host
+    // joining under the same name inherits nothing.
+    h.admin(AdminCommand::NodeRemove { node: "b".into() })
+        .await
+        .unwrap();
+    match h.admin(AdminCommand::ServiceList).await.unwrap() {
+        AdminReply::Services(s) => assert!(s.is_empty(), "{s:?}"),
+        other => panic!("{other:?}"),
+    }
+    match h.admin(AdminCommand::RouteList).await.unwrap() {
+        AdminReply::Routes(r) => assert!(r.iter().all(|r| r.node != "b"), "{r:?}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -110,6 +110,8 @@ pub struct HostNetwork {
     /// The cluster's DNS domain: containers get the gateway as nameserver
     /// and this as search domain, so services resolve by bare name.
     pub domain: Option<String>,
+    /// The host's resolvers, listed after the gateway for other names.
+    pub upstream_dns: Vec<IpAddr>,
 }
 
 impl HostNetwork {
@@ -163,12 +165,18 @@ impl HostNetwork {
             .and_then(Value::as_str)
             .filter(|d| !d.is_empty())
             .map(str::to_string);
+        let upstream_dns = obj
+            .get("upstream_dns")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).collect())
+            .unwrap_or_default();
         Ok(Self {
             subnet,
             gateway,
             bridge: bridge.to_string(),
             mtu,
             domain,
+            upstream_dns,
         })
     }
 }
@@ -206,8 +214,12 @@ pub fn bridge_config(conf: &NetConf, net: &HostNetwork) -> Value {
     if let Some(domain) = &net.domain {
         // The bridge plugin returns this in its result; runtimes write the
         // container's resolv.conf from it.
+        // The gateway first (it answers the cluster's names and refuses
+        // others, so resolvers move on), then the host's own.
+        let mut servers = vec![net.gateway.to_string()];
+        servers.extend(net.upstream_dns.iter().map(ToString::to_string));
         v["dns"] = json!({
-            "nameservers": [net.gateway.to_string()],
+            "nameservers": servers,
             "search": [domain],
         });
     }
@@ -232,6 +244,7 @@ pub fn release_only_config(conf: &NetConf) -> Value {
         bridge: "weftbr0".into(),
         mtu: 1420,
         domain: None,
+        upstream_dns: Vec::new(),
     };
     bridge_config(conf, &placeholder)
 }

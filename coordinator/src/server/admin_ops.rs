@@ -148,5 +148,6 @@ pub(super) async fn remove_node(shared: &Shared, selector: &str) -> Result<Admin
         conn.close(CLOSE_REMOVED, b"node removed by an admin");
     }
     info!(node = %id, name = %rec.name, subnet = %rec.subnet, "node removed");
+    config_ops::forget_node(shared, id, &rec.name).await;
     Ok(AdminReply::NodeRemoved { id, name: rec.name })
 }

@@ -10,6 +10,9 @@ use super::*;
 use crate::cluster::{self, RouteRecord};
 use crate::store::{encode, internal};
 
+/// Most routes one host may advertise.
+const MAX_ROUTES: usize = 64;
+
 fn bad(message: impl Into<String>) -> ErrorReply {
     refuse(ErrorCode::BadRequest, message)
 }
@@ -52,6 +55,7 @@ pub(super) fn acl_test(shared: &Shared, text: &str) -> Result<AdminReply, ErrorR
 }
 
 pub(super) async fn acl_set(shared: &Shared, text: String) -> Result<AdminReply, ErrorReply> {
+    let _change = shared.config_change.lock().await;
     let (policy, tests) = check_policy(shared, &text)?;
     let version = shared
         .cluster()
@@ -140,6 +144,7 @@ pub(super) async fn service_expose(
     shared: &Shared,
     mut s: ServiceInfo,
 ) -> Result<AdminReply, ErrorReply> {
+    let _change = shared.config_change.lock().await;
     s.name = s.name.to_ascii_lowercase();
     if !valid_name(&s.name) {
         return Err(bad(format!(
@@ -190,8 +195,24 @@ pub(super) async fn service_expose(
         if s.proto != Proto::Tcp {
             return Err(bad("--public forwards TCP; the service must be tcp"));
         }
-        let gw = s.gateway.clone().unwrap_or_else(|| s.node.clone());
-        s.gateway = Some(node_name(shared, &gw)?);
+        let gw = node_name(shared, s.gateway.as_deref().unwrap_or(&s.node))?;
+        let clash = shared
+            .cluster()
+            .services
+            .values()
+            .find(|o| {
+                o.name != s.name
+                    && o.public == s.public
+                    && o.gateway.as_deref().unwrap_or(&o.node) == gw
+            })
+            .map(|o| o.name.clone());
+        if let Some(other) = clash {
+            return Err(bad(format!(
+                "{gw} already forwards public port {} to service {other}; pick another --public port",
+                s.public.unwrap_or_default()
+            )));
+        }
+        s.gateway = Some(gw);
     } else if s.gateway.is_some() {
         return Err(bad(
             "--via names the host of a public port; add --public PORT",
@@ -224,6 +245,7 @@ pub(super) async fn service_remove(
     shared: &Shared,
     name: String,
 ) -> Result<AdminReply, ErrorReply> {
+    let _change = shared.config_change.lock().await;
     let name = name.to_ascii_lowercase();
     if !shared.cluster().services.contains_key(&name) {
         return Err(refuse(
@@ -276,7 +298,44 @@ fn route_problem(shared: &Shared, cidr: &Cidr) -> Option<String> {
             "{cidr} is every address; weft does not route default routes through a host"
         ));
     }
+    // Networks every host has for itself: routing them into the mesh would
+    // take them away from every host.
+    const LOCAL: [(&str, &str); 6] = [
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("224.0.0.0/4", "multicast"),
+        ("::1/128", "loopback"),
+        ("fe80::/10", "link-local"),
+        ("ff00::/8", "multicast"),
+    ];
+    for (net, what) in LOCAL {
+        if net.parse::<Cidr>().is_ok_and(|n| n.overlaps(cidr)) {
+            return Some(format!(
+                "{cidr} overlaps {what} addresses ({net}); every host needs those for itself"
+            ));
+        }
+    }
     None
+}
+
+/// The node (other than `id`) a route overlapping `cidr` already goes
+/// through, if any.
+fn routed_elsewhere(shared: &Shared, id: NodeId, cidr: &Cidr) -> Option<String> {
+    let cfg = shared.cluster();
+    let reg = shared.read();
+    cfg.routes
+        .iter()
+        .filter(|(other, _)| **other != id)
+        .find(|(other, r)| {
+            r.approved.iter().any(|c| c.overlaps(cidr))
+                || reg
+                    .get(**other)
+                    .is_some_and(|p| p.routes.iter().any(|c| c.overlaps(cidr)))
+        })
+        .map(|(other, _)| {
+            reg.get(*other)
+                .map_or_else(|| other.to_string(), |p| p.name.clone())
+        })
 }
 
 /// A node's route record (empty if it has none).
@@ -316,6 +375,7 @@ pub(super) async fn route_approve(
     cidr: Cidr,
     approve: bool,
 ) -> Result<AdminReply, ErrorReply> {
+    let _change = shared.config_change.lock().await;
     let name = node_name(shared, node)?;
     let Some(id) = shared.read().by_name(&name) else {
         return Err(refuse(
@@ -325,6 +385,13 @@ pub(super) async fn route_approve(
     };
     if let Some(problem) = route_problem(shared, &cidr) {
         return Err(bad(problem));
+    }
+    if approve {
+        if let Some(other) = routed_elsewhere(shared, id, &cidr) {
+            return Err(bad(format!(
+                "{cidr} overlaps a route through {other}; a network goes through one host (revoke it there first with `weft route revoke --node {other} CIDR`)"
+            )));
+        }
     }
     let mut rec = routes_of(shared, id);
     rec.approved.retain(|c| *c != cidr);
@@ -344,6 +411,7 @@ pub(super) async fn route_approve(
 /// A host's advertisement: stored; in force for the routes approved by an
 /// admin or by the policy.
 pub(super) async fn advertise_routes(shared: &Shared, id: NodeId, mut routes: Vec<Cidr>) {
+    let _change = shared.config_change.lock().await;
     routes.retain(|c| match route_problem(shared, c) {
         Some(p) => {
             warn!(node = %id, "advertised route ignored: {p}");
@@ -353,6 +421,10 @@ pub(super) async fn advertise_routes(shared: &Shared, id: NodeId, mut routes: Ve
     });
     routes.sort();
     routes.dedup();
+    if routes.len() > MAX_ROUTES {
+        warn!(node = %id, advertised = routes.len(), "too many advertised routes; keeping the first {MAX_ROUTES}");
+        routes.truncate(MAX_ROUTES);
+    }
     let mut rec = routes_of(shared, id);
     if rec.advertised == routes {
         return;
@@ -360,5 +432,50 @@ pub(super) async fn advertise_routes(shared: &Shared, id: NodeId, mut routes: Ve
     rec.advertised = routes;
     if let Err(e) = save_routes(shared, id, rec).await {
         warn!(node = %id, error = %e.message, "could not save advertised routes");
+    }
+}
+
+/// Drops what belonged to a removed node: the services it ran or forwarded
+/// a public port for, and its routes. A new host that takes the same name
+/// must not inherit them.
+pub(super) async fn forget_node(shared: &Shared, id: NodeId, name: &str) {
+    let _change = shared.config_change.lock().await;
+    let services: Vec<String> = shared
+        .cluster()
+        .services
+        .values()
+        .filter(|s| s.node == name || s.gateway.as_deref() == Some(name))
+        .map(|s| s.name.clone())
+        .collect();
+    let had_routes = shared.cluster().routes.contains_key(&id);
+    if services.is_empty() && !had_routes {
+        return;
+    }
+    let keys = services.clone();
+    let saved = shared
+        .store
+        .write(Box::new(move |txn| {
+            let mut t = txn.open_table(cluster::SERVICES)?;
+            for k in &keys {
+                t.remove(k.as_str())?;
+            }
+            txn.open_table(cluster::ROUTES)?.remove(id.0)?;
+            Ok(Ok(()))
+        }))
+        .await;
+    if let Err(e) = saved {
+        warn!(node = %id, error = %e.message, "could not drop the removed node's services and routes");
+        return;
+    }
+    {
+        let mut cfg = shared.cluster_mut();
+        for k in &services {
+            cfg.services.remove(k);
+        }
+        cfg.routes.remove(&id);
+    }
+    shared.reconfigure();
+    if !services.is_empty() {
+        info!(node = %name, services = %services.join(","), "services of a removed node removed");
     }
 }

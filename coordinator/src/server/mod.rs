@@ -76,6 +76,11 @@ struct Shared {
     compiled: RwLock<Arc<Compiled>>,
     /// Set when nodes joined or left, so the views must be compiled again.
     membership_changed: Arc<AtomicBool>,
+    /// Held for a whole compilation (see [`Shared::recompile`]).
+    compiling: Mutex<()>,
+    /// Serializes read-modify-write changes of `cluster` (admin commands and
+    /// route advertisements), which await the store in between.
+    config_change: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -103,12 +108,13 @@ impl Shared {
     /// policy, service, route or membership change (milliseconds at 1,000
     /// hosts). Sessions see the new views when next woken.
     fn recompile(&self) {
-        let compiled = {
-            let cfg = self.cluster();
-            let mut reg = self.write();
-            reg.bump();
-            Arc::new(compile_views(&reg, &cfg))
-        };
+        // One compilation at a time, each reading the configuration when it
+        // starts: an older one can never replace a newer one.
+        let _one = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
+        let cfg = self.cluster();
+        self.write().bump();
+        let compiled = Arc::new(compile_views(&self.read(), &cfg));
+        drop(cfg);
         *self.compiled.write().unwrap_or_else(|p| p.into_inner()) = compiled;
     }
 
@@ -231,6 +237,8 @@ impl Coordinator {
             cluster: RwLock::new(opened.cluster),
             compiled: RwLock::new(Arc::new(Compiled::default())),
             membership_changed,
+            compiling: Mutex::new(()),
+            config_change: tokio::sync::Mutex::new(()),
         });
         // Routes in force are part of each node's netmap record.
         {

@@ -106,6 +106,11 @@ impl HostNetwork {
     }
 }
 
+/// The metric of routes through the mesh: a host's own routes to the same
+/// network (connected, DHCP, static: usually metric 0-600) win, so a route
+/// another host advertises never takes a network away from this one.
+const MESH_ROUTE_METRIC: &str = "5000";
+
 /// Kernel routes for the networks other hosts advertise (approved routes):
 /// each goes into the TUN, like the pool. They go away with the TUN.
 #[derive(Debug)]
@@ -127,8 +132,19 @@ impl MeshRoutes {
     /// Routes exactly `wanted` into the TUN, adding and removing the
     /// difference. Failures are logged; a later call retries them.
     pub fn sync(&mut self, wanted: BTreeSet<Cidr>) {
+        if wanted == self.applied {
+            return;
+        }
         for gone in self.applied.difference(&wanted) {
-            let _ = ip(&["route", "del", &gone.to_string(), "dev", &self.interface]);
+            let _ = ip(&[
+                "route",
+                "del",
+                &gone.to_string(),
+                "dev",
+                &self.interface,
+                "metric",
+                MESH_ROUTE_METRIC,
+            ]);
             tracing::info!(route = %gone, "route through the mesh removed");
         }
         let mut applied = BTreeSet::new();
@@ -136,7 +152,13 @@ impl MeshRoutes {
             let mut args = vec!["route", "replace"];
             let dst = r.to_string();
             let src = self.gateway.to_string();
-            args.extend([dst.as_str(), "dev", self.interface.as_str()]);
+            args.extend([
+                dst.as_str(),
+                "dev",
+                self.interface.as_str(),
+                "metric",
+                MESH_ROUTE_METRIC,
+            ]);
             if r.addr().is_ipv4() {
                 args.extend(["src", src.as_str()]);
             }

@@ -402,6 +402,9 @@ pub async fn run(
         bridge: config.bridge.clone(),
         mtu: config.mtu,
         domain: identity.domain.clone(),
+        upstream_dns: state::upstream_resolvers(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        ),
     })?;
     let mut applier = control_loop::Applier::new(host_net::MeshRoutes::new(
         &interface,

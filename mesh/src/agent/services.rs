@@ -14,6 +14,9 @@ use super::dns::{DnsRecords, DnsServer};
 
 /// How long a forwarded connection may take to reach the service.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most forwarded connections open at once per public port; more wait in
+/// the listen backlog.
+const MAX_FORWARDED: usize = 512;
 
 /// One public port being forwarded.
 struct Forward {
@@ -73,13 +76,13 @@ impl Services {
 
     /// Applies the services of a netmap: DNS records and public forwards.
     pub fn apply(&mut self, entries: &[ServiceEntry]) {
-        if entries == self.applied.as_slice() {
-            return;
+        if entries != self.applied.as_slice() {
+            self.records.store(Arc::new(DnsRecords::new(
+                &self.domain,
+                entries.iter().map(|e| (e.name.clone(), e.addr)),
+            )));
         }
-        self.records.store(Arc::new(DnsRecords::new(
-            &self.domain,
-            entries.iter().map(|e| (e.name.clone(), e.addr)),
-        )));
+        // Public ports are retried on every netmap until they bind.
         let wanted: HashMap<u16, SocketAddr> = entries
             .iter()
             .filter_map(|e| e.public.map(|p| (p, SocketAddr::new(e.addr, e.port))))
@@ -109,9 +112,14 @@ impl Services {
     }
 }
 
-/// Accepts on a public port and splices each connection to `target`.
+/// Accepts on a public port and splices each connection to `target`, at
+/// most [`MAX_FORWARDED`] at once.
 async fn forward(listener: TcpListener, target: SocketAddr) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDED));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (mut inbound, from) = match listener.accept().await {
             Ok(a) => a,
             Err(e) => {
@@ -121,6 +129,7 @@ async fn forward(listener: TcpListener, target: SocketAddr) {
             }
         };
         tokio::spawn(async move {
+            let _slot = slot;
             let out = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await;
             let mut outbound = match out {
                 Ok(Ok(s)) => s,

@@ -74,6 +74,21 @@ pub struct NetworkFile {
     /// The cluster's DNS domain; the gateway answers for it.
     #[serde(default)]
     pub domain: String,
+    /// The host's own resolvers (not loopback ones, which containers cannot
+    /// reach), for names outside the domain: containers list them after the
+    /// gateway, which refuses such names.
+    #[serde(default)]
+    pub upstream_dns: Vec<std::net::IpAddr>,
+}
+
+/// The non-loopback `nameserver` entries of a resolv.conf.
+pub fn upstream_resolvers(resolv_conf: &str) -> Vec<std::net::IpAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .filter(|a| !a.is_loopback())
+        .collect()
 }
 
 /// One agent's state directory.
@@ -228,6 +243,18 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> 
 mod tests {
     use super::*;
     use weft_proto::{Peer, WgPublicKey};
+
+    #[test]
+    fn upstream_resolvers_skip_loopback() {
+        let conf = "# generated\nnameserver 127.0.0.53\nnameserver 192.0.2.53\nnameserver ::1\nsearch x\nnameserver 2001:db8::53\n";
+        assert_eq!(
+            upstream_resolvers(conf),
+            vec![
+                "192.0.2.53".parse::<std::net::IpAddr>().unwrap(),
+                "2001:db8::53".parse().unwrap()
+            ]
+        );
+    }
 
     #[test]
     fn key_is_created_once_with_mode_0600() {

@@ -190,9 +190,11 @@ impl<'a> Resolver<'a> {
             }),
             Selector::Service(name) => {
                 for s in self.cluster.services.iter().filter(|s| &s.name == name) {
+                    // The service's one address, not its node's whole subnet:
+                    // two services on one port of one node stay apart.
                     let mut r = self.nodes_where(|n| n.id == s.node);
-                    if let Some(addr) = s.addr {
-                        r.cidrs = vec![Cidr::host(addr)];
+                    if let Some(n) = self.cluster.nodes.iter().find(|n| n.id == s.node) {
+                        r.cidrs = vec![Cidr::host(s.address(&n.subnet))];
                     }
                     r.only = Some(s.spec());
                     out.push(r);
@@ -216,10 +218,10 @@ impl<'a> Resolver<'a> {
         }
         let except = self.union(&rule.except);
         src.cidrs = Cidr::subtract(&src.cidrs, &except.cidrs);
-        let subnets = &self.subnets;
+        let owned = &self.owned;
         let cidrs = &src.cidrs;
         src.nodes
-            .retain(|&i| cidrs.iter().any(|c| c.overlaps(&subnets[i])));
+            .retain(|&i| owned[i].iter().any(|o| cidrs.iter().any(|c| c.overlaps(o))));
         src
     }
 
@@ -340,14 +342,19 @@ pub fn compile(policy: &Policy, cluster: &Cluster) -> CompiledPolicy {
     let words = n.div_ceil(64);
     let mut peers = vec![0u64; n * words];
     for (to, filter) in filters.iter().enumerate() {
-        let subnet = resolver.subnets[to];
+        let to_owned = &resolver.owned[to];
         let mut reach = |from: usize| {
             peers[from * words + to / 64] |= 1 << (to % 64);
             peers[to * words + from / 64] |= 1 << (from % 64);
         };
         if filter.default == Action::Allow {
             for from in (0..n).filter(|&f| f != to) {
-                if !denied_entirely(filter, &resolver.subnets[from], &subnet) {
+                // Shut out only if everything `from` owns (its subnet and
+                // routes) is denied to everything `to` owns.
+                let shut = resolver.owned[from]
+                    .iter()
+                    .all(|f| to_owned.iter().all(|t| denied_entirely(filter, f, t)));
+                if !shut {
                     reach(from);
                 }
             }
@@ -361,11 +368,12 @@ pub fn compile(policy: &Policy, cluster: &Cluster) -> CompiledPolicy {
                 continue;
             };
             for &from in from_nodes.iter().filter(|&&f| f != to) {
-                let from_subnet = resolver.subnets[from];
-                let shut = filter
-                    .rules
-                    .iter()
-                    .any(|d| d.action == Action::Deny && denied_by(d, allow, &from_subnet));
+                // A source may be in the rule through its subnet or through
+                // a route it owns: shut out only if one deny stops all of it.
+                let owned = &resolver.owned[from];
+                let shut = filter.rules.iter().any(|d| {
+                    d.action == Action::Deny && owned.iter().all(|o| denied_by(d, allow, o))
+                });
                 if !shut {
                     reach(from);
                 }

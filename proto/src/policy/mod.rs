@@ -37,10 +37,11 @@
 //! - Ports: `tcp/80`, `udp/53`, `tcp/8000-8100`, `tcp` (every port), `udp`,
 //!   `icmp` (ICMP and ICMPv6), `any`. A rule without `ports` is about all
 //!   traffic.
-//! - `service:NAME` in `to` means the service's node and only the service's
-//!   port, intersected with the rule's ports (`allow: {from: [tag:web],
+//! - `service:NAME` in `to` means the service's address (its node's own, or
+//!   the one it was published with) and only the service's port,
+//!   intersected with the rule's ports (`allow: {from: [tag:web],
 //!   to: [service:billing]}` opens just billing's port). In `from` it means
-//!   the service's node.
+//!   the service's address.
 //! - A deny rule wins over every allow rule, whatever the order: "a deny
 //!   rule overrides a broader allow".
 //!

@@ -797,3 +797,72 @@ fn routes_section_approves_by_host_and_tag() {
         "{e:?}"
     );
 }
+
+#[test]
+fn two_services_on_one_port_of_one_node_stay_apart() {
+    let mut c = cluster();
+    let svc = |name: &str, addr: Option<IpAddr>, allow: &str| Service {
+        name: name.into(),
+        node: NodeId(5),
+        port: 5432,
+        proto: Proto::Tcp,
+        addr,
+        allow: vec![Selector::parse(allow).unwrap()],
+        gateway: None,
+    };
+    c.services = vec![
+        svc("db", None, "tag:web"),
+        svc("db2", Some(ip("100.64.5.9")), "tag:db"),
+    ];
+    let compiled = compile(&Policy::allow_all(), &c);
+    let f = &compiled.node(NodeId(5)).unwrap().filter;
+    assert_eq!(
+        decide(f, host(1), host(5), 6, 5432),
+        Action::Allow,
+        "web -> db"
+    );
+    assert_eq!(
+        decide(f, host(1), ip("100.64.5.9"), 6, 5432),
+        Action::Deny,
+        "web -> db2"
+    );
+    assert_eq!(
+        decide(f, host(3), ip("100.64.5.9"), 6, 5432),
+        Action::Allow,
+        "db1 -> db2"
+    );
+    assert_eq!(
+        decide(f, host(3), host(5), 6, 5432),
+        Action::Deny,
+        "db1 -> db"
+    );
+    assert_eq!(
+        decide(f, host(3), ip("100.64.5.7"), 6, 5432),
+        Action::Allow,
+        "other containers"
+    );
+}
+
+#[test]
+fn a_routed_network_as_source_makes_its_gateway_a_peer() {
+    let mut c = cluster();
+    c.nodes[5].routes = vec!["198.18.50.0/24".parse().unwrap()];
+    let p = parse(
+        "rules:\n  - deny: { from: [tag:dev], to: [tag:db] }\n  - allow: { from: ['cidr:198.18.50.0/24'], to: [tag:db], ports: [tcp/5432] }\n",
+    );
+    let compiled = compile(&p, &c);
+    let db = compiled.node(NodeId(3)).unwrap();
+    assert!(db.peers.contains(&NodeId(6)), "{:?}", db.peers);
+    assert_eq!(
+        decide(&db.filter, ip("198.18.50.7"), host(3), 6, 5432),
+        Action::Allow
+    );
+    let t = parse(
+        "rules:\n  - allow: { from: ['cidr:198.18.50.0/24'], except: [host:lonely], to: [tag:db], ports: [tcp/5432] }\n",
+    );
+    let compiled = compile(&t, &c);
+    assert!(
+        compiled.node(NodeId(3)).unwrap().peers.contains(&NodeId(6)),
+        "`except: host:` takes the host's subnet out, not its routes"
+    );
+}
