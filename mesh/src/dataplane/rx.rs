@@ -67,7 +67,7 @@ impl TunBatch {
 
     /// Whether the filter admits the `n` bytes just written into the buffer
     /// from [`next`](Self::next).
-    fn admits(&self, shared: &Shared, n: usize) -> bool {
+    fn admits(&self, shared: &Shared, n: usize, via: impl Fn(std::net::IpAddr) -> bool) -> bool {
         let Some(filter) = self.filter.current() else {
             return true;
         };
@@ -76,7 +76,7 @@ impl TunBatch {
             .get(self.count)
             .and_then(|b| b.get(VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + n))
             .unwrap_or_default();
-        filter.check(&shared.conntrack, self.now, packet)
+        filter.check_from(&shared.conntrack, self.now, packet, via)
     }
 
     /// The next free buffer, at least `need` bytes past the header room.
@@ -334,7 +334,13 @@ fn accept_inner(
     peer.add_rx(wire_len);
     match table.routes.lookup(src_ip) {
         Some(owner) if Arc::ptr_eq(owner, peer) => {
-            if tun.admits(shared, inner_len) {
+            let via = |ip| {
+                table
+                    .routes
+                    .lookup(ip)
+                    .is_some_and(|o| Arc::ptr_eq(o, peer))
+            };
+            if tun.admits(shared, inner_len, via) {
                 tun.commit(inner_len);
             }
         }

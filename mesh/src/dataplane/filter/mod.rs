@@ -1,13 +1,15 @@
 //! The inbound packet filter: what the coordinator's policy lets reach this
 //! host through the tunnel.
 //!
-//! Stateful: packets of flows this host started (its outbound packets are
-//! recorded in a [`Conntrack`]) pass as replies, and so do ICMP errors about
-//! them; everything else is judged by the host's
-//! [`PacketFilter`](weft_proto::policy::PacketFilter) and dropped packets are
-//! counted per policy rule. A TCP SYN and an ICMP echo request are never
-//! replies. Established flows survive a filter change until they have been
-//! idle for their timeout. Flows are recorded only while a filter is
+//! Stateful: every packet this host sends into the tunnel is recorded in a
+//! [`Conntrack`], and inbound packets of a recorded flow pass as replies, as
+//! do ICMP errors about it from the peer the flow went to; everything else is
+//! judged by the host's [`PacketFilter`](weft_proto::policy::PacketFilter)
+//! and dropped packets are counted per policy rule. A TCP SYN and an ICMP
+//! echo request are never replies. Since the host's answers are recorded
+//! too, an established flow, whoever opened it, survives a filter change
+//! until it has been idle for its timeout (like a firewall's ESTABLISHED
+//! state): a tightened policy stops new flows at once, not live ones. Flows are recorded only while a filter is
 //! installed: replies of a flow opened before pass again once this host
 //! sends on it.
 //!
@@ -79,6 +81,20 @@ impl InboundFilter {
     /// Whether the inbound IP packet `packet` may be delivered, at second
     /// `now` of `ct`'s clock. Counts what it drops. Never allocates.
     pub fn check(&self, ct: &Conntrack, now: u32, packet: &[u8]) -> bool {
+        self.check_from(ct, now, packet, |_| true)
+    }
+
+    /// [`check`](Self::check) for a packet from the peer whose allowed IPs
+    /// `via` recognizes: an ICMP error about one of this host's flows must
+    /// come from the peer that flow went to (or through), so a peer cannot
+    /// forge errors about this host's flows with other peers.
+    pub fn check_from(
+        &self,
+        ct: &Conntrack,
+        now: u32,
+        packet: &[u8],
+        via: impl Fn(std::net::IpAddr) -> bool,
+    ) -> bool {
         if self.passes_all {
             return true;
         }
@@ -86,7 +102,11 @@ impl InboundFilter {
             bump(&self.malformed);
             return false;
         };
-        let admitted = is_reply(ct, now, &p) || self.allows(&p.flow);
+        let from_flow_peer = match p.kind {
+            Kind::IcmpError(quoted) => via(quoted.dst),
+            _ => true,
+        };
+        let admitted = (from_flow_peer && is_reply(ct, now, &p)) || self.allows(&p.flow);
         if admitted {
             if let Some(id) = p.first_fragment {
                 ct.record(&fragment_key(&p.flow, id), now);

@@ -107,13 +107,17 @@ fn echo_replies_and_icmp_errors_of_outbound_flows_pass() {
     assert!(!f.check(&ct, 0, &unreachable));
     Recorder::new(&ct, 0).packet(&sent);
     assert!(f.check(&ct, 0, &unreachable));
+    // From a peer that is not where the flow went: a forgery.
+    let from_10_0_0_9 = |a: std::net::IpAddr| a == "10.0.0.9".parse::<std::net::IpAddr>().unwrap();
+    assert!(f.check_from(&ct, 0, &unreachable, from_10_0_0_9));
+    assert!(!f.check_from(&ct, 0, &unreachable, |_| false));
     // The same error delivered to another host of ours is not about our packet.
     assert!(!f.check(
         &ct,
         0,
         &ip("10.0.0.9", "10.0.0.2", ICMP, &icmp(3, 3, &sent[..28]))
     ));
-    assert_eq!(f.stats().default_drops, 6);
+    assert_eq!(f.stats().default_drops, 7);
 }
 
 #[test]
