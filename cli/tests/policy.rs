@@ -258,7 +258,7 @@ fn policy_services_and_routes() {
         .map(|(from, to, want)| {
             let t0 = t0.clone();
             std::thread::spawn(move || loop {
-                if let Ok(got) = greet(&from.ns, to, Duration::from_millis(100)) {
+                if let Ok(got) = greet(&from.ns, to, Duration::from_millis(25)) {
                     assert_eq!(got, want);
                     return t0.elapsed();
                 }
