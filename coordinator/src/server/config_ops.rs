@@ -408,9 +408,22 @@ pub(super) async fn route_approve(
     })
 }
 
+/// How long a host's next message waits after its advertisement changed:
+/// each change costs a write and a compilation of every view, so a host
+/// that flaps its routes slows only itself.
+const ADVERTISE_PAUSE: Duration = Duration::from_secs(1);
+
 /// A host's advertisement: stored; in force for the routes approved by an
-/// admin or by the policy.
-pub(super) async fn advertise_routes(shared: &Shared, id: NodeId, mut routes: Vec<Cidr>) {
+/// admin or by the policy. Called from the host's session reader, which it
+/// holds back for [`ADVERTISE_PAUSE`] after a change.
+pub(super) async fn advertise_routes(shared: &Shared, id: NodeId, routes: Vec<Cidr>) {
+    if store_advertisement(shared, id, routes).await {
+        tokio::time::sleep(ADVERTISE_PAUSE).await;
+    }
+}
+
+/// Stores an advertisement; whether it changed anything.
+async fn store_advertisement(shared: &Shared, id: NodeId, mut routes: Vec<Cidr>) -> bool {
     let _change = shared.config_change.lock().await;
     routes.retain(|c| match route_problem(shared, c) {
         Some(p) => {
@@ -427,12 +440,13 @@ pub(super) async fn advertise_routes(shared: &Shared, id: NodeId, mut routes: Ve
     }
     let mut rec = routes_of(shared, id);
     if rec.advertised == routes {
-        return;
+        return false;
     }
     rec.advertised = routes;
     if let Err(e) = save_routes(shared, id, rec).await {
         warn!(node = %id, error = %e.message, "could not save advertised routes");
     }
+    true
 }
 
 /// Drops what belonged to a removed node: the services it ran or forwarded
