@@ -52,7 +52,7 @@ pub fn run(args: WgArgs) -> anyhow::Result<()> {
     let device = Device::start(&opts)?;
     if let Some(f) = filter {
         tracing::info!(rules = f.rules.len(), default = %f.default, "inbound packet filter in force");
-        device.handle().set_filter(Some(f));
+        device.handle().set_filter(Some(&f));
     }
     let uapi = UapiServer::start(&args.socket_dir, device.handle())?;
     tracing::info!(

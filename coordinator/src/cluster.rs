@@ -37,12 +37,11 @@ pub struct RouteRecord {
 impl RouteRecord {
     /// The routes in force: advertised, and approved by an admin or by the
     /// policy (`routes:`) for this node.
-    pub fn active(&self, policy: Option<&Policy>, node: Option<&ClusterNode>) -> Vec<Cidr> {
+    pub fn active(&self, policy: Option<&Policy>, node: &ClusterNode) -> Vec<Cidr> {
         self.advertised
             .iter()
             .filter(|c| {
-                self.approved.contains(c)
-                    || matches!((policy, node), (Some(p), Some(n)) if p.approves_route(c, n))
+                self.approved.contains(c) || policy.is_some_and(|p| p.approves_route(c, node))
             })
             .copied()
             .collect()
@@ -61,7 +60,7 @@ pub fn refresh_routes(reg: &mut Registry, cfg: &ClusterConfig) -> bool {
         let Some(node) = reg.get(*id).map(|p| cluster_node(p)) else {
             continue;
         };
-        let mut active = rec.active(policy, Some(&node));
+        let mut active = rec.active(policy, &node);
         active.retain(|c| match taken.iter().find(|(t, _)| t.overlaps(c)) {
             Some((t, owner)) => {
                 tracing::warn!(node = %id, route = %c, %owner, taken = %t, "route not in force: it overlaps a route through another node");

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use rand::Rng as _;
 use tokio::sync::watch;
 use weft_proto::msg::ErrorCode;
-use weft_proto::policy::PacketFilter;
 use weft_proto::Netmap;
 use x25519_dalek::StaticSecret;
 
@@ -56,7 +55,6 @@ fn is_fatal(e: &ControlError) -> bool {
 pub struct Applier {
     pub reconciler: PeerReconciler,
     pub routes: MeshRoutes,
-    filter: Option<Option<PacketFilter>>,
 }
 
 impl Applier {
@@ -64,19 +62,16 @@ impl Applier {
         Applier {
             reconciler: PeerReconciler::new(),
             routes,
-            filter: None,
         }
     }
 
     pub fn apply(&mut self, netmap: &Netmap, handle: &DeviceHandle, services: &Mutex<Services>) {
         // The filter first: a peer the policy now allows must not reach the
         // TUN before its rules are in force.
-        let filter = netmap.filter().cloned();
-        if self.filter.as_ref() != Some(&filter) {
-            let rules = filter.as_ref().map_or(0, |f| f.rules.len());
-            handle.set_filter(filter.clone());
+        let filter = netmap.filter();
+        if handle.set_filter(filter) {
+            let rules = filter.map_or(0, |f| f.rules.len());
             tracing::info!(rules, "packet filter applied");
-            self.filter = Some(filter);
         }
         apply_peers(&mut self.reconciler, netmap, handle);
         self.routes.sync(

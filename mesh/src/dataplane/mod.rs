@@ -280,8 +280,9 @@ impl DeviceHandle {
     /// Enforces `filter` on inbound packets; `None` (or a filter that
     /// allows everything) turns filtering off. Setting the filter already
     /// in force keeps its counters.
-    pub fn set_filter(&self, filter: Option<weft_proto::policy::PacketFilter>) {
-        self.shared.filter.set(filter);
+    /// Returns whether the filter in force changed.
+    pub fn set_filter(&self, filter: Option<&weft_proto::policy::PacketFilter>) -> bool {
+        self.shared.filter.set(filter)
     }
 
     /// What the inbound filter dropped since it was installed.

@@ -274,14 +274,16 @@ impl FilterSlot {
     /// Installs `filter`; `None` or a filter that allows everything turns
     /// filtering off. Installing the filter already installed keeps its
     /// counters.
-    pub fn set(&self, filter: Option<PacketFilter>) {
+    /// Returns whether anything changed; the filter is copied only then.
+    pub fn set(&self, filter: Option<&PacketFilter>) -> bool {
         let filter = filter.filter(|f| !passes_all(f));
-        if self.current.load().as_deref().map(InboundFilter::filter) == filter.as_ref() {
-            return;
+        if self.current.load().as_deref().map(InboundFilter::filter) == filter {
+            return false;
         }
         self.current
-            .store(filter.map(|f| Arc::new(InboundFilter::new(f))));
+            .store(filter.map(|f| Arc::new(InboundFilter::new(f.clone()))));
         self.generation.fetch_add(1, Ordering::Release);
+        true
     }
 
     pub fn stats(&self) -> FilterStats {

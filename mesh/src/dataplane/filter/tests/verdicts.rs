@@ -142,16 +142,19 @@ fn slot_installs_views_and_keeps_counters() {
     let (slot, ct) = (FilterSlot::default(), Conntrack::with_bucket_bits(4));
     let mut view = FilterView::default();
     assert!(view.refresh(&slot).is_none());
-    slot.set(Some(PacketFilter::allow_all()));
+    assert!(
+        !slot.set(Some(&PacketFilter::allow_all())),
+        "allow-all is no change"
+    );
     assert!(view.refresh(&slot).is_none(), "allow-all is no filter");
     assert!(!slot.stats().active);
-    slot.set(Some(policy().filter().clone()));
+    assert!(slot.set(Some(policy().filter())));
     let denied = ip("10.0.1.5", "10.0.0.1", UDP, &udp(1, 2));
     assert!(!view.refresh(&slot).unwrap().check(&ct, 0, &denied));
-    slot.set(Some(policy().filter().clone()));
+    assert!(!slot.set(Some(policy().filter())), "the same filter again");
     assert!(!view.refresh(&slot).unwrap().check(&ct, 0, &denied));
     assert_eq!((slot.stats().default_drops, slot.stats().active), (2, true));
-    slot.set(None);
+    assert!(slot.set(None));
     assert!(view.refresh(&slot).is_none());
     assert_eq!(slot.stats(), FilterStats::default());
     let pass = InboundFilter::new(PacketFilter::allow_all());
