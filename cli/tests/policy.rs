@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_tests::cluster::{Cluster, ClusterSpec, Container};
-use weft_tests::{greet, ping_with, require_root, try_run, udp_echo, wait_for, Lab, Server};
+use weft_tests::{
+    greet, ping_with, require_root, resolve, try_run, udp_echo, wait_for, Lab, Server,
+};
 
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
@@ -65,11 +67,6 @@ fn wait_peers(c: &Cluster, i: usize, want: &[&str]) {
             peer_names(c, i)
         );
     }
-}
-
-/// `getent hosts NAME` in namespace `ns` (its resolver per `Lab::resolver`).
-fn lookup_in(ns: &str, name: &str) -> anyhow::Result<String> {
-    try_run(&["ip", "netns", "exec", ns, "getent", "hosts", name])
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
@@ -310,7 +307,7 @@ fn policy_services_and_routes() {
     );
     let gw_b = c.host_addr(1).expect("address").to_string();
     lab.resolver(&b.ns, &gw_b).expect("resolver");
-    let lookup = |ns: &str| lookup_in(ns, "web.weft.internal");
+    let lookup = |ns: &str| resolve(ns, "web.weft.internal");
     let resolved = wait_for(
         Duration::from_secs(5),
         "web.weft.internal to resolve",
@@ -412,7 +409,7 @@ fn policy_services_and_routes() {
     lab.resolver(&a1.ns, &c.host_addr(0).expect("address").to_string())
         .expect("resolver");
     let legacy_name = wait_for(Duration::from_secs(5), "legacy.weft.internal", || {
-        lookup_in(&a1.ns, "legacy.weft.internal").ok()
+        resolve(&a1.ns, "legacy.weft.internal").ok()
     })
     .expect("legacy name");
     assert!(legacy_name.contains("198.18.200.10"), "{legacy_name}");

@@ -268,7 +268,7 @@ fn policy(lab: &Lab, cluster: &Cluster) -> anyhow::Result<()> {
         let resolved = crate::wait_for(
             Duration::from_secs(5),
             "the service name to resolve",
-            || lab.try_ok(&ct.ns, &["getent", "hosts", name]).ok(),
+            || crate::resolve(&ct.ns, name).ok(),
         );
         let addr = match (&resolved, expect) {
             (Ok(out), _) => out

@@ -41,7 +41,7 @@ pub mod wg;
 pub use cmd::{in_netns, run, run_ok, try_run};
 pub use lab::{Lab, Proc};
 pub use nat::{NatKind, NatRouter};
-pub use service::{greet, udp_echo, Server};
+pub use service::{greet, resolve, udp_echo, Server};
 pub use sniff::{Capture, Packet, UdpPacket};
 pub use stream::SteadyStream;
 pub use traffic::{ping, ping_with, snmp_counter, tcp_transfer, vm_rss_kib};

@@ -144,3 +144,10 @@ pub fn udp_echo(ns: &str, to: SocketAddr, msg: &str, timeout: Duration) -> anyho
     .join()
     .map_err(|_| anyhow::anyhow!("client thread panicked"))?
 }
+
+/// Resolves `name` inside namespace `ns` the way a program there would
+/// (`getent hosts`, through its resolver from [`crate::Lab::resolver`]);
+/// getent's output line(s).
+pub fn resolve(ns: &str, name: &str) -> anyhow::Result<String> {
+    crate::try_run(&["ip", "netns", "exec", ns, "getent", "hosts", name])
+}
