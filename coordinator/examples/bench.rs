@@ -1,8 +1,9 @@
 //! Coordinator benchmark: N simulated hosts (real QUIC clients on loopback,
 //! many per process) join one coordinator running in a child process and
 //! hold their sessions; then it measures join rate, how long one endpoint
-//! change and one new node take to reach every host, and the coordinator's
-//! CPU and RSS per host.
+//! change and one new node take to reach every host, the coordinator's
+//! CPU and RSS per host, and the idle control traffic (keep-alives) per
+//! host.
 //!
 //! Run (release build, not part of CI):
 //!
@@ -36,6 +37,8 @@ use x25519_dalek::StaticSecret;
 const CLIENT_SOCKETS: usize = 16;
 const JOIN_CONCURRENCY: usize = 64;
 const ENDPOINT_ROUNDS: u16 = 5;
+/// Seconds of idle steady state measured (CPU and control traffic).
+const IDLE_SECS: u64 = 10;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -59,8 +62,8 @@ fn main() {
         rows.push(r);
     }
     println!();
-    println!("| hosts | join rate (joins/s) | endpoint change to all hosts p50 / p99 / max (ms) | new node at all hosts p50 / p99 / max (ms) | coord CPU during joins (core-s) | coord CPU idle (% of a core) | coord RSS (MB) | RSS per host (KB) |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| hosts | join rate (joins/s) | endpoint change to all hosts p50 / p99 / max (ms) | new node at all hosts p50 / p99 / max (ms) | coord CPU during joins (core-s) | coord CPU idle (% of a core) | coord RSS (MB) | RSS per host (KB) | idle control traffic per host, sent / received (B/min) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!("{}", r.row());
     }
@@ -128,25 +131,30 @@ struct Report {
     idle_cpu_pct: f64,
     rss_kb: u64,
     rss_per_host_kb: f64,
+    /// Idle control traffic per host per minute, sent and received by the
+    /// host (bytes, IPv4 and UDP headers included).
+    idle_bytes_per_min: (f64, f64),
 }
 
 impl Report {
     fn describe(&self) -> String {
         format!(
-            "N={}: {} joins in {:.2}s ({:.0}/s, {} retried), all netmaps complete after {:.2}s; endpoint change p50 {:.1} ms p99 {:.1} ms max {:.1} ms; new node p50 {:.1} p99 {:.1} max {:.1} ms; join CPU {:.2} core-s; idle CPU {:.1}%; RSS {:.1} MB ({:.1} KB/host)",
+            "N={}: {} joins in {:.2}s ({:.0}/s, {} retried), all netmaps complete after {:.2}s; endpoint change p50 {:.1} ms p99 {:.1} ms max {:.1} ms; new node p50 {:.1} p99 {:.1} max {:.1} ms; join CPU {:.2} core-s; idle CPU {:.1}%; RSS {:.1} MB ({:.1} KB/host); idle traffic per host {:.0} B/min sent, {:.0} B/min received",
             self.n, self.n, self.join_secs, self.n as f64 / self.join_secs, self.retries, self.converge_secs,
             self.endpoint.0, self.endpoint.1, self.endpoint.2,
             self.newcomer.0, self.newcomer.1, self.newcomer.2,
-            self.join_cpu, self.idle_cpu_pct, self.rss_kb as f64 / 1024.0, self.rss_per_host_kb
+            self.join_cpu, self.idle_cpu_pct, self.rss_kb as f64 / 1024.0, self.rss_per_host_kb,
+            self.idle_bytes_per_min.0, self.idle_bytes_per_min.1
         )
     }
     fn row(&self) -> String {
         format!(
-            "| {} | {:.0} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.2} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {:.0} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} |",
             self.n, self.n as f64 / self.join_secs,
             self.endpoint.0, self.endpoint.1, self.endpoint.2,
             self.newcomer.0, self.newcomer.1, self.newcomer.2,
-            self.join_cpu, self.idle_cpu_pct, self.rss_kb as f64 / 1024.0, self.rss_per_host_kb
+            self.join_cpu, self.idle_cpu_pct, self.rss_kb as f64 / 1024.0, self.rss_per_host_kb,
+            self.idle_bytes_per_min.0, self.idle_bytes_per_min.1
         )
     }
 }
@@ -304,6 +312,12 @@ async fn run(n: usize) -> Report {
     let host0 = outcomes[0].node_id;
     let updater0 = outcomes[0].session.updater();
 
+    let wire: Vec<control::WireStats> = outcomes.iter().map(|o| o.session.wire_stats()).collect();
+    let wire_total = || {
+        wire.iter()
+            .filter_map(control::WireStats::bytes)
+            .fold((0u64, 0u64), |(t, r), (a, b)| (t + a, r + b))
+    };
     // Every host folds its netmap and notes when it sees a probe.
     for (idx, out) in outcomes.into_iter().enumerate() {
         let probe = probe.clone();
@@ -397,9 +411,14 @@ async fn run(n: usize) -> Report {
     // Idle steady state.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let c0 = child.cpu_secs();
+    let b0 = wire_total();
     let ti = Instant::now();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let idle_cpu_pct = (child.cpu_secs() - c0) / ti.elapsed().as_secs_f64() * 100.0;
+    tokio::time::sleep(Duration::from_secs(IDLE_SECS)).await;
+    let idle = ti.elapsed().as_secs_f64();
+    let idle_cpu_pct = (child.cpu_secs() - c0) / idle * 100.0;
+    let b1 = wire_total();
+    let per_min = |d: u64| d as f64 / n as f64 / idle * 60.0;
+    let idle_bytes_per_min = (per_min(b1.0 - b0.0), per_min(b1.1 - b0.1));
     let rss = child.rss_kb();
     Report {
         n,
@@ -412,5 +431,6 @@ async fn run(n: usize) -> Report {
         idle_cpu_pct,
         rss_kb: rss,
         rss_per_host_kb: (rss.saturating_sub(rss0)) as f64 / n as f64,
+        idle_bytes_per_min,
     }
 }

@@ -19,7 +19,8 @@ pub const ADMIN_FILE: &str = "admin.json";
 /// The database file in the state dir.
 pub const DB_FILE: &str = "weft.redb";
 
-/// Keys and certificate loaded from (or created in) the state dir.
+/// Keys and certificate loaded from (or created in) the state dir. Its
+/// `Debug` names no secret.
 pub struct Identity {
     pub cert: CertificateDer<'static>,
     pub key: PrivateKeyDer<'static>,
@@ -119,6 +120,40 @@ pub fn load_or_create(dir: &Path) -> Result<Identity, CoordinatorError> {
         secret,
         public,
     })
+}
+
+/// The key quinn derives stateless-reset tokens from, derived from the
+/// coordinator's persistent x25519 secret (RFC 9000 §10.3: an endpoint that
+/// restarts must be able to reset the connections of its previous life).
+/// A restarted coordinator thus answers a host's first packet on a dead
+/// connection with a reset the host accepts, and the host reconnects at
+/// once instead of waiting for its idle timeout. Replicas that share the
+/// identity share the key.
+pub fn reset_key(secret: &StaticSecret) -> ring::hmac::Key {
+    ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &derive(secret, b"weft quic stateless reset key v1"),
+    )
+}
+
+/// The key of quinn's connection-id signatures, derived like
+/// [`reset_key`]: a restarted coordinator must still recognise the
+/// connection ids it issued before, or it drops their packets as invalid
+/// instead of resetting them.
+pub fn connection_id_key(secret: &StaticSecret) -> u64 {
+    let d = derive(secret, b"weft quic connection id key v1");
+    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// A hash of the secret under its own label: what is derived reveals
+/// nothing of the secret, and no two uses share a value.
+fn derive(secret: &StaticSecret, label: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::new()
+        .chain_update(label)
+        .chain_update(secret.as_bytes())
+        .finalize()
+        .into()
 }
 
 /// The admin credential path in a state dir.

@@ -93,6 +93,9 @@ pub enum ClientMsg {
     /// A [`crate::relay::Datagram`], on a TCP session (where QUIC datagrams
     /// do not exist).
     Datagram(serde_bytes::ByteBuf),
+    /// Liveness on a TCP session; answered with [`ServerMsg::Pong`]. Sent
+    /// only to a coordinator whose welcome sets `keepalive_ms`.
+    Ping,
 }
 
 /// Sent by the coordinator.
@@ -105,6 +108,8 @@ pub enum ServerMsg {
     Error(ErrorReply),
     /// A [`crate::relay::Datagram`], on a TCP session.
     Datagram(serde_bytes::ByteBuf),
+    /// The answer to [`ClientMsg::Ping`].
+    Pong,
 }
 
 /// The host's own registration, sent at the start of every session.
@@ -120,6 +125,10 @@ pub struct Welcome {
     /// The cluster's DNS domain: services resolve as `NAME.<domain>`.
     #[serde(default = "default_domain")]
     pub domain: String,
+    /// How often the host should ping on a TCP session, in milliseconds;
+    /// 0: the coordinator does not answer pings (older than liveness).
+    #[serde(default)]
+    pub keepalive_ms: u32,
 }
 
 /// The DNS domain of a cluster that did not choose one.

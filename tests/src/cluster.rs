@@ -250,6 +250,12 @@ impl<'a> Cluster<'a> {
             &[],
         );
         let admin = self.coordinator_dir.join("admin.json");
+        // An admin command sent before the coordinator listens loses its
+        // first QUIC packet and waits a whole second to resend it: wait for
+        // the coordinator to say it listens first.
+        wait_for(Duration::from_secs(10), "the coordinator to listen", || {
+            p.stderr().contains("coordinator started").then_some(())
+        })?;
         wait_for(Duration::from_secs(10), "the coordinator to start", || {
             (admin.exists() && self.admin(&["node", "list"]).is_ok()).then_some(())
         })?;

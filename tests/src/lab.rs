@@ -34,6 +34,14 @@ pub struct Lab {
     dir: PathBuf,
 }
 
+/// The sysctls every lab namespace starts with, whatever the host has.
+const NAMESPACE_SYSCTLS: [(&str, &str); 4] = [
+    ("net.ipv4.ip_forward", "0"),
+    ("net.ipv6.conf.all.forwarding", "0"),
+    ("net.ipv4.conf.all.rp_filter", "0"),
+    ("net.ipv4.conf.default.rp_filter", "0"),
+];
+
 impl Lab {
     /// A new, empty lab. `prefix` (1-4 ASCII alphanumerics) names what it is
     /// for; the lab's tag adds the process id and a counter.
@@ -91,6 +99,12 @@ impl Lab {
         self.register(|r| r.namespaces.push(ns.clone()));
         run_ok(&["ip", "netns", "add", &ns]);
         run_ok(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        // A new namespace inherits IPv4 settings such as `ip_forward` from
+        // the host (on for a host that runs Docker): set every one the lab
+        // relies on, so a namespace is a plain host until told otherwise.
+        for (key, value) in NAMESPACE_SYSCTLS {
+            self.sysctl(&ns, key, value);
+        }
         ns
     }
 

@@ -27,10 +27,12 @@
 //! ```
 
 pub mod cluster;
+mod cluster_ops;
 mod cmd;
 pub mod demo;
 mod lab;
 pub mod nat;
+mod pinger;
 mod registry;
 mod service;
 mod sniff;
@@ -41,6 +43,7 @@ pub mod wg;
 pub use cmd::{in_netns, run, run_ok, try_run};
 pub use lab::{Lab, Proc};
 pub use nat::{NatKind, NatRouter};
+pub use pinger::{unix_now, Pinger};
 pub use service::{greet, resolve, udp_echo, Server};
 pub use sniff::{Capture, Packet, UdpPacket};
 pub use stream::SteadyStream;

@@ -206,8 +206,19 @@ impl Coordinator {
 
         let server_config = server_config(&identity)?;
         let tcp_tls = Arc::new(tls_config(&identity)?);
+        let mut endpoint_config =
+            quinn::EndpointConfig::new(Arc::new(state::reset_key(&identity.secret)));
+        // quinn sends at most one stateless reset per interval, for all
+        // connections together; after a restart every host needs one, so
+        // allow 10,000 a second (a reset is always smaller than the packet
+        // that caused it: no amplification).
+        endpoint_config.min_reset_interval(Duration::from_micros(100));
+        let cid_key = state::connection_id_key(&identity.secret);
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(server_config),
             socket,
             Arc::new(quinn::TokioRuntime),

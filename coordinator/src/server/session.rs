@@ -36,6 +36,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
         tags: me.tags.clone(),
         pool: shared.pool,
         domain: shared.domain.clone(),
+        keepalive_ms: u32::try_from(weft_proto::KEEPALIVE.as_millis()).unwrap_or(u32::MAX),
     };
     write_msg(&mut send, &ServerMsg::Welcome(welcome)).await?;
 
@@ -59,15 +60,34 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     }
     debug!("session started");
 
+    // Set by the reader when a ping arrives; the writer answers it.
+    let pong = Arc::new(Notify::new());
     let reader = {
         let shared = shared.clone();
+        let pong = pong.clone();
         async move {
+            // A host that pings must keep pinging: silence past the
+            // deadline ends its session (QUIC has its idle timeout).
+            let mut pinged = false;
             loop {
-                let msg: ClientMsg = match read_frame(&mut recv).await {
-                    Ok(m) => m,
-                    Err(e) => return e,
+                let read = read_frame(&mut recv);
+                let msg: ClientMsg = if pinged {
+                    match tokio::time::timeout(weft_proto::LIVENESS_DEADLINE, read).await {
+                        Ok(Ok(m)) => m,
+                        Ok(Err(e)) => return e,
+                        Err(_) => return ConnError::Timeout,
+                    }
+                } else {
+                    match read.await {
+                        Ok(m) => m,
+                        Err(e) => return e,
+                    }
                 };
                 match msg {
+                    ClientMsg::Ping => {
+                        pinged = true;
+                        pong.notify_one();
+                    }
                     ClientMsg::SetEndpoints { endpoints } => set_endpoints(&shared, id, endpoints),
                     ClientMsg::AdvertiseRoutes { routes } => {
                         super::config_ops::advertise_routes(&shared, id, routes).await
@@ -107,6 +127,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
                         }
                         break;
                     }
+                    _ = pong.notified() => write_msg(&mut send, &ServerMsg::Pong).await?,
                     Some(d) = next_datagram(&mut datagrams) => {
                         let msg = ServerMsg::Datagram(serde_bytes::ByteBuf::from(d));
                         write_msg(&mut send, &msg).await?;

@@ -36,6 +36,15 @@ pub fn backoff(attempt: u32) -> Duration {
     base.mul_f64(jitter)
 }
 
+/// Longest wait before the first reconnect after a session ends.
+const FIRST_RETRY_SPREAD: Duration = Duration::from_millis(100);
+
+/// The wait before the first reconnect after a session ended: uniform in
+/// [0, 100 ms).
+pub fn first_retry() -> Duration {
+    FIRST_RETRY_SPREAD.mul_f64(rand::thread_rng().gen_range(0.0..1.0))
+}
+
 /// Errors after which retrying cannot help.
 fn is_fatal(e: &ControlError) -> bool {
     matches!(
@@ -170,7 +179,7 @@ impl ControlLoop {
             };
             attempt = 0;
             self.on_netmap(s.netmap().clone());
-            self.shared.set_connected();
+            self.shared.set_connected(s.heard(), s.transport());
             // Relay and punches ride this connection.
             self.shared.traversal.link.set(Some(s.datagram_link()));
             let _abort_relay = s.take_datagrams().map(|source| {
@@ -225,7 +234,11 @@ impl ControlLoop {
             self.shared.traversal.link.set(None);
             self.shared.set_disconnected(lost.to_string());
             let since = Instant::now();
-            let wait = backoff(0);
+            // The first attempt after losing a session is at once (the
+            // coordinator restarted, say), spread over a short window so
+            // thousands of hosts do not arrive in the same millisecond;
+            // only failures after it back off.
+            let wait = first_retry();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => return Ok(()),
@@ -271,6 +284,15 @@ mod tests {
             );
         }
         assert!(backoff(30) <= BACKOFF_CAP.mul_f64(1.25));
+    }
+
+    #[test]
+    fn first_retry_is_prompt_and_spread() {
+        let waits: Vec<Duration> = (0..200).map(|_| first_retry()).collect();
+        assert!(waits.iter().all(|w| *w < FIRST_RETRY_SPREAD));
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 100, "not spread: {distinct:?}");
+        assert!(first_retry() < backoff(0).mul_f64(0.75).max(FIRST_RETRY_SPREAD));
     }
 
     #[test]

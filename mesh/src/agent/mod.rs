@@ -12,6 +12,7 @@ pub mod control_loop;
 pub mod dns;
 pub mod endpoints;
 pub mod host_net;
+pub mod netwatch;
 pub mod peers;
 pub mod services;
 pub mod state;
@@ -126,6 +127,8 @@ struct View {
     since: Instant,
     last_error: Option<String>,
     endpoints: Vec<SocketAddr>,
+    /// The live session's last-heard clock and transport.
+    heard: Option<(crate::control::Heard, &'static str)>,
 }
 
 impl Shared {
@@ -161,11 +164,12 @@ impl Shared {
         eps
     }
 
-    fn set_connected(&self) {
+    fn set_connected(&self, heard: crate::control::Heard, transport: &'static str) {
         let mut v = self.view();
         v.connected = true;
         v.since = Instant::now();
         v.last_error = None;
+        v.heard = Some((heard, transport));
     }
 
     fn set_disconnected(&self, error: String) {
@@ -384,6 +388,7 @@ pub async fn run(
             identity: identity.clone(),
             connected: session.is_some(),
             since: Instant::now(),
+            heard: None,
             last_error: None,
             endpoints: Vec::new(),
         }),
@@ -441,6 +446,12 @@ pub async fn run(
         handle: handle.clone(),
         applier,
     };
+    let netwatch = tokio::spawn(watch_network(
+        shared.clone(),
+        handle.clone(),
+        [interface.clone(), config.bridge.clone()],
+        stop_rx.clone(),
+    ));
     let mut control = tokio::spawn(control.run(session, stop_rx));
     tokio::pin!(shutdown);
     let result = tokio::select! {
@@ -456,6 +467,7 @@ pub async fn run(
     };
     let _ = stop_tx.send(true);
     engine_task.abort();
+    netwatch.abort();
     tview.link.set(None);
     drop(api);
     state.clear_network();
@@ -463,6 +475,63 @@ pub async fn run(
     drop(device);
     net.teardown();
     result
+}
+
+/// Watches this host's addresses (netlink, and a slow poll) and, when the
+/// ones it reports change, re-announces the host: endpoints to the
+/// coordinator, probes and a reflector check from the traversal engine,
+/// and a keep-alive to every peer so each roams to the new source.
+async fn watch_network(
+    shared: Arc<Shared>,
+    handle: crate::dataplane::DeviceHandle,
+    own: [String; 2],
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut netlink = match netwatch::NetlinkWatch::open() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch address changes over netlink; polling every {:?}", netwatch::POLL_EVERY);
+            None
+        }
+    };
+    let skip = [own[0].as_str(), own[1].as_str()];
+    let addrs = || {
+        let id = shared.identity();
+        endpoints::local_endpoints(id.listen_port, &skip, id.pool)
+    };
+    let mut last = addrs();
+    let mut poll = tokio::time::interval(netwatch::POLL_EVERY);
+    poll.tick().await;
+    loop {
+        tokio::select! {
+            r = async {
+                match netlink.as_mut() {
+                    Some(w) => w.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "netlink watch failed; polling instead");
+                    netlink = None;
+                }
+            }
+            _ = poll.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = addrs();
+        if now == last {
+            continue;
+        }
+        tracing::info!(before = ?last, after = ?now, "this host's addresses changed; re-announcing it");
+        last = now;
+        shared.endpoints_changed.notify_one();
+        let local_nets = traversal::local_networks(&skip);
+        let _ = shared
+            .traversal
+            .requests
+            .try_send(traversal::Request::NetworkChanged { local_nets });
+        handle.nudge_peers();
+    }
 }
 
 /// The coordinator's first address that resolves (IPv4), for the reflector.

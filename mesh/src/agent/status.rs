@@ -62,6 +62,13 @@ pub struct CoordinatorStatus {
     pub since_secs: u64,
     pub last_error: Option<String>,
     pub netmap_version: u64,
+    /// Milliseconds since anything arrived from the coordinator (on this
+    /// session, or on the last one while reconnecting).
+    #[serde(default)]
+    pub last_heard_ms: Option<u64>,
+    /// `quic` or `tcp`: the transport of the session (or the last one).
+    #[serde(default)]
+    pub transport: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -133,11 +140,16 @@ impl Status {
             h.name, h.node_id, h.address, h.subnet, h.interface, h.listen_port
         );
         let c = &self.coordinator;
+        let heard = match c.last_heard_ms {
+            Some(ms) => format!(", last heard {:.1}s ago", ms as f64 / 1000.0),
+            None => String::new(),
+        };
         let state = if c.connected {
-            format!("connected for {}s", c.since_secs)
+            let via = c.transport.as_deref().unwrap_or("quic");
+            format!("connected over {via} for {}s{heard}", c.since_secs)
         } else {
             format!(
-                "DISCONNECTED for {}s ({}); tunnels keep running, retrying",
+                "RECONNECTING for {}s{heard} ({}); tunnels keep running",
                 c.since_secs,
                 c.last_error.as_deref().unwrap_or("not yet connected")
             )
@@ -289,6 +301,11 @@ impl super::Shared {
                 since_secs: v.since.elapsed().as_secs(),
                 last_error: v.last_error.clone(),
                 netmap_version: netmap.version(),
+                last_heard_ms: v
+                    .heard
+                    .as_ref()
+                    .map(|(h, _)| u64::try_from(h.ago().as_millis()).unwrap_or(u64::MAX)),
+                transport: v.heard.as_ref().map(|(_, t)| (*t).to_string()),
             },
             peers,
             drops: vec![

@@ -17,6 +17,7 @@ use weft_proto::token::JoinToken;
 use weft_proto::{codec, HostSubnet, Netmap, NetmapChange, NodeId, WgPublicKey, PROTOCOL_VERSION};
 use x25519_dalek::{PublicKey, StaticSecret};
 
+use super::liveness::{ping_tcp, watch_quic, AbortOnDrop, Heard};
 use super::transport::{DatagramLink, DatagramSource, FrameReader, FrameWriter};
 use super::ControlError;
 
@@ -158,10 +159,14 @@ impl ControlClient {
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport
-            .keep_alive_interval(Some(Duration::from_secs(10)))
-            .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
-                30_000,
-            ))))
+            // Liveness (see `liveness`): a dead coordinator is noticed
+            // within the deadline, a restarted one at the first keep-alive
+            // it answers with a stateless reset.
+            .keep_alive_interval(Some(weft_proto::KEEPALIVE))
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(weft_proto::LIVENESS_DEADLINE)
+                    .map_err(|e| ControlError::Protocol(e.to_string()))?,
+            ))
             .stream_receive_window(quinn::VarInt::from_u32(256 * 1024))
             .receive_window(quinn::VarInt::from_u32(512 * 1024))
             .send_window(64 * 1024)
@@ -351,7 +356,16 @@ impl ControlClient {
                 )
             }
         };
+        let heard = Heard::now();
+        let keepalive = Duration::from_millis(u64::from(welcome.keepalive_ms));
+        let liveness = match &quic {
+            Some(c) => Some(watch_quic(c.clone(), heard.clone())),
+            None if welcome.keepalive_ms > 0 => Some(ping_tcp(send.clone(), keepalive)),
+            None => None,
+        };
         let mut session = Session {
+            tcp_deadline: (quic.is_none() && welcome.keepalive_ms > 0)
+                .then_some(weft_proto::LIVENESS_DEADLINE),
             quic,
             send,
             recv,
@@ -361,6 +375,8 @@ impl ControlClient {
             link,
             source: Some(source),
             tcp_in,
+            heard,
+            _liveness: liveness,
         };
         let first = session.next_change().await?;
         session.resumed = !first.full;
@@ -468,6 +484,12 @@ pub struct Session {
     source: Option<DatagramSource>,
     /// On TCP, where datagram frames read from the stream go.
     tcp_in: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    heard: Heard,
+    /// On TCP with a coordinator that answers pings: the longest silence
+    /// before the session counts as dead.
+    tcp_deadline: Option<Duration>,
+    /// The QUIC watcher or the TCP pinger; ends with the session.
+    _liveness: Option<AbortOnDrop>,
 }
 
 impl Session {
@@ -475,6 +497,21 @@ impl Session {
     /// (rather than starting from a full snapshot).
     pub fn resumed(&self) -> bool {
         self.resumed
+    }
+
+    /// When the coordinator was last heard from on this session.
+    pub fn heard(&self) -> Heard {
+        self.heard.clone()
+    }
+
+    /// "quic" or "tcp".
+    pub fn transport(&self) -> &'static str {
+        self.link.transport()
+    }
+
+    /// A handle that reads this session's traffic counters (QUIC only).
+    pub fn wire_stats(&self) -> WireStats {
+        WireStats(self.quic.clone())
     }
 
     /// This node's registration.
@@ -507,7 +544,23 @@ impl Session {
     /// ends the session: reconnect (with [`ControlClient::connect`]).
     pub async fn next_change(&mut self) -> Result<NetmapChange, ControlError> {
         loop {
-            match read_msg(self.quic.as_ref(), &mut self.recv).await? {
+            let read = read_msg(self.quic.as_ref(), &mut self.recv);
+            let msg = match self.tcp_deadline {
+                Some(d) => {
+                    let until = tokio::time::Instant::from_std(self.heard.at() + d);
+                    tokio::time::timeout_at(until, read).await.map_err(|_| {
+                        ControlError::Connection(format!(
+                            "no word from the coordinator for {}s",
+                            d.as_secs()
+                        ))
+                    })??
+                }
+                None => read.await?,
+            };
+            if self.quic.is_none() {
+                self.heard.mark();
+            }
+            match msg {
                 ServerMsg::Netmap(update) => match self.netmap.apply(update) {
                     Ok(Some(change)) => return Ok(change),
                     Ok(None) => continue,
@@ -551,6 +604,25 @@ impl Session {
             c.close(0u32.into(), b"bye");
         }
         // A TCP session ends when its halves are dropped.
+    }
+}
+
+/// Reads a QUIC session's traffic counters; outlives the session.
+#[derive(Clone)]
+pub struct WireStats(Option<quinn::Connection>);
+
+impl WireStats {
+    /// Bytes sent and received so far, counting IPv4 and UDP headers;
+    /// `None` on TCP.
+    pub fn bytes(&self) -> Option<(u64, u64)> {
+        const IPV4_UDP: u64 = 28;
+        self.0.as_ref().map(|c| {
+            let s = c.stats();
+            (
+                s.udp_tx.bytes + IPV4_UDP * s.udp_tx.datagrams,
+                s.udp_rx.bytes + IPV4_UDP * s.udp_rx.datagrams,
+            )
+        })
     }
 }
 

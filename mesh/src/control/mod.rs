@@ -7,15 +7,23 @@
 //! then calls [`Session::next_change`] in a loop. Netmap folding is the pure
 //! reducer [`weft_proto::Netmap::apply`]; this module only moves bytes.
 //!
+//! Liveness ([`Heard`], `liveness`): keep-alives every
+//! [`weft_proto::KEEPALIVE`] and a deadline of
+//! [`weft_proto::LIVENESS_DEADLINE`] on both transports.
+//!
 //! What a host must keep to reconnect later is [`CoordinatorInfo`] (from the
 //! token) plus its own private key.
 
 mod client;
 mod error;
+mod liveness;
 mod transport;
 
-pub use client::{ControlClient, CoordinatorInfo, EndpointUpdater, JoinOutcome, Session};
+pub use client::{
+    ControlClient, CoordinatorInfo, EndpointUpdater, JoinOutcome, Session, WireStats,
+};
 pub use error::ControlError;
+pub use liveness::Heard;
 pub use transport::{DatagramLink, DatagramSource};
 pub use weft_proto::msg::{ErrorCode, Welcome};
 pub use weft_proto::{Netmap, NetmapChange};

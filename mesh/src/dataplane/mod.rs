@@ -5,7 +5,9 @@
 //! tun-rs), encrypts and sends them with UDP GSO; `rx` receives batches with
 //! recvmmsg/GRO, decrypts, checks the source against the sender's allowed IPs
 //! and writes coalesced batches to the TUN; `timers` drives handshakes,
-//! rekeys and keepalives. Configuration changes build a new [`PeerTable`]
+//! rekeys and keepalives, and sends the handshakes the device starts on its
+//! own ([`kick`]: a restarted or moved host is reachable again within a
+//! round trip). Configuration changes build a new [`PeerTable`]
 //! and swap it in, so the packet threads read it without locks. When the
 //! coordinator's policy restricts this host, `rx` passes decrypted packets
 //! through the stateful [`filter`] and `tx` records the flows it sends.
@@ -15,6 +17,7 @@
 mod config;
 pub mod filter;
 pub mod hooks;
+mod kick;
 pub mod peer;
 mod rx;
 mod timers;
@@ -155,6 +158,8 @@ pub(crate) struct Shared {
     pub filter: filter::FilterSlot,
     /// Flows this host started, recorded by `tx` while a filter is active.
     pub conntrack: filter::Conntrack,
+    /// Handshakes and keep-alives due on the device's own initiative.
+    pub kicks: kick::KickQueue,
 }
 
 /// A running WireGuard interface. Dropping it stops the threads and removes
@@ -200,6 +205,7 @@ impl Device {
             inject: WakeFd::new().map_err(DeviceError::Thread)?,
             filter: filter::FilterSlot::default(),
             conntrack: filter::Conntrack::default(),
+            kicks: kick::KickQueue::new().map_err(DeviceError::Thread)?,
         });
         let mut device = Device {
             shared: shared.clone(),
@@ -314,15 +320,30 @@ impl DeviceHandle {
     }
 
     /// Points peer `key` at `endpoint` (a socket address or a relay marker);
-    /// false if there is no such peer.
+    /// false if there is no such peer. A peer without a session gets a
+    /// handshake at the new endpoint at once (see [`kick`]).
     pub fn set_endpoint(&self, key: &crate::key::Key, endpoint: std::net::SocketAddr) -> bool {
         let table = self.shared.table.load();
         match table.by_key.get(key) {
             Some(peer) => {
-                peer.state().endpoint = Some(udp::canonical(endpoint));
+                let endpoint = Some(udp::canonical(endpoint));
+                let moved = std::mem::replace(&mut peer.state().endpoint, endpoint) != endpoint;
+                if moved && !peer.has_session() {
+                    self.shared.kicks.push(peer, kick::Kick::Handshake);
+                }
                 true
             }
             None => false,
+        }
+    }
+
+    /// Sends every peer a keep-alive (a handshake where there is no
+    /// session), paced: after this host's addresses changed, the peers see
+    /// an authenticated packet from its new source and roam to it.
+    pub fn nudge_peers(&self) {
+        let table = self.shared.table.load();
+        for peer in &table.peers {
+            self.shared.kicks.push(peer, kick::Kick::Keepalive);
         }
     }
 
@@ -339,6 +360,10 @@ impl DeviceHandle {
                 let mut st = peer.state();
                 if st.endpoint.is_none() {
                     st.endpoint = Some(udp::canonical(endpoint));
+                    drop(st);
+                    if !peer.has_session() {
+                        self.shared.kicks.push(peer, kick::Kick::Handshake);
+                    }
                 }
                 true
             }

@@ -45,6 +45,8 @@ pub struct Peer {
     pub rx_bytes: AtomicU64,
     /// Bytes sent to this peer on the wire.
     pub tx_bytes: AtomicU64,
+    /// Handshakes and keep-alives queued or sent on the device's initiative.
+    pub kicks: super::kick::KickState,
 }
 
 /// Our own identity, needed to recognise handshake initiations.
@@ -65,6 +67,7 @@ impl Peer {
             config: Mutex::new(PeerConfig::default()),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
+            kicks: super::kick::KickState::default(),
         }
     }
 
@@ -101,6 +104,14 @@ impl Peer {
         let st = self.state();
         let since = st.tunn.as_ref()?.time_since_last_handshake()?;
         SystemTime::now().checked_sub(since)
+    }
+
+    /// Whether a session is established (not merely being handshaken).
+    pub fn has_session(&self) -> bool {
+        self.state()
+            .tunn
+            .as_ref()
+            .is_some_and(|t| t.time_since_last_handshake().is_some())
     }
 
     pub fn endpoint(&self) -> Option<SocketAddr> {

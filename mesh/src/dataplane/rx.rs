@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, TunnResult};
 use quinn_udp::RecvMeta;
@@ -262,8 +263,12 @@ fn handle_datagram(
     };
     let Some(peer) = peer else {
         bump(&shared.counters.rx_unknown_peer);
+        if matches!(packet, Packet::PacketData(_)) {
+            rekey_sender(shared, table, src);
+        }
         return;
     };
+    let is_data = matches!(packet, Packet::PacketData(_));
     let is_cookie = matches!(packet, Packet::PacketCookieReply(_));
 
     let mut st = peer.state();
@@ -286,6 +291,14 @@ fn handle_datagram(
         TunnResult::Err(e) => {
             bump(&shared.counters.rx_invalid);
             tracing::debug!(error = ?e, %src, "dropped WireGuard message");
+            let stale = matches!(
+                e,
+                WireGuardError::NoCurrentSession | WireGuardError::WrongIndex
+            );
+            drop(st);
+            if is_data && stale {
+                rekey_sender(shared, table, src);
+            }
         }
         TunnResult::WriteToNetwork(reply) => {
             // A handshake response or cookie: send it, then whatever
@@ -316,6 +329,23 @@ fn handle_datagram(
             drop(st);
             accept_inner(shared, table, peer, ip.into(), n, dgram.len(), tun);
         }
+    }
+}
+
+/// Transport data from `src` that no session here can decrypt: when `src`
+/// is a peer's endpoint, that peer still uses a session with this host's
+/// previous process (or one that expired), and a handshake now saves it
+/// waiting for its rekey timeout. Scans are capped per second and the
+/// handshake per endpoint (see [`super::kick`]), so spoofed data costs
+/// little.
+fn rekey_sender(shared: &Shared, table: &PeerTable, src: SocketAddr) {
+    if !shared.kicks.may_scan() {
+        return;
+    }
+    let src = super::udp::canonical(src);
+    if let Some(peer) = table.peers.iter().find(|p| p.endpoint() == Some(src)) {
+        tracing::debug!(%src, "undecryptable data from a peer; handshaking");
+        shared.kicks.push(peer, super::kick::Kick::Handshake);
     }
 }
 

@@ -15,15 +15,34 @@ const TICK: Duration = Duration::from_millis(250);
 pub(super) fn run(shared: Arc<Shared>) {
     let mut buf = vec![0u8; 2048];
     let mut last_reset = Instant::now();
+    let mut last_tick = Instant::now();
+    let mut kicks_left = false;
     loop {
-        match wake::wait(None, 0, &[&shared.stop], TICK.as_millis() as i32) {
-            Ok(Ready::Woken(_)) => return,
+        let wait = if kicks_left {
+            super::kick::ROUND
+        } else {
+            TICK.saturating_sub(last_tick.elapsed())
+        };
+        match wake::wait(
+            None,
+            0,
+            &[&shared.stop, &shared.kicks.wake],
+            wait.as_millis() as i32,
+        ) {
+            Ok(Ready::Woken(0)) => return,
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(error = %e, "timer wait failed; timers stopped");
                 return;
             }
         }
+        kicks_left = shared
+            .kicks
+            .send_round(&shared, &shared.udp.load(), &mut buf);
+        if last_tick.elapsed() < TICK {
+            continue;
+        }
+        last_tick = Instant::now();
         let table = shared.table.load();
         if last_reset.elapsed() >= Duration::from_secs(1) {
             if let Some(l) = &table.rate_limiter {

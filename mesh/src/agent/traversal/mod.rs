@@ -97,6 +97,10 @@ pub enum Request {
         node: NodeId,
         reply: oneshot::Sender<PingReply>,
     },
+    /// This host's addresses changed (its interface networks are now
+    /// `local_nets`): ask the reflector again and probe every candidate of
+    /// every peer from the new address at once.
+    NetworkChanged { local_nets: Vec<(IpAddr, u8)> },
 }
 
 /// The shared, read-only side of the engine.
@@ -415,6 +419,22 @@ impl Engine {
                 };
                 let to = peer.current.unwrap_or_else(|| relay_endpoint(node.0));
                 self.ping(node, to, Some(reply));
+            }
+            Request::NetworkChanged { local_nets } => {
+                self.local_nets = local_nets;
+                self.reflect();
+                let targets: Vec<(NodeId, SocketAddr)> = self
+                    .peers
+                    .iter()
+                    .flat_map(|(id, p)| p.candidates.keys().map(move |a| (*id, *a)))
+                    .collect();
+                tracing::debug!(
+                    probes = targets.len(),
+                    "addresses changed; probing every candidate"
+                );
+                for (node, addr) in targets {
+                    self.ping(node, addr, None);
+                }
             }
         }
     }
