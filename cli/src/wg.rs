@@ -111,6 +111,7 @@ fn log_counters(c: &CounterSnapshot, what: &str) {
         rx_invalid = c.rx_invalid,
         rx_unknown_peer = c.rx_unknown_peer,
         rx_src_not_allowed = c.rx_src_not_allowed,
+        rx_dst_not_local = c.rx_dst_not_local,
         cookies_sent = c.cookies_sent,
         "{what}"
     );

@@ -254,6 +254,8 @@ impl ControlLoop {
             tracing::warn!(error = %e, "cannot read the advertised routes");
             Vec::new()
         });
+        self.handle
+            .set_local_networks(Some(self.shared.accepted_networks(&routes)));
         s.updater().advertise_routes(routes).await
     }
 

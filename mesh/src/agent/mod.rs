@@ -164,6 +164,22 @@ impl Shared {
         eps
     }
 
+    /// What this host accepts from the mesh: packets to its own subnet
+    /// and to the networks it advertises (`routes`). Anything else a peer
+    /// sends is a peer using it as a router, and is dropped.
+    fn accepted_networks(
+        &self,
+        routes: &[weft_proto::policy::Cidr],
+    ) -> Vec<crate::allowed_ips::IpNet> {
+        let mut nets = vec![peers::subnet_net(self.identity().subnet)];
+        nets.extend(
+            routes
+                .iter()
+                .filter_map(|r| crate::allowed_ips::IpNet::new(r.addr(), r.prefix_len())),
+        );
+        nets
+    }
+
     fn set_connected(&self, heard: crate::control::Heard, transport: &'static str) {
         let mut v = self.view();
         v.connected = true;
@@ -400,6 +416,9 @@ pub async fn run(
         services: Mutex::new(services),
     });
     shared.scan_endpoints();
+    handle.set_local_networks(Some(
+        shared.accepted_networks(&state.advertised_routes().unwrap_or_default()),
+    ));
     state.save_network(&NetworkFile {
         subnet: identity.subnet.to_string(),
         gateway: identity.subnet.host_addr(),

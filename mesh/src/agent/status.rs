@@ -316,6 +316,7 @@ impl super::Shared {
                 ("rx_invalid".into(), c.rx_invalid),
                 ("rx_unknown_peer".into(), c.rx_unknown_peer),
                 ("rx_src_not_allowed".into(), c.rx_src_not_allowed),
+                ("rx_dst_not_local".into(), c.rx_dst_not_local),
             ],
             policy: handle.filter_stats(),
             services,

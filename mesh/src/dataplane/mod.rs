@@ -95,6 +95,10 @@ pub struct Counters {
     pub rx_unknown_peer: AtomicU64,
     /// Decrypted packets whose source is outside the sender's allowed IPs.
     pub rx_src_not_allowed: AtomicU64,
+    /// Decrypted packets addressed outside this host's own networks (see
+    /// [`DeviceHandle::set_local_networks`]): a peer trying to use this
+    /// host as a router.
+    pub rx_dst_not_local: AtomicU64,
     /// Cookie replies sent because handshakes arrived faster than the limit.
     pub cookies_sent: AtomicU64,
 }
@@ -109,6 +113,7 @@ pub struct CounterSnapshot {
     pub rx_invalid: u64,
     pub rx_unknown_peer: u64,
     pub rx_src_not_allowed: u64,
+    pub rx_dst_not_local: u64,
     pub cookies_sent: u64,
 }
 
@@ -123,6 +128,7 @@ impl Counters {
             rx_invalid: r(&self.rx_invalid),
             rx_unknown_peer: r(&self.rx_unknown_peer),
             rx_src_not_allowed: r(&self.rx_src_not_allowed),
+            rx_dst_not_local: r(&self.rx_dst_not_local),
             cookies_sent: r(&self.cookies_sent),
         }
     }
@@ -160,6 +166,9 @@ pub(crate) struct Shared {
     pub conntrack: filter::Conntrack,
     /// Handshakes and keep-alives due on the device's own initiative.
     pub kicks: kick::KickQueue,
+    /// The networks inbound packets may be addressed to; none: any (a bare
+    /// WireGuard interface, as with stock WireGuard).
+    pub local_nets: ArcSwapOption<Vec<crate::allowed_ips::IpNet>>,
 }
 
 /// A running WireGuard interface. Dropping it stops the threads and removes
@@ -206,6 +215,7 @@ impl Device {
             filter: filter::FilterSlot::default(),
             conntrack: filter::Conntrack::default(),
             kicks: kick::KickQueue::new().map_err(DeviceError::Thread)?,
+            local_nets: ArcSwapOption::empty(),
         });
         let mut device = Device {
             shared: shared.clone(),
@@ -289,6 +299,14 @@ impl DeviceHandle {
     /// Returns whether the filter in force changed.
     pub fn set_filter(&self, filter: Option<&weft_proto::policy::PacketFilter>) -> bool {
         self.shared.filter.set(filter)
+    }
+
+    /// Accepts from peers only packets addressed to `nets` (this host's
+    /// subnet and the networks it routes for the mesh), under any policy,
+    /// and counts the rest as `rx_dst_not_local`. `None` accepts any
+    /// destination, as stock WireGuard does.
+    pub fn set_local_networks(&self, nets: Option<Vec<crate::allowed_ips::IpNet>>) {
+        self.shared.local_nets.store(nets.map(Arc::new));
     }
 
     /// What the inbound filter dropped since it was installed.

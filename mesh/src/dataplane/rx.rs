@@ -22,6 +22,7 @@ use super::peer::{Peer, PeerTable};
 use super::udp::UdpEndpoint;
 use super::wake::{self, Ready};
 use super::{bump, Shared};
+use crate::allowed_ips::IpNet;
 use crate::key::Key;
 
 /// Bytes per receive buffer: one GRO super-datagram at most.
@@ -39,6 +40,8 @@ struct TunBatch {
     /// The inbound filter for this batch, and the conntrack second.
     filter: FilterView,
     now: u32,
+    /// The destinations this host accepts, for this batch.
+    local: Option<Arc<Vec<IpNet>>>,
 }
 
 impl TunBatch {
@@ -55,6 +58,7 @@ impl TunBatch {
             gro: GROTable::default(),
             filter: FilterView::default(),
             now: 0,
+            local: None,
         }
     }
 
@@ -64,6 +68,21 @@ impl TunBatch {
         if self.filter.refresh(&shared.filter).is_some() {
             self.now = shared.conntrack.now();
         }
+        self.local = shared.local_nets.load_full();
+    }
+
+    /// Whether the `n` bytes just written are addressed to this host's own
+    /// networks (always, when none are set).
+    fn addressed_here(&self, n: usize) -> bool {
+        let Some(local) = &self.local else {
+            return true;
+        };
+        let packet = self
+            .bufs
+            .get(self.count)
+            .and_then(|b| b.get(VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + n))
+            .unwrap_or_default();
+        destination(packet).is_some_and(|dst| local.iter().any(|net| net.contains(dst)))
     }
 
     /// Whether the filter admits the `n` bytes just written into the buffer
@@ -349,9 +368,24 @@ fn rekey_sender(shared: &Shared, table: &PeerTable, src: SocketAddr) {
     }
 }
 
+/// The destination address of an IPv4 or IPv6 packet.
+fn destination(packet: &[u8]) -> Option<std::net::IpAddr> {
+    match packet.first()? >> 4 {
+        4 => {
+            let b: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
+            Some(std::net::Ipv4Addr::from(b).into())
+        }
+        6 => {
+            let b: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
+            Some(std::net::Ipv6Addr::from(b).into())
+        }
+        _ => None,
+    }
+}
+
 /// Cryptokey routing on the way in: the inner source must be one of the
-/// sending peer's allowed IPs; then the inbound filter decides (and counts
-/// what it drops).
+/// sending peer's allowed IPs, the destination one of this host's own
+/// networks; then the inbound filter decides (and counts what it drops).
 fn accept_inner(
     shared: &Shared,
     table: &PeerTable,
@@ -370,6 +404,10 @@ fn accept_inner(
                     .lookup(ip)
                     .is_some_and(|o| Arc::ptr_eq(o, peer))
             };
+            if !tun.addressed_here(inner_len) {
+                bump(&shared.counters.rx_dst_not_local);
+                return;
+            }
             if tun.admits(shared, inner_len, via) {
                 tun.commit(inner_len);
             }
@@ -378,5 +416,26 @@ fn accept_inner(
             bump(&shared.counters.rx_src_not_allowed);
             tracing::debug!(%src_ip, "dropped packet from outside the peer's allowed IPs");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::destination;
+
+    #[test]
+    fn destination_of_v4_v6_and_garbage() {
+        let mut v4 = [0u8; 20];
+        v4[0] = 0x45;
+        v4[16..20].copy_from_slice(&[100, 64, 1, 7]);
+        assert_eq!(destination(&v4), Some("100.64.1.7".parse().unwrap()));
+        let mut v6 = [0u8; 40];
+        v6[0] = 0x60;
+        v6[24] = 0xfd;
+        v6[39] = 1;
+        assert_eq!(destination(&v6), Some("fd00::1".parse().unwrap()));
+        assert_eq!(destination(&v4[..19]), None, "truncated");
+        assert_eq!(destination(&[]), None);
+        assert_eq!(destination(&[0x15; 40]), None, "not IP");
     }
 }

@@ -1,0 +1,113 @@
+//! Hardening, in namespaces: what a joined host must not be able to do to
+//! another. Needs root; in CI (`CI=true`) a missing privilege fails instead
+//! of skipping.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use weft_tests::cluster::{Cluster, ClusterSpec};
+use weft_tests::{greet, require_root, Lab, Server};
+
+fn weft() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+}
+
+/// One of host `i`'s data-plane drop counters, from `weft status --json`.
+fn drops(c: &Cluster, i: usize, reason: &str) -> u64 {
+    let s = c.status(i).expect("status");
+    s["drops"]
+        .as_array()
+        .and_then(|d| {
+            d.iter()
+                .find(|e| e[0].as_str() == Some(reason))
+                .and_then(|e| e[1].as_u64())
+        })
+        .unwrap_or_else(|| panic!("no {reason} counter in {s}"))
+}
+
+/// Two hosts and no policy (everything allowed). The attacker adds a
+/// network outside the mesh to its own WireGuard peer entry for the victim
+/// and routes it into its tunnel: the victim must not forward or deliver
+/// such packets, only packets to its own subnet.
+#[test]
+fn a_peer_cannot_use_a_host_as_a_router_out_of_the_mesh() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::new("rt");
+    let spec = ClusterSpec {
+        clouds: 2,
+        hosts_per_cloud: 1,
+        containers_per_host: 0,
+        ..ClusterSpec::default()
+    };
+    let c = Cluster::build(&lab, &weft(), spec).expect("cluster");
+    let (attacker, victim) = (&c.hosts[0], &c.hosts[1]);
+    let status = c.status(1).expect("status");
+    let victim_key = status["host"]["public_key"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    let victim_subnet = status["host"]["subnet"]
+        .as_str()
+        .expect("subnet")
+        .to_string();
+    let victim_addr = c.host_addr(1).expect("address");
+    let attacker_addr = c.host_addr(0).expect("address");
+
+    // A listener on the victim's overlay address (the mesh may reach it)
+    // and one on an address outside the mesh (it may not).
+    let inside = SocketAddr::from((victim_addr, 7070));
+    let outside: SocketAddr = "198.51.100.7:7070".parse().expect("address");
+    lab.ok(
+        &victim.ns,
+        &["ip", "addr", "add", "198.51.100.7/32", "dev", "lo"],
+    );
+    let _a = Server::greeter(&victim.ns, inside, "mesh").expect("listener");
+    let _b = Server::greeter(&victim.ns, outside, "private").expect("listener");
+    assert_eq!(
+        greet(&attacker.ns, inside, Duration::from_secs(5)).expect("the mesh works"),
+        "mesh"
+    );
+
+    lab.ok(
+        &attacker.ns,
+        &[
+            "wg",
+            "set",
+            &attacker.interface,
+            "peer",
+            &victim_key,
+            "allowed-ips",
+            &format!("{victim_subnet},198.51.100.7/32"),
+        ],
+    );
+    lab.ok(
+        &attacker.ns,
+        &[
+            "ip",
+            "route",
+            "add",
+            "198.51.100.7/32",
+            "dev",
+            &attacker.interface,
+            "src",
+            &attacker_addr.to_string(),
+        ],
+    );
+    let before = drops(&c, 1, "rx_dst_not_local");
+    let got = greet(&attacker.ns, outside, Duration::from_secs(3));
+    assert!(
+        got.is_err(),
+        "the attacker reached a non-mesh address through the victim: {got:?}"
+    );
+    let after = drops(&c, 1, "rx_dst_not_local");
+    eprintln!("router attempt: rx_dst_not_local {before} -> {after}");
+    assert!(after > before, "the drop was not counted");
+    // The mesh itself still works for the same peer.
+    assert_eq!(
+        greet(&attacker.ns, inside, Duration::from_secs(5)).expect("the mesh still works"),
+        "mesh"
+    );
+}
