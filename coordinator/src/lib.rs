@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod ipam;
+pub mod names;
 pub mod registry;
 pub mod server;
 pub mod state;

@@ -624,16 +624,20 @@ impl Writer {
                 ),
             )));
         }
-        let registered = {
+        let (key_owner, name) = {
             let reg = match self.registry.read() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            let key_owner = reg.by_key(&args.public_key);
-            let name_taken = reg.name_taken(&args.hostname);
-            (key_owner, name_taken)
+            // Names are compared after normalisation, against every node
+            // and every join of this batch.
+            let name =
+                crate::names::unique_name(&crate::names::sanitize_hostname(&args.hostname), |n| {
+                    reg.name_taken(n) || batch_names.contains(n)
+                });
+            (reg.by_key(&args.public_key), name)
         };
-        if let Some(owner) = registered.0 {
+        if let Some(owner) = key_owner {
             return Ok(Err(refuse(
                 ErrorCode::KeyInUse,
                 format!("this WireGuard key is already registered as node {owner}; reconnect instead of joining, or remove the node with `weft node remove {owner}` first"),
@@ -664,10 +668,6 @@ impl Writer {
             .map_or(1, |g| g.value());
         meta.insert(NEXT_NODE_ID, id + 1)
             .map_err(|e| e.to_string())?;
-        let mut name = sanitize_hostname(&args.hostname);
-        if registered.1 || batch_names.contains(&name) {
-            name = format!("{name}-{id}");
-        }
         batch_names.insert(name.clone());
         if let Some(n) = token.uses_left.as_mut() {
             *n -= 1;
@@ -690,26 +690,5 @@ impl Writer {
             .insert(id, encode(&rec).as_slice())
             .map_err(|e| e.to_string())?;
         Ok(Ok(rec))
-    }
-}
-
-/// A node name from a hostname: DNS-label characters only, at most 63.
-pub fn sanitize_hostname(h: &str) -> String {
-    let s: String = h
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(63)
-        .collect();
-    let s = s.trim_matches('-').to_string();
-    if s.is_empty() {
-        "host".into()
-    } else {
-        s
     }
 }

@@ -509,3 +509,19 @@ async fn bursts_of_changes_are_coalesced_for_a_host_that_reads_late() {
         "{messages} updates for 500 changes: not coalesced"
     );
 }
+
+/// Issue 12: "DB", "db." and "db!" all normalise to "db"; each host still
+/// gets a name of its own, and no later join takes over an existing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_are_unique_after_normalisation() {
+    let h = Harness::start().await;
+    let token = h.token(Some(4)).await;
+    let mut names = Vec::new();
+    for asked in ["DB", "db.", "db!", "db-2"] {
+        let (_k, out) = join(&token, asked).await;
+        names.push(out.name);
+    }
+    assert_eq!(names, ["db", "db-2", "db-3", "db-2-2"]);
+    let listed: HashSet<String> = h.nodes().await.into_iter().map(|n| n.name).collect();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+}
