@@ -30,6 +30,11 @@ pub struct CoordinatorArgs {
     /// host's bridge gateway address.
     #[arg(long, default_value = weft_proto::msg::DEFAULT_DOMAIN)]
     domain: String,
+    /// Keep loopback addresses among the endpoints hosts report (only for
+    /// benchmarks with every host on one machine; otherwise they are
+    /// dropped, with multicast, link-local and overlay addresses).
+    #[arg(long)]
+    allow_loopback_endpoints: bool,
     /// How long changes are gathered before they are pushed (milliseconds).
     #[arg(long, default_value_t = 25, hide = true)]
     coalesce_ms: u64,
@@ -47,6 +52,7 @@ pub fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
         config.advertise = args.advertise;
         config.domain = args.domain.trim_end_matches('.').to_ascii_lowercase();
         config.coalesce = Duration::from_millis(args.coalesce_ms.min(50));
+        config.allow_loopback_endpoints = args.allow_loopback_endpoints;
         let coordinator = Coordinator::start(config).await?;
         tracing::info!(
             admin = %coordinator.admin_credential_path().display(),

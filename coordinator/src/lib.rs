@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod cluster;
+pub mod endpoints;
 pub mod ipam;
 pub mod names;
 pub mod registry;
@@ -49,6 +50,10 @@ pub struct Config {
     pub tcp_port: Option<u16>,
     /// The cluster's DNS domain (services resolve as `NAME.<domain>`).
     pub domain: String,
+    /// Keep loopback endpoints hosts report (for benchmarks with every
+    /// host on one machine); off, they are dropped like other addresses no
+    /// peer could reach.
+    pub allow_loopback_endpoints: bool,
 }
 
 impl Config {
@@ -64,6 +69,7 @@ impl Config {
             coalesce: Duration::from_millis(25),
             tcp_port: None,
             domain: weft_proto::msg::DEFAULT_DOMAIN.to_string(),
+            allow_loopback_endpoints: false,
         }
     }
 }

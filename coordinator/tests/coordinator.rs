@@ -525,3 +525,56 @@ async fn names_are_unique_after_normalisation() {
     let listed: HashSet<String> = h.nodes().await.into_iter().map(|n| n.name).collect();
     assert_eq!(listed.len(), 4, "{listed:?}");
 }
+
+/// Issue 12: a host reporting 60,000 addresses (about what one 1 MiB frame
+/// holds; 75,000 do not fit one), loopback and overlay ones
+/// among them, cannot point its peers at them: they see at most 16
+/// plausible unicast endpoints, and stay connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_endpoints_are_checked_and_capped() {
+    let h = Harness::start().await;
+    let token = h.token(Some(2)).await;
+    let (_ka, mut a) = join(&token, "watcher").await;
+    let k = key();
+    let b = ControlClient::new()
+        .unwrap()
+        .join(
+            &token,
+            &k,
+            "flooder",
+            vec![
+                "127.0.0.1:51820".parse().unwrap(),
+                "100.64.0.1:51820".parse().unwrap(),
+                "224.0.0.5:51820".parse().unwrap(),
+                "192.0.2.10:51820".parse().unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+    wait_for(&mut a.session, Duration::from_secs(2), |s| {
+        s.netmap().peer(b.node_id).is_some()
+    })
+    .await;
+    assert_eq!(
+        a.session.netmap().peer(b.node_id).unwrap().endpoints,
+        vec!["192.0.2.10:51820".parse().unwrap()]
+    );
+    let many: Vec<std::net::SocketAddr> = (0..60_000u32)
+        .map(|i| {
+            std::net::SocketAddr::from((
+                Ipv4Addr::from(0xCB00_7100 + (i % 200)),
+                1024 + (i % 60_000) as u16,
+            ))
+        })
+        .collect();
+    b.session.set_endpoints(many).await.unwrap();
+    wait_for(&mut a.session, Duration::from_secs(5), |s| {
+        s.netmap().peer(b.node_id).unwrap().endpoints.len() == 16
+    })
+    .await;
+    assert!(h
+        .nodes()
+        .await
+        .iter()
+        .all(|n| n.online && n.endpoints.len() <= 16));
+}

@@ -69,6 +69,9 @@ struct Shared {
     /// TCP port of the TLS fallback, put into tokens.
     tcp_port: Option<u16>,
     domain: String,
+    /// Whether hosts may report loopback endpoints (benchmarks on one
+    /// machine).
+    allow_loopback_endpoints: bool,
     /// Policy, services and routes in force. Lock order: `cluster` before
     /// `registry`, never the other way round.
     cluster: RwLock<ClusterConfig>,
@@ -245,6 +248,7 @@ impl Coordinator {
             pool: opened.ipam_pool,
             tcp_port: config.tcp_port,
             domain: config.domain.clone(),
+            allow_loopback_endpoints: config.allow_loopback_endpoints,
             cluster: RwLock::new(opened.cluster),
             compiled: RwLock::new(Arc::new(Compiled::default())),
             membership_changed,

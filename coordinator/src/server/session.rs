@@ -10,6 +10,7 @@ use super::conn::{not_registered, read_frame, refuse_and_close, write_msg, ConnE
 use super::link::{FrameSink, Link, TcpInbox};
 use super::view::{send_update, HostView};
 use super::*;
+use crate::endpoints::checked_endpoints;
 
 #[instrument(skip_all, fields(node = %id))]
 #[expect(
@@ -55,6 +56,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     }
     // Subscribe before going online so our own change is not missed.
     let mut published = shared.published.subscribe();
+    let endpoints = checked_endpoints(&endpoints, shared.pool, shared.allow_loopback_endpoints);
     if shared.write().set_online(id, true, Some(endpoints)) {
         shared.changed.notify_one();
     }
@@ -88,7 +90,14 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
                         pinged = true;
                         pong.notify_one();
                     }
-                    ClientMsg::SetEndpoints { endpoints } => set_endpoints(&shared, id, endpoints),
+                    ClientMsg::SetEndpoints { endpoints } => {
+                        if set_endpoints(&shared, id, &endpoints) {
+                            // Paced: a host that floods endpoint changes
+                            // waits, and its stream's flow control holds
+                            // the rest back.
+                            tokio::time::sleep(ENDPOINT_PAUSE).await;
+                        }
+                    }
                     ClientMsg::AdvertiseRoutes { routes } => {
                         super::config_ops::advertise_routes(&shared, id, routes).await
                     }
@@ -171,11 +180,18 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     result
 }
 
-/// Records a host's new endpoints; peers hear of them with the next netmap.
-fn set_endpoints(shared: &Shared, id: NodeId, endpoints: Vec<SocketAddr>) {
-    if shared.write().update(id, |p| p.endpoints = endpoints) {
+/// The least time between two endpoint changes of one host.
+const ENDPOINT_PAUSE: Duration = Duration::from_millis(250);
+
+/// Records a host's new endpoints (those [`checked_endpoints`] keeps);
+/// peers hear of them with the next netmap. Whether anything changed.
+fn set_endpoints(shared: &Shared, id: NodeId, endpoints: &[SocketAddr]) -> bool {
+    let endpoints = checked_endpoints(endpoints, shared.pool, shared.allow_loopback_endpoints);
+    let changed = shared.write().update(id, |p| p.endpoints = endpoints);
+    if changed {
         shared.changed.notify_one();
     }
+    changed
 }
 
 /// The next datagram queued for a TCP session (never, for QUIC).
