@@ -90,13 +90,12 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
                         pinged = true;
                         pong.notify_one();
                     }
-                    ClientMsg::SetEndpoints { endpoints } => {
-                        if set_endpoints(&shared, id, &endpoints) {
-                            // Paced: a host that floods endpoint changes
-                            // waits, and its stream's flow control holds
-                            // the rest back.
-                            tokio::time::sleep(ENDPOINT_PAUSE).await;
-                        }
+                    // Paced: a host that floods endpoint changes waits,
+                    // and its stream's flow control holds the rest back.
+                    ClientMsg::SetEndpoints { endpoints }
+                        if set_endpoints(&shared, id, &endpoints) =>
+                    {
+                        tokio::time::sleep(ENDPOINT_PAUSE).await;
                     }
                     ClientMsg::AdvertiseRoutes { routes } => {
                         super::config_ops::advertise_routes(&shared, id, routes).await
