@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use std::io::Read as _;
+
 use anyhow::Context as _;
 use clap::Args;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -31,10 +33,16 @@ pub struct AgentArgs {
     pub no_offload: bool,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct JoinArgs {
-    /// The join token from `weft token create` (weft1.…).
-    pub token: String,
+    /// The join token from `weft token create` (weft1.…), or `-` to read it
+    /// from standard input. A token on the command line is visible in the
+    /// process list: prefer `--token-file` or `WEFT_TOKEN`.
+    #[arg(conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// Read the join token from this file (the first line).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// This host's name in the cluster [default: the hostname].
     #[arg(long)]
     pub name: Option<String>,
@@ -48,11 +56,59 @@ pub struct UpArgs {
     pub agent: AgentArgs,
 }
 
+impl std::fmt::Debug for JoinArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinArgs")
+            .field("token_file", &self.token_file)
+            .field("name", &self.name)
+            .field("agent", &self.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where `weft join` takes its token from, in this order: the argument
+/// (`-`: standard input), `--token-file`, `WEFT_TOKEN`.
+fn read_token(args: &JoinArgs) -> anyhow::Result<String> {
+    let raw = match (&args.token, &args.token_file) {
+        (Some(t), _) if t == "-" => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin().take(64 * 1024), &mut s)
+                .context("cannot read the join token from standard input")?;
+            s
+        }
+        (Some(t), _) => t.clone(),
+        (None, Some(path)) => {
+            let mut s = String::new();
+            std::fs::File::open(path)
+                .and_then(|f| std::io::Read::read_to_string(&mut f.take(64 * 1024), &mut s))
+                .with_context(|| format!("cannot read the join token from {}", path.display()))?;
+            s
+        }
+        (None, None) => std::env::var("WEFT_TOKEN").map_err(|_| {
+            anyhow::anyhow!(
+                "no join token: give it as `weft join --token-file FILE`, in WEFT_TOKEN, on standard input with `weft join -`, or as an argument; create one on the coordinator with `weft token create`"
+            )
+        })?,
+    };
+    let token = raw
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    // Checked before anything is created: a bad token leaves no interface,
+    // no key and no state dir behind.
+    token.parse::<weft_proto::token::JoinToken>().context(
+        "this is not a valid join token; copy the whole line `weft token create` printed",
+    )?;
+    Ok(token.to_string())
+}
+
 pub fn join(args: JoinArgs) -> anyhow::Result<()> {
+    let token = read_token(&args)?;
     run(
         args.agent,
         Start::Join {
-            token: args.token,
+            token,
             name: args.name,
         },
     )

@@ -28,9 +28,9 @@ enum TokenCommand {
         /// Allow this many joins (default 1).
         #[arg(long)]
         uses: Option<u32>,
-        /// Expire after this long, e.g. `1h`, `30m`, `7d`.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        expires: Option<Duration>,
+        /// Expire after this long, e.g. `1h`, `30m`, `7d`, or `never`.
+        #[arg(long, value_parser = parse_expiry, default_value = "24h")]
+        expires: Expiry,
         /// Tag given to nodes that join with this token. Repeat for several.
         #[arg(long = "tag")]
         tags: Vec<String>,
@@ -42,6 +42,19 @@ enum TokenCommand {
     },
     /// Revoke a token so it can no longer be used.
     Revoke { id: String },
+}
+
+/// How long a token lives: `None` for ever.
+#[derive(Clone, Copy, Debug)]
+struct Expiry(Option<Duration>);
+
+fn parse_expiry(s: &str) -> Result<Expiry, String> {
+    if s.eq_ignore_ascii_case("never") {
+        return Ok(Expiry(None));
+    }
+    humantime::parse_duration(s)
+        .map(|d| Expiry(Some(d)))
+        .map_err(|e| format!("{e}; give a duration such as 1h, 30m or 7d, or `never`"))
 }
 
 /// Runs one admin command on a fresh runtime.
@@ -77,7 +90,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
                 args.admin,
                 AdminCommand::TokenCreate {
                     uses,
-                    expires_in_secs: expires.map(|d| d.as_secs().max(1)),
+                    expires_in_secs: expires.0.map(|d| d.as_secs().max(1)),
                     tags,
                 },
             )?;

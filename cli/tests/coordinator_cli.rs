@@ -29,7 +29,9 @@ fn weft(admin: &Path, args: &[&str]) -> Output {
 }
 
 fn start() -> (Coordinator, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("weft-cli-test-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("weft-cli-test-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -116,4 +118,99 @@ fn token_and_node_commands() {
     let out = weft(Path::new("/nonexistent/admin.json"), &["token", "list"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--admin FILE"));
+}
+
+/// Issue 12: tokens expire after 24 h unless told otherwise.
+#[test]
+fn tokens_expire_by_default() {
+    let (_c, admin) = start();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(weft(&admin, &["token", "create"]).status.success());
+    assert!(weft(&admin, &["token", "create", "--expires", "never"])
+        .status
+        .success());
+    let out = weft(&admin, &["token", "create", "--expires", "soon"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never"));
+    let out = weft(&admin, &["token", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut expiries: Vec<Option<u64>> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["expires_at"].as_u64())
+        .collect();
+    expiries.sort();
+    assert_eq!(expiries.len(), 2, "{list}");
+    assert_eq!(expiries[0], None, "--expires never");
+    let e = expiries[1].unwrap();
+    assert!(
+        (now + 24 * 3600 - 5..=now + 24 * 3600 + 60).contains(&e),
+        "default expiry {e}, now {now}"
+    );
+}
+
+/// Issue 12: `weft join` takes its token from a file, standard input or
+/// the environment, and checks it before it creates anything.
+#[test]
+fn join_checks_its_token_before_creating_anything() {
+    let dir = std::env::temp_dir().join(format!("weft-join-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state");
+    let file = dir.join("token");
+    std::fs::write(&file, "weft1.garbage\n").unwrap();
+    let join = |extra: &[&str], env: Option<&str>, stdin: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
+        cmd.arg("join")
+            .args(extra)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--interface", "weftjointest0"])
+            .env_remove("WEFT_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(v) = env {
+            cmd.env("WEFT_TOKEN", v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        if let Some(s) = stdin {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        } else {
+            drop(child.stdin.take());
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let file_arg = file.to_string_lossy().into_owned();
+    for err in [
+        join(&["not-a-token"], None, None),
+        join(&["--token-file", &file_arg], None, None),
+        join(&[], Some("weft1.nope"), None),
+        join(&["-"], None, Some("garbage\n")),
+    ] {
+        assert!(err.contains("not a valid join token"), "{err}");
+        assert!(!state.exists(), "a state dir was created for a bad token");
+        assert!(
+            !Path::new("/sys/class/net/weftjointest0").exists(),
+            "an interface was created for a bad token"
+        );
+    }
+    let err = join(&[], None, None);
+    assert!(
+        err.contains("--token-file") && err.contains("WEFT_TOKEN"),
+        "{err}"
+    );
+    let err = join(&["--token-file", "/nonexistent/token"], None, None);
+    assert!(
+        err.contains("cannot read the join token from /nonexistent/token"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

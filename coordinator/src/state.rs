@@ -73,6 +73,11 @@ fn read_opt(path: &Path) -> Result<Option<Vec<u8>>, CoordinatorError> {
 /// Loads the identity from `dir`, creating whatever is missing.
 pub fn load_or_create(dir: &Path) -> Result<Identity, CoordinatorError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
+    // Keys, database and admin credential: for the coordinator's user only.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+    }
     let key_path = dir.join(TLS_KEY);
     let cert_path = dir.join(TLS_CERT);
     let (key_der, cert_der) = match (read_opt(&key_path)?, read_opt(&cert_path)?) {

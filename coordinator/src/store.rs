@@ -208,6 +208,20 @@ pub fn open(
     on_commit: OnCommit,
 ) -> Result<Opened, StoreError> {
     let err = db_err(path);
+    // The file is created owner-only before redb opens it (redb would use
+    // the umask), and made so if an older version left it readable.
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)))
+            .map_err(|e| err(e.into()))?;
+    }
     let db = Database::create(path).map_err(|e| err(e.into()))?;
     let mut registry = Registry::new(epoch);
     {

@@ -578,3 +578,73 @@ async fn reported_endpoints_are_checked_and_capped() {
         .iter()
         .all(|n| n.online && n.endpoints.len() <= 16));
 }
+
+/// Issue 12: the coordinator's state dir and everything secret in it are
+/// its user's only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_dir_and_database_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let h = Harness::start().await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = h.dir.path().join("state");
+    assert_eq!(mode(&dir), 0o700);
+    for f in ["weft.redb", "admin.json", "coordinator.key", "tls-key.der"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+}
+
+/// Issue 12: endpoint changes are paced per host (at most one every
+/// 250 ms reaches the peers, the latest winning), however fast a host
+/// sends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_changes_are_paced() {
+    let h = Harness::start().await;
+    let token = h.token(None).await;
+    let (_ka, mut watcher) = join(&token, "watcher").await;
+    let (_kb, busy) = join(&token, "busy").await;
+    wait_for(&mut watcher.session, Duration::from_secs(2), |s| {
+        s.netmap().peer(busy.node_id).is_some()
+    })
+    .await;
+    let t = Instant::now();
+    let mut port = 1u16;
+    while t.elapsed() < Duration::from_secs(1) {
+        busy.session
+            .set_endpoints(vec![
+                SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), port).into()
+            ])
+            .await
+            .unwrap();
+        port += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let last: std::net::SocketAddr =
+        SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), port - 1).into();
+    let mut seen = HashSet::new();
+    while watcher
+        .session
+        .netmap()
+        .peer(busy.node_id)
+        .is_none_or(|p| p.endpoints != vec![last])
+    {
+        tokio::time::timeout(Duration::from_secs(5), watcher.session.next_change())
+            .await
+            .unwrap()
+            .unwrap();
+        if let Some(p) = watcher.session.netmap().peer(busy.node_id) {
+            seen.insert(p.endpoints.clone());
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "{} changes sent, {} seen in {secs:.2}s",
+        port - 1,
+        seen.len()
+    );
+    assert!(port > 50, "the flood was too slow to test: {port}");
+    assert!(
+        (seen.len() as f64) <= secs * 4.0 + 2.0,
+        "{} endpoint versions in {secs:.2}s",
+        seen.len()
+    );
+}

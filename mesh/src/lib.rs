@@ -6,4 +6,5 @@ pub mod allowed_ips;
 pub mod control;
 pub mod dataplane;
 pub mod key;
+pub mod private_socket;
 pub mod uapi;

@@ -293,9 +293,23 @@ impl<'a> Cluster<'a> {
 
     fn join(&mut self, i: usize) -> anyhow::Result<()> {
         let h = &self.hosts[i];
+        // The safe form: the token stays out of the process list.
+        let token_file = self.lab.tempdir().join(format!("{}.token", h.name));
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&token_file)
+                .context("write the token file")?;
+            writeln!(f, "{}", self.token).context("write the token file")?;
+        }
         let mut args: Vec<String> = vec![
             "join".into(),
-            self.token.clone(),
+            "--token-file".into(),
+            token_file.to_string_lossy().into_owned(),
             "--name".into(),
             h.name.clone(),
         ];

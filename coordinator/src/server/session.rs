@@ -64,9 +64,26 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
 
     // Set by the reader when a ping arrives; the writer answers it.
     let pong = Arc::new(Notify::new());
+    // Endpoint reports, applied at most every ENDPOINT_PAUSE, latest wins.
+    let reported = Arc::new(LatestEndpoints::default());
+    let applier = {
+        let (shared, reported) = (shared.clone(), reported.clone());
+        async move {
+            loop {
+                reported.ready.notified().await;
+                let Some(eps) = reported.take() else {
+                    continue;
+                };
+                if set_endpoints(&shared, id, &eps) {
+                    tokio::time::sleep(ENDPOINT_PAUSE).await;
+                }
+            }
+        }
+    };
     let reader = {
         let shared = shared.clone();
         let pong = pong.clone();
+        let reported = reported.clone();
         async move {
             // A host that pings must keep pinging: silence past the
             // deadline ends its session (QUIC has its idle timeout).
@@ -90,13 +107,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
                         pinged = true;
                         pong.notify_one();
                     }
-                    // Paced: a host that floods endpoint changes waits,
-                    // and its stream's flow control holds the rest back.
-                    ClientMsg::SetEndpoints { endpoints }
-                        if set_endpoints(&shared, id, &endpoints) =>
-                    {
-                        tokio::time::sleep(ENDPOINT_PAUSE).await;
-                    }
+                    ClientMsg::SetEndpoints { endpoints } => reported.offer(&shared, endpoints),
                     ClientMsg::AdvertiseRoutes { routes } => {
                         super::config_ops::advertise_routes(&shared, id, routes).await
                     }
@@ -159,6 +170,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     let result = tokio::select! {
         e = reader => Err(e),
         r = writer => r,
+        () = applier => Ok(()),
         e = relay(&shared, quic, id) => Err(e),
     };
 
@@ -179,8 +191,32 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     result
 }
 
-/// The least time between two endpoint changes of one host.
+/// The least time between two endpoint changes of one host: a host that
+/// floods them costs its peers at most four netmap changes a second.
 const ENDPOINT_PAUSE: Duration = Duration::from_millis(250);
+
+/// The latest endpoint report of a host not yet applied.
+#[derive(Default)]
+struct LatestEndpoints {
+    latest: Mutex<Option<Vec<SocketAddr>>>,
+    ready: Notify,
+}
+
+impl LatestEndpoints {
+    /// Replaces any report not yet applied. Only the first
+    /// [`crate::endpoints::MAX_ENDPOINTS`] plausible ones are kept, so what
+    /// waits here is small whatever the host sent.
+    fn offer(&self, shared: &Shared, endpoints: Vec<SocketAddr>) {
+        let kept = checked_endpoints(&endpoints, shared.pool, shared.allow_loopback_endpoints);
+        drop(endpoints);
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(kept);
+        self.ready.notify_one();
+    }
+
+    fn take(&self) -> Option<Vec<SocketAddr>> {
+        self.latest.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
 
 /// Records a host's new endpoints (those [`checked_endpoints`] keeps);
 /// peers hear of them with the next netmap. Whether anything changed.

@@ -2,7 +2,6 @@
 //! a unix socket (mode 0600) in the state directory. `weft status` and the
 //! other local commands find their agent through it.
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,8 +173,9 @@ impl ApiServer {
             }
             std::fs::remove_file(path).map_err(io)?;
         }
-        let listener = UnixListener::bind(path).map_err(io)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        let std_listener = crate::private_socket::bind(path).map_err(io)?;
+        std_listener.set_nonblocking(true).map_err(io)?;
+        let listener = UnixListener::from_std(std_listener).map_err(io)?;
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {

@@ -47,13 +47,25 @@ pub const DEFAULT_PORT: u16 = 51820;
 /// cached netmap.
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(3);
 
-/// How the agent starts.
-#[derive(Clone, Debug)]
+/// How the agent starts. Its `Debug` never shows the token.
+#[derive(Clone)]
 pub enum Start {
     /// Join with a token (first start of a host).
     Join { token: String, name: Option<String> },
     /// Rejoin with the stored identity.
     Up,
+}
+
+impl std::fmt::Debug for Start {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Start::Join { name, .. } => f
+                .debug_struct("Join")
+                .field("name", name)
+                .finish_non_exhaustive(),
+            Start::Up => f.write_str("Up"),
+        }
+    }
 }
 
 /// Settings of one agent.
@@ -228,6 +240,12 @@ pub async fn run(
     start: Start,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    // A token that does not parse is refused before anything exists.
+    if let Start::Join { token, .. } = &start {
+        token
+            .parse::<weft_proto::token::JoinToken>()
+            .map_err(ControlError::from)?;
+    }
     let state = StateDir::open(&config.state_dir)?;
     let key = state.host_key()?;
     let secret = StaticSecret::from(key.0);

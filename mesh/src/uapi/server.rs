@@ -4,7 +4,6 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -58,8 +57,7 @@ impl UapiServer {
             }
             std::fs::remove_file(&path).map_err(create)?;
         }
-        let listener = UnixListener::bind(&path).map_err(create)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(create)?;
+        let listener = crate::private_socket::bind(&path).map_err(create)?;
         listener.set_nonblocking(true).map_err(create)?;
         let stop = std::sync::Arc::new(WakeFd::new().map_err(create)?);
         let stop2 = stop.clone();
