@@ -7,7 +7,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use weft_tests::cluster::{Cluster, ClusterSpec};
-use weft_tests::{greet, require_root, Lab, Server};
+use weft_tests::{
+    greet, in_netns, ping_with, require_root, snmp_counter, vm_rss_kib, Capture, Lab, Server,
+};
+
+fn two_hosts() -> ClusterSpec {
+    ClusterSpec {
+        clouds: 2,
+        hosts_per_cloud: 1,
+        containers_per_host: 0,
+        ..ClusterSpec::default()
+    }
+}
 
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
@@ -36,13 +47,7 @@ fn a_peer_cannot_use_a_host_as_a_router_out_of_the_mesh() {
         return;
     }
     let lab = Lab::new("rt");
-    let spec = ClusterSpec {
-        clouds: 2,
-        hosts_per_cloud: 1,
-        containers_per_host: 0,
-        ..ClusterSpec::default()
-    };
-    let c = Cluster::build(&lab, &weft(), spec).expect("cluster");
+    let c = Cluster::build(&lab, &weft(), two_hosts()).expect("cluster");
     let (attacker, victim) = (&c.hosts[0], &c.hosts[1]);
     let status = c.status(1).expect("status");
     let victim_key = status["host"]["public_key"]
@@ -110,4 +115,53 @@ fn a_peer_cannot_use_a_host_as_a_router_out_of_the_mesh() {
         greet(&attacker.ns, inside, Duration::from_secs(5)).expect("the mesh still works"),
         "mesh"
     );
+}
+
+/// A genuine disco ping, captured on the wire and replayed from 10,000
+/// source addresses, counts once: the victim neither answers the copies
+/// nor starts probing the addresses they claim to come from.
+#[test]
+fn a_replayed_disco_ping_is_answered_once() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::new("rp");
+    let c = Cluster::build(&lab, &weft(), two_hosts()).expect("cluster");
+    let victim = &c.hosts[1];
+    let cap = Capture::open(&victim.ns, "eth0").expect("capture");
+    let ping = cap
+        .find_udp(Duration::from_secs(10), |u| {
+            u.dst.ip() == std::net::IpAddr::V4(victim.underlay)
+                && u.payload.len() > 5
+                && u.payload[..4] == weft_proto::disco::MAGIC
+                && u.payload[4] == 3
+        })
+        .expect("capture")
+        .expect("no disco ping seen");
+    drop(cap);
+    let pid = victim.agent.as_ref().expect("agent").pid();
+    let rss_before = vm_rss_kib(pid).expect("rss");
+    let out_before = snmp_counter(&victim.ns, "Udp", "OutDatagrams").expect("snmp");
+    let (to, payload) = (ping.dst, ping.payload.clone());
+    in_netns(&c.hosts[0].ns, move || {
+        for _ in 0..10_000 {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+            s.send_to(&payload, to).expect("send");
+        }
+    })
+    .join()
+    .expect("replay");
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = snmp_counter(&victim.ns, "Udp", "OutDatagrams").expect("snmp") - out_before;
+    let rss_after = vm_rss_kib(pid).expect("rss");
+    eprintln!(
+        "replayed ping x10000: the victim sent {sent} datagrams meanwhile; agent RSS {rss_before} -> {rss_after} KiB"
+    );
+    assert!(sent < 300, "the victim answered replays: {sent} datagrams");
+    assert!(
+        rss_after < rss_before + 4096,
+        "RSS grew {rss_before} -> {rss_after} KiB"
+    );
+    let peer = c.host_addr(0).expect("address").to_string();
+    ping_with(&victim.ns, &["-c", "2", "-W", "2", &peer]).expect("the hosts still talk");
 }

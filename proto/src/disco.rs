@@ -12,8 +12,16 @@
 //!   ping came from (the sender's mapping as the receiver saw it).
 //!
 //! Layout: magic(4) kind(1) txid(12), then for ping/pong the sender's public
-//! key (32); for reflect-reply/pong an address (family 1, ip 16, port 2);
-//! for ping/pong a 16-byte MAC over everything before it.
+//! key (32); for a ping the sender's clock (8, microseconds, only ever
+//! compared with the same sender's earlier pings); for reflect-reply/pong an
+//! address (family 1, ip 16, port 2); for ping/pong a 16-byte MAC over
+//! everything before it. A reflect request is padded with zeros to
+//! [`REFLECT_REQUEST_LEN`], so the reflector's reply is never the larger:
+//! a reflector cannot be used to amplify traffic toward a spoofed source.
+//!
+//! A ping is accepted once ([`ReplayGuard`]): a captured ping replayed from
+//! other addresses is ignored, so it cannot make a host send pongs to, or
+//! probe, addresses of an attacker's choosing.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -25,6 +33,10 @@ use subtle::ConstantTimeEq;
 pub const MAGIC: [u8; 4] = *b"WFT\xd1";
 const MAC_LEN: usize = 16;
 const ADDR_LEN: usize = 19;
+/// Length of a reflect request with its padding: at least the reply's 36.
+pub const REFLECT_REQUEST_LEN: usize = 40;
+/// Length of a reflect reply.
+pub const REFLECT_REPLY_LEN: usize = 5 + 12 + ADDR_LEN;
 
 /// A transaction id: matches a reply to its request.
 pub type TxId = [u8; 12];
@@ -41,12 +53,46 @@ pub enum DiscoMsg {
     Ping {
         txid: TxId,
         sender: [u8; 32],
+        /// The sender's clock in microseconds, increasing from ping to ping.
+        sent_at: u64,
     },
     Pong {
         txid: TxId,
         sender: [u8; 32],
         observed: SocketAddr,
     },
+}
+
+/// How much older than the newest ping seen from a sender a ping may be
+/// and still count (pings to several candidates cross on the way).
+pub const REPLAY_WINDOW_US: u64 = 2_000_000;
+/// Transaction ids remembered per sender.
+const REPLAY_MEMORY: usize = 64;
+
+/// Accepts each ping of one sender once: not older than
+/// [`REPLAY_WINDOW_US`] before the newest accepted, and not a transaction
+/// id seen recently. Compares the sender's clock only with itself (like
+/// WireGuard's handshake timestamps), so hosts need no common clock.
+#[derive(Debug, Default, Clone)]
+pub struct ReplayGuard {
+    newest: u64,
+    recent: std::collections::VecDeque<TxId>,
+}
+
+impl ReplayGuard {
+    /// Whether the ping (`sent_at`, `txid`), already authenticated, is
+    /// fresh; records it if so.
+    pub fn accept(&mut self, sent_at: u64, txid: &TxId) -> bool {
+        if sent_at.saturating_add(REPLAY_WINDOW_US) < self.newest || self.recent.contains(txid) {
+            return false;
+        }
+        if self.recent.len() == REPLAY_MEMORY {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(*txid);
+        self.newest = self.newest.max(sent_at);
+        true
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -127,14 +173,22 @@ impl DiscoMsg {
         out.extend_from_slice(&MAGIC);
         out.push(self.kind());
         match self {
-            DiscoMsg::ReflectRequest { txid } => out.extend_from_slice(txid),
+            DiscoMsg::ReflectRequest { txid } => {
+                out.extend_from_slice(txid);
+                out.resize(REFLECT_REQUEST_LEN, 0);
+            }
             DiscoMsg::ReflectReply { txid, observed } => {
                 out.extend_from_slice(txid);
                 put_addr(&mut out, *observed);
             }
-            DiscoMsg::Ping { txid, sender } => {
+            DiscoMsg::Ping {
+                txid,
+                sender,
+                sent_at,
+            } => {
                 out.extend_from_slice(txid);
                 out.extend_from_slice(sender);
+                out.extend_from_slice(&sent_at.to_be_bytes());
             }
             DiscoMsg::Pong {
                 txid,
@@ -185,8 +239,13 @@ impl DiscoMsg {
                 DiscoMsg::Ping {
                     txid: txid(body)?,
                     sender: sender(body)?,
+                    sent_at: body
+                        .get(44..52)
+                        .and_then(|s| s.try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .ok_or(DiscoError::Truncated)?,
                 },
-                Some(5 + 44),
+                Some(5 + 52),
             ),
             4 => (
                 DiscoMsg::Pong {
@@ -261,6 +320,7 @@ mod tests {
             DiscoMsg::Ping {
                 txid: [3; 12],
                 sender: [9; 32],
+                sent_at: 1_764_578_000_000_000,
             },
             DiscoMsg::Pong {
                 txid: [4; 12],
@@ -284,6 +344,7 @@ mod tests {
         let ping = DiscoMsg::Ping {
             txid: [3; 12],
             sender: [9; 32],
+            sent_at: 42,
         }
         .encode(Some(&K));
         assert_eq!(
@@ -315,6 +376,42 @@ mod tests {
                     )
             );
         }
+    }
+
+    #[test]
+    fn the_reflector_never_amplifies() {
+        let req = DiscoMsg::ReflectRequest { txid: [1; 12] }.encode(None);
+        let reply = DiscoMsg::ReflectReply {
+            txid: [1; 12],
+            observed: "[2001:db8::1]:65535".parse().unwrap(),
+        }
+        .encode(None);
+        assert_eq!(req.len(), REFLECT_REQUEST_LEN);
+        assert_eq!(reply.len(), REFLECT_REPLY_LEN);
+        assert!(reply.len() <= req.len());
+    }
+
+    #[test]
+    fn a_ping_counts_once_and_not_when_stale() {
+        let mut g = ReplayGuard::default();
+        let t = 10_000_000;
+        assert!(g.accept(t, &[1; 12]));
+        assert!(!g.accept(t, &[1; 12]), "replayed");
+        // Pings to other candidates may cross: a little older is fine.
+        assert!(g.accept(t - 500_000, &[2; 12]));
+        assert!(g.accept(t + 1, &[3; 12]));
+        assert!(!g.accept(t - REPLAY_WINDOW_US - 2, &[4; 12]), "stale");
+        // A replay of 10,000 copies of one ping counts once.
+        let mut g = ReplayGuard::default();
+        let accepted = (0..10_000).filter(|_| g.accept(t, &[5; 12])).count();
+        assert_eq!(accepted, 1);
+        // Memory stays bounded however many pings pass.
+        for i in 0..10_000u64 {
+            let mut id = [0u8; 12];
+            id[..8].copy_from_slice(&i.to_be_bytes());
+            g.accept(t + i, &id);
+        }
+        assert!(g.recent.len() <= REPLAY_MEMORY);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
-use weft_proto::disco::DiscoMsg;
+use weft_proto::disco::{DiscoMsg, REFLECT_REQUEST_LEN};
 
 /// How many reflector ports follow the QUIC port.
 pub const PORTS: u16 = 2;
@@ -47,7 +47,11 @@ async fn serve(sock: UdpSocket) {
                 continue;
             }
         };
-        // Same size in as out: no amplification.
+        // No amplification: only a request padded to at least the reply's
+        // size is answered.
+        if n < REFLECT_REQUEST_LEN {
+            continue;
+        }
         let Ok(msg) = DiscoMsg::decode(&buf[..n]) else {
             continue;
         };

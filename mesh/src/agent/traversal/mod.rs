@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
-use weft_proto::disco::{probe_key, DiscoMsg, TxId};
+use weft_proto::disco::{probe_key, DiscoMsg, ReplayGuard, TxId};
 use weft_proto::{Netmap, NodeId};
 use x25519_dalek::{PublicKey, StaticSecret};
 
@@ -123,9 +123,17 @@ impl TraversalView {
     }
 }
 
+/// Candidates a peer may have beyond those in the netmap (addresses its
+/// probes came from); a probe from one more is answered but not kept.
+const MAX_LEARNED_CANDIDATES: usize = 8;
+/// A learned candidate that has not answered within this long is dropped.
+const LEARNED_TTL: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Default)]
 struct Candidate {
     from_netmap: bool,
+    /// When it was learned from a probe (`None`: from the netmap).
+    learned: Option<Instant>,
     last_ping: Option<Instant>,
     last_pong: Option<Instant>,
     rtt: Option<Duration>,
@@ -134,6 +142,8 @@ struct Candidate {
 struct PeerPaths {
     key: Key,
     probe_key: [u8; 32],
+    /// Which of this peer's pings were already seen.
+    replay: ReplayGuard,
     online: bool,
     candidates: HashMap<SocketAddr, Candidate>,
     /// `None`: relayed.
@@ -209,6 +219,8 @@ pub struct Engine {
     reflect_soon: bool,
     netmap_version: (u64, u64),
     local_nets: Vec<(IpAddr, u8)>,
+    /// The clock of the last ping sent (see [`next_sent_at`]).
+    last_sent_at: u64,
 }
 
 impl Engine {
@@ -240,6 +252,7 @@ impl Engine {
             reflect_soon: false,
             netmap_version: (u64::MAX, u64::MAX),
             local_nets,
+            last_sent_at: 0,
         }
     }
 
@@ -300,7 +313,7 @@ impl Engine {
             return;
         };
         if let Some(sender) = msg.sender() {
-            let Some((&node, peer)) = self.peers.iter().find(|(_, p)| p.key.0 == sender) else {
+            let Some((&node, peer)) = self.peers.iter_mut().find(|(_, p)| p.key.0 == sender) else {
                 return;
             };
             let Ok(msg) = msg.verify(&peer.probe_key) else {
@@ -308,7 +321,13 @@ impl Engine {
                 return;
             };
             match msg {
-                DiscoMsg::Ping { txid, .. } => self.on_ping(node, src, txid),
+                DiscoMsg::Ping { txid, sent_at, .. } => {
+                    if peer.replay.accept(sent_at, &txid) {
+                        self.on_ping(node, src, txid);
+                    } else {
+                        tracing::debug!(%src, "replayed or stale disco ping dropped");
+                    }
+                }
                 DiscoMsg::Pong { txid, .. } => self.on_pong(node, src, txid),
                 _ => {}
             }
@@ -350,10 +369,20 @@ impl Engine {
             observed: src,
         }
         .encode(Some(&peer.probe_key));
-        if relay_node(&src).is_none() && !peer.candidates.contains_key(&src) {
+        let learned = peer.candidates.values().filter(|c| !c.from_netmap).count();
+        if relay_node(&src).is_none()
+            && !peer.candidates.contains_key(&src)
+            && learned < MAX_LEARNED_CANDIDATES
+        {
             // A peer-reflexive candidate: where its probe came from.
             tracing::debug!(peer = node.0, %src, "new candidate from a probe");
-            peer.candidates.insert(src, Candidate::default());
+            peer.candidates.insert(
+                src,
+                Candidate {
+                    learned: Some(Instant::now()),
+                    ..Candidate::default()
+                },
+            );
         }
         let due = relay_node(&src).is_none()
             && peer.candidates.get(&src).is_some_and(|c| {
@@ -445,9 +474,11 @@ impl Engine {
         };
         let mut txid = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut txid);
+        let sent_at = next_sent_at(&mut self.last_sent_at);
         let bytes = DiscoMsg::Ping {
             txid,
             sender: self.public,
+            sent_at,
         }
         .encode(Some(&peer.probe_key));
         let now = Instant::now();
@@ -499,6 +530,7 @@ impl Engine {
                 PeerPaths {
                     key,
                     probe_key: probe_key(shared.as_bytes()),
+                    replay: ReplayGuard::default(),
                     online: p.online,
                     candidates: HashMap::new(),
                     current: None,
@@ -551,6 +583,18 @@ impl Engine {
         {
             self.reflect_soon = false;
             self.reflect();
+        }
+        // Learned candidates that never answered, or stopped, expire.
+        for peer in self.peers.values_mut() {
+            let current = peer.current;
+            peer.candidates.retain(|a, c| {
+                c.from_netmap
+                    || current == Some(*a)
+                    || c.last_pong
+                        .is_some_and(|t| now.duration_since(t) < DEAD_AFTER)
+                    || c.learned
+                        .is_some_and(|t| now.duration_since(t) < LEARNED_TTL)
+            });
         }
         let ids: Vec<NodeId> = self.peers.keys().copied().collect();
         for node in ids {
@@ -671,6 +715,16 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .insert(node, info);
     }
+}
+
+/// The clock a ping carries: wall-clock microseconds, but always past the
+/// last one sent, so the peer's [`ReplayGuard`] sees it increase.
+fn next_sent_at(last: &mut u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    *last = now.max(last.saturating_add(1));
+    *last
 }
 
 fn relay_reason(online: bool, nc: &NetcheckReport) -> String {
