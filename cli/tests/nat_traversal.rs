@@ -267,6 +267,7 @@ fn failover_when_the_nat_forgets_its_mappings() {
                 DiscoMsg::Ping {
                     txid: [i; 12],
                     sender,
+                    sent_at: u64::MAX - u64::from(i),
                 }
             } else {
                 DiscoMsg::Pong {
