@@ -648,3 +648,46 @@ async fn endpoint_changes_are_paced() {
         seen.len()
     );
 }
+
+/// Issue 12: a host punching 1,000 times a second gets about four punches
+/// a second through to its peer; relaying keeps working meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn punches_are_rate_limited_per_pair() {
+    use weft_proto::relay::Datagram;
+    let h = Harness::start().await;
+    let token = h.token(Some(2)).await;
+    let (_ka, a) = join(&token, "puncher").await;
+    let (_kb, mut b) = join(&token, "target").await;
+    let mut inbox = b.session.take_datagrams().unwrap();
+    let link = a.session.datagram_link();
+    let punch = Datagram::Punch { node: b.node_id }.encode();
+    let sender = tokio::spawn(async move {
+        let t = Instant::now();
+        let mut sent = 0;
+        while t.elapsed() < Duration::from_secs(1) {
+            link.send(punch.clone());
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let relayed = weft_proto::relay::fragment(b.node_id, 1, b"still relayed", 1200);
+        for f in relayed {
+            link.send(f);
+        }
+        sent
+    });
+    let mut punches = 0;
+    let mut relayed = false;
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while let Ok(Some(d)) = tokio::time::timeout_at(deadline.into(), inbox.next()).await {
+        match Datagram::parse(&d) {
+            Some(Datagram::Punch { .. }) => punches += 1,
+            Some(Datagram::Relay { payload, .. }) => relayed |= payload == b"still relayed",
+            None => {}
+        }
+    }
+    let sent = sender.await.unwrap();
+    eprintln!("{sent} punches sent in 1 s, {punches} delivered");
+    assert!(sent > 300, "the flood was too slow to test: {sent}");
+    assert!((1..=6).contains(&punches), "{punches} punches delivered");
+    assert!(relayed, "relaying stopped");
+}

@@ -12,6 +12,9 @@
 //! drops what stays incomplete. Layout: kind(1) node(8, big endian), then
 //! for `Relay`: id(2) index(1) count(1) and the fragment bytes.
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use crate::types::NodeId;
 
 const KIND_RELAY: u8 = 1;
@@ -126,6 +129,147 @@ pub fn fragment(node: NodeId, id: u16, packet: &[u8], max: usize) -> Vec<Vec<u8>
         .collect()
 }
 
+/// Fragments of relayed datagrams waiting for their siblings, bounded so
+/// that no sender can make a host hold much: at most
+/// [`MAX_PARTIAL_PER_NODE`] datagrams and [`MAX_BYTES_PER_NODE`] bytes per
+/// sender (a sender over its share loses its own oldest), and
+/// [`MAX_PARTIAL`] datagrams and [`MAX_BYTES`] bytes in all (past that, new
+/// datagrams are dropped, like lost packets). Sans-IO: the caller passes
+/// the time.
+#[derive(Debug, Default)]
+pub struct Reassembler {
+    partial: HashMap<(NodeId, u16), Partial>,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Partial {
+    started: Instant,
+    parts: Vec<Option<Vec<u8>>>,
+    bytes: usize,
+}
+
+/// Fragments older than this are dropped.
+pub const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Datagrams being reassembled, in all.
+pub const MAX_PARTIAL: usize = 256;
+/// Datagrams being reassembled per sender.
+pub const MAX_PARTIAL_PER_NODE: usize = 32;
+/// Bytes held, in all.
+pub const MAX_BYTES: usize = 2 << 20;
+/// Bytes held per sender.
+pub const MAX_BYTES_PER_NODE: usize = 256 << 10;
+/// The largest datagram reassembled (a WireGuard message never exceeds it).
+pub const MAX_DATAGRAM: usize = 65_535;
+
+impl Reassembler {
+    /// Takes one fragment; the whole datagram once its last fragment is in.
+    pub fn push(
+        &mut self,
+        node: NodeId,
+        id: u16,
+        index: u8,
+        count: u8,
+        payload: &[u8],
+        now: Instant,
+    ) -> Option<Vec<u8>> {
+        if count <= 1 {
+            return (payload.len() <= MAX_DATAGRAM).then(|| payload.to_vec());
+        }
+        self.expire(now);
+        let key = (node, id);
+        if !self.partial.contains_key(&key) {
+            self.make_room(node)?;
+            self.partial.insert(
+                key,
+                Partial {
+                    started: now,
+                    parts: vec![None; usize::from(count)],
+                    bytes: 0,
+                },
+            );
+        }
+        let total = self.bytes;
+        let entry = self.partial.get_mut(&key)?;
+        let fits =
+            entry.bytes + payload.len() <= MAX_DATAGRAM && total + payload.len() <= MAX_BYTES;
+        let same_count = entry.parts.len() == usize::from(count);
+        match entry.parts.get_mut(usize::from(index)) {
+            Some(slot @ None) if same_count && fits => {
+                *slot = Some(payload.to_vec());
+                entry.bytes += payload.len();
+                self.bytes += payload.len();
+            }
+            // A duplicate fragment: ignore it.
+            Some(Some(_)) if same_count => return None,
+            // Inconsistent, or too big: the datagram is lost.
+            _ => {
+                self.remove(key);
+                return None;
+            }
+        }
+        let complete = self
+            .partial
+            .get(&key)
+            .is_some_and(|e| e.parts.iter().all(Option::is_some));
+        if complete {
+            let done = self.remove(key)?;
+            return Some(done.parts.into_iter().flatten().flatten().collect());
+        }
+        None
+    }
+
+    /// Datagrams being reassembled.
+    pub fn pending(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn remove(&mut self, key: (NodeId, u16)) -> Option<Partial> {
+        let p = self.partial.remove(&key)?;
+        self.bytes -= p.bytes;
+        Some(p)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let old: Vec<(NodeId, u16)> = self
+            .partial
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.started) >= REASSEMBLY_TIMEOUT)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in old {
+            self.remove(k);
+        }
+    }
+
+    /// Makes room for one more datagram from `node`: evicts its own oldest
+    /// while it is over its share; `None` when the whole table is full.
+    fn make_room(&mut self, node: NodeId) -> Option<()> {
+        loop {
+            let (count, bytes, oldest) = self.partial.iter().filter(|((n, _), _)| *n == node).fold(
+                (0, 0, None::<((NodeId, u16), Instant)>),
+                |(c, b, o), (k, p)| {
+                    let o = match o {
+                        Some((_, t)) if t <= p.started => o,
+                        _ => Some((*k, p.started)),
+                    };
+                    (c + 1, b + p.bytes, o)
+                },
+            );
+            if count < MAX_PARTIAL_PER_NODE && bytes < MAX_BYTES_PER_NODE {
+                break;
+            }
+            self.remove(oldest?.0);
+        }
+        (self.partial.len() < MAX_PARTIAL && self.bytes < MAX_BYTES).then_some(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +298,75 @@ mod tests {
         }
         assert_eq!(out, packet);
         assert_eq!(fragment(NodeId(1), 1, &[1, 2, 3], 1200).len(), 1);
+    }
+
+    fn feed(r: &mut Reassembler, frags: &[Vec<u8>], now: Instant) -> Option<Vec<u8>> {
+        let mut out = None;
+        for f in frags {
+            if let Some(Datagram::Relay {
+                node,
+                id,
+                index,
+                count,
+                payload,
+            }) = Datagram::parse(f)
+            {
+                out = r.push(node, id, index, count, payload, now).or(out);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn reassembly_in_any_order_and_duplicates() {
+        let now = Instant::now();
+        let packet: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let mut frags = fragment(NodeId(2), 5, &packet, 1200);
+        frags.reverse();
+        frags.insert(1, frags[0].clone());
+        let mut r = Reassembler::default();
+        assert_eq!(feed(&mut r, &frags, now), Some(packet));
+        assert_eq!((r.pending(), r.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn one_sender_with_65536_fragment_ids_holds_little() {
+        let now = Instant::now();
+        let mut r = Reassembler::default();
+        for id in 0..=u16::MAX {
+            // The first of two fragments, never the second.
+            let f = fragment(NodeId(66), id, &[7u8; 2000], 1200).remove(0);
+            assert_eq!(feed(&mut r, &[f], now), None);
+        }
+        assert!(r.pending() <= MAX_PARTIAL_PER_NODE, "{}", r.pending());
+        assert!(r.bytes() <= MAX_BYTES_PER_NODE, "{}", r.bytes());
+        // Another sender is not crowded out.
+        let packet = vec![9u8; 2500];
+        let frags = fragment(NodeId(3), 1, &packet, 1200);
+        assert_eq!(feed(&mut r, &frags, now), Some(packet));
+        // And everything old goes.
+        let later = now + REASSEMBLY_TIMEOUT;
+        let f = fragment(NodeId(4), 1, &[1u8; 2000], 1200).remove(0);
+        feed(&mut r, &[f], later);
+        assert_eq!(r.pending(), 1);
+    }
+
+    #[test]
+    fn inconsistent_or_oversized_fragments_lose_the_datagram() {
+        let now = Instant::now();
+        let mut r = Reassembler::default();
+        assert_eq!(r.push(NodeId(1), 1, 0, 3, &[1; 10], now), None);
+        assert_eq!(
+            r.push(NodeId(1), 1, 1, 2, &[1; 10], now),
+            None,
+            "count changed"
+        );
+        assert_eq!(r.pending(), 0);
+        let big = vec![0u8; 40_000];
+        assert_eq!(r.push(NodeId(1), 2, 0, 3, &big, now), None);
+        assert_eq!(r.push(NodeId(1), 2, 1, 3, &big, now), None, "past 64 KiB");
+        assert_eq!((r.pending(), r.bytes()), (0, 0));
+        assert_eq!(r.push(NodeId(1), 3, 0, 1, &[5; 4], now), Some(vec![5; 4]));
     }
 
     #[test]

@@ -40,6 +40,7 @@ mod config_ops;
 mod conn;
 mod link;
 mod reflector;
+mod relay_budget;
 mod session;
 mod view;
 

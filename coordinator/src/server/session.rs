@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 
 use super::conn::{not_registered, read_frame, refuse_and_close, write_msg, ConnError};
 use super::link::{FrameSink, Link, TcpInbox};
+use super::relay_budget::RelayBudget;
 use super::view::{send_update, HostView};
 use super::*;
 use crate::endpoints::checked_endpoints;
@@ -62,6 +63,8 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     }
     debug!("session started");
 
+    // What this host may push through the relay (both transports).
+    let budget = Arc::new(Mutex::new(RelayBudget::new(std::time::Instant::now())));
     // Set by the reader when a ping arrives; the writer answers it.
     let pong = Arc::new(Notify::new());
     // Endpoint reports, applied at most every ENDPOINT_PAUSE, latest wins.
@@ -84,6 +87,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
         let shared = shared.clone();
         let pong = pong.clone();
         let reported = reported.clone();
+        let budget = budget.clone();
         async move {
             // A host that pings must keep pinging: silence past the
             // deadline ends its session (QUIC has its idle timeout).
@@ -111,7 +115,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
                     ClientMsg::AdvertiseRoutes { routes } => {
                         super::config_ops::advertise_routes(&shared, id, routes).await
                     }
-                    ClientMsg::Datagram(bytes) => forward(&shared, id, bytes.into_vec()),
+                    ClientMsg::Datagram(bytes) => forward(&shared, &budget, id, bytes.into_vec()),
                     _ => {}
                 }
             }
@@ -171,7 +175,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
         e = reader => Err(e),
         r = writer => r,
         () = applier => Ok(()),
-        e = relay(&shared, quic, id) => Err(e),
+        e = relay(&shared, &budget, quic, id) => Err(e),
     };
 
     let current = {
@@ -257,10 +261,22 @@ async fn closed(rx: &mut Option<watch::Receiver<Option<u32>>>) -> u32 {
 /// rewritten to the sender.
 /// Datagrams for hosts without a session are dropped, like packets to an
 /// unreachable address.
-fn forward(shared: &Shared, from: NodeId, mut bytes: Vec<u8>) {
+fn forward(shared: &Shared, budget: &Mutex<RelayBudget>, from: NodeId, mut bytes: Vec<u8>) {
     let Some(dst) = weft_proto::relay::Datagram::node(&bytes) else {
         return;
     };
+    let now = std::time::Instant::now();
+    let allowed = {
+        let mut b = budget.lock().unwrap_or_else(|p| p.into_inner());
+        match weft_proto::relay::Datagram::parse(&bytes) {
+            Some(weft_proto::relay::Datagram::Punch { .. }) => b.punch(dst, now),
+            Some(weft_proto::relay::Datagram::Relay { .. }) => b.relay(bytes.len(), now),
+            None => false,
+        }
+    };
+    if !allowed {
+        return;
+    }
     // The relay carries nothing between hosts the policy keeps apart (they
     // are not each other's peers).
     let peers = shared
@@ -281,13 +297,18 @@ fn forward(shared: &Shared, from: NodeId, mut bytes: Vec<u8>) {
 
 /// Reads a QUIC session's datagrams and forwards them (TCP sessions carry
 /// theirs as frames, handled by the reader).
-async fn relay(shared: &Shared, conn: Option<quinn::Connection>, id: NodeId) -> ConnError {
+async fn relay(
+    shared: &Shared,
+    budget: &Mutex<RelayBudget>,
+    conn: Option<quinn::Connection>,
+    id: NodeId,
+) -> ConnError {
     let Some(conn) = conn else {
         return pending().await;
     };
     loop {
         match conn.read_datagram().await {
-            Ok(b) => forward(shared, id, b.to_vec()),
+            Ok(b) => forward(shared, budget, id, b.to_vec()),
             Err(e) => return ConnError::from(e),
         }
     }

@@ -3,22 +3,17 @@
 //! (fragmented to fit), and relayed datagrams coming back are reassembled and
 //! fed to the data plane. Punch requests travel the same way.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::mpsc;
-use weft_proto::relay::{fragment, Datagram};
+use weft_proto::relay::{fragment, Datagram, Reassembler};
 use weft_proto::NodeId;
 
 use crate::control::{DatagramLink, DatagramSource};
 use crate::dataplane::DeviceHandle;
-
-/// Fragments older than this are dropped.
-const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(1);
-const MAX_PENDING: usize = 256;
 
 /// The current session's datagram link, shared with the data plane's relay
 /// sink.
@@ -60,19 +55,18 @@ impl RelayLink {
     }
 }
 
-/// Fragments of one relayed datagram: when the first arrived, and the parts.
-type Partial = (Instant, Vec<Option<Vec<u8>>>);
-
 /// Reads the session connection's datagrams until it closes: relayed
-/// datagrams go to the data plane, punch requests to `punches`.
+/// datagrams go to the data plane (reassembled within the bounds of
+/// [`Reassembler`]), punch requests to `punches`.
 pub async fn receive(
     mut source: DatagramSource,
     handle: DeviceHandle,
     punches: mpsc::Sender<NodeId>,
 ) {
-    let mut partial: HashMap<(NodeId, u16), Partial> = HashMap::new();
+    let mut reassembly = Reassembler::default();
     while let Some(bytes) = source.next().await {
         match Datagram::parse(&bytes) {
+            // Unfragmented: no copy.
             Some(Datagram::Relay {
                 node,
                 count: 1,
@@ -86,23 +80,10 @@ pub async fn receive(
                 count,
                 payload,
             }) => {
-                let now = Instant::now();
-                if partial.len() >= MAX_PENDING {
-                    partial.retain(|_, (t, _)| now.duration_since(*t) < REASSEMBLY_TIMEOUT);
-                }
-                let entry = partial
-                    .entry((node, id))
-                    .or_insert_with(|| (now, vec![None; count as usize]));
-                if entry.1.len() != count as usize {
-                    partial.remove(&(node, id));
-                    continue;
-                }
-                entry.1[index as usize] = Some(payload.to_vec());
-                if entry.1.iter().all(Option::is_some) {
-                    if let Some((_, parts)) = partial.remove(&(node, id)) {
-                        let packet: Vec<u8> = parts.into_iter().flatten().flatten().collect();
-                        handle.inject_relayed(node.0, &packet);
-                    }
+                if let Some(packet) =
+                    reassembly.push(node, id, index, count, payload, Instant::now())
+                {
+                    handle.inject_relayed(node.0, &packet);
                 }
             }
             Some(Datagram::Punch { node }) => {
