@@ -427,6 +427,17 @@ impl Writer {
                 }
             }
         }
+        // A batch of nothing but refusals (bogus joins, say) writes nothing:
+        // no commit, no fsync.
+        if failure.is_none() && effects.iter().all(|e| matches!(e, Effect::Refused(..))) {
+            let _ = txn.abort();
+            for eff in effects {
+                if let Effect::Refused(op, e) = eff {
+                    op.fail(e);
+                }
+            }
+            return;
+        }
         let committed = match failure {
             Some(_) => {
                 drop(txn);

@@ -165,6 +165,9 @@ pub enum ErrorCode {
     NotFound,
     BadRequest,
     Internal,
+    /// Too many attempts from this address or with this token: wait and
+    /// retry (added 2026-12-01; older hosts see `Unknown`).
+    RateLimited,
     /// An error code from a newer coordinator.
     #[serde(other)]
     Unknown,

@@ -4,6 +4,7 @@
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::admin_ops::admin;
+use super::admission::loggable;
 use super::link::{FrameSink, Link};
 use super::session::session;
 use super::*;
@@ -25,14 +26,28 @@ pub(super) enum ConnError {
     Timeout,
     #[error("refused: {0:?}")]
     Refused(ErrorCode),
+    #[error("frame of {0} bytes is larger than allowed here")]
+    TooLarge(usize),
 }
 
 pub(super) async fn read_frame<T: serde::de::DeserializeOwned, R: AsyncRead + Unpin>(
     recv: &mut R,
 ) -> Result<T, ConnError> {
+    read_frame_within(recv, codec::MAX_FRAME_LEN).await
+}
+
+/// [`read_frame`] of a frame of at most `max` bytes (a hello, from a
+/// stranger, gets [`MAX_HELLO`]).
+async fn read_frame_within<T: serde::de::DeserializeOwned, R: AsyncRead + Unpin>(
+    recv: &mut R,
+    max: usize,
+) -> Result<T, ConnError> {
     let mut header = [0u8; codec::HEADER_LEN];
     recv.read_exact(&mut header).await?;
     let len = codec::frame_len(header)?;
+    if len > max {
+        return Err(ConnError::TooLarge(len));
+    }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await?;
     Ok(codec::decode(&body)?)
@@ -56,20 +71,26 @@ pub(super) async fn refuse_and_close<W: FrameSink>(mut send: W, reply: ErrorRepl
     ConnError::Refused(code)
 }
 
-pub(super) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) -> Result<(), ConnError> {
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    pass: super::admission::Pass,
+) -> Result<(), ConnError> {
     let (send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
         .await
         .map_err(|_| ConnError::Timeout)??;
-    let hello: Hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut recv))
+    let hello: Hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame_within(&mut recv, MAX_HELLO))
         .await
         .map_err(|_| ConnError::Timeout)??;
+    drop(pass);
+    let remote = conn.remote_address().ip();
     let exporter = |key: &WgPublicKey| quic_exporter(&conn, key);
     if let HelloRequest::Admin(req) = hello.request {
         return admin(shared, send, req).await;
     }
     dispatch(
         shared,
-        Link::Quic(conn.clone()),
+        (Link::Quic(conn.clone()), remote),
         None,
         send,
         recv,
@@ -83,10 +104,13 @@ pub(super) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) -> Resul
 pub(super) async fn serve_tcp(
     shared: Arc<Shared>,
     mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    pass: super::admission::Pass,
+    remote: SocketAddr,
 ) -> Result<(), ConnError> {
-    let hello: Hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut tls))
+    let hello: Hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame_within(&mut tls, MAX_HELLO))
         .await
         .map_err(|_| ConnError::Timeout)??;
+    drop(pass);
     // The exporter needs the TLS session, so take it before splitting.
     let exported = match &hello.request {
         HelloRequest::Join(j) => tls_exporter(tls.get_ref().1, &j.public_key),
@@ -105,7 +129,16 @@ pub(super) async fn serve_tcp(
         .await);
     }
     let (link, inbox) = super::link::tcp_link();
-    dispatch(shared, link, Some(inbox), send, recv, hello, |_| exported).await
+    dispatch(
+        shared,
+        (link, remote.ip()),
+        Some(inbox),
+        send,
+        recv,
+        hello,
+        |_| exported,
+    )
+    .await
 }
 
 /// The TLS exporter of a server-side TCP connection, keyed like QUIC's.
@@ -124,7 +157,7 @@ fn quic_exporter(conn: &quinn::Connection, key: &WgPublicKey) -> Option<[u8; 32]
 /// Joins or resumes a host session on any link.
 async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
     shared: Arc<Shared>,
-    link: Link,
+    (link, remote): (Link, std::net::IpAddr),
     inbox: Option<super::link::TcpInbox>,
     send: S,
     recv: R,
@@ -146,6 +179,20 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
     }
     match hello.request {
         HelloRequest::Join(req) => {
+            if !shared
+                .joins
+                .allow(remote, &req.token_id, std::time::Instant::now())
+            {
+                debug!(%remote, token = %loggable(&req.token_id), "join rate-limited");
+                return Err(refuse_and_close(
+                    send,
+                    refuse(
+                        ErrorCode::RateLimited,
+                        "too many join attempts from this address or with this token; wait a few seconds and try again",
+                    ),
+                )
+                .await);
+            }
             if !proof_ok(
                 &shared,
                 exporter(&req.public_key),
@@ -177,7 +224,7 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
                     .await
                 }
                 Err(e) => {
-                    info!(token = %req.token_id, code = ?e.code, "join refused");
+                    info!(token = %loggable(&req.token_id), code = ?e.code, "join refused");
                     Err(refuse_and_close(send, e).await)
                 }
             }

@@ -36,6 +36,7 @@ use crate::{now_unix, state, Config, CoordinatorError};
 pub use weft_proto::msg::{CLOSE_REMOVED, CLOSE_REPLACED};
 
 mod admin_ops;
+mod admission;
 mod config_ops;
 mod conn;
 mod link;
@@ -49,7 +50,12 @@ use conn::serve;
 
 /// Peers per netmap frame.
 const PEERS_PER_CHUNK: usize = 256;
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection has to finish its TLS handshake and send its
+/// hello before it is dropped.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest hello accepted: a buffer sized from a length a stranger
+/// declares is never bigger than this.
+const MAX_HELLO: usize = 64 * 1024;
 /// The longest the coalescer waits, however many sessions there are.
 const MAX_COALESCE: Duration = Duration::from_millis(50);
 
@@ -85,6 +91,10 @@ struct Shared {
     /// Serializes read-modify-write changes of `cluster` (admin commands and
     /// route advertisements), which await the store in between.
     config_change: tokio::sync::Mutex<()>,
+    /// Connections still in their hello.
+    gate: Arc<admission::Gate>,
+    /// Join attempts per source and per token id.
+    joins: admission::JoinLimiter,
 }
 
 impl Shared {
@@ -255,6 +265,8 @@ impl Coordinator {
             membership_changed,
             compiling: Mutex::new(()),
             config_change: tokio::sync::Mutex::new(()),
+            gate: Arc::default(),
+            joins: admission::JoinLimiter::default(),
         });
         // Routes in force are part of each node's netmap record.
         {
@@ -473,13 +485,17 @@ async fn accept_tcp(
                 continue;
             }
         };
+        let Some(pass) = shared.gate.enter(remote.ip()) else {
+            debug!(%remote, "TCP connection refused: too many connections in their hello");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+            match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
-                    if let Err(e) = conn::serve_tcp(shared, tls).await {
+                    if let Err(e) = conn::serve_tcp(shared, tls, pass, remote).await {
                         debug!(%remote, error = %e, "TCP connection ended");
                     }
                 }
@@ -492,12 +508,27 @@ async fn accept_tcp(
 
 async fn accept(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
+        let remote = incoming.remote_address();
+        // Under load, a client must show it owns its address (a Retry
+        // round trip) before it costs any state.
+        if shared.gate.waiting() >= admission::RETRY_ABOVE && !incoming.remote_address_validated() {
+            let _ = incoming.retry();
+            continue;
+        }
+        let Some(pass) = shared.gate.enter(remote.ip()) else {
+            debug!(%remote, "QUIC connection refused: too many connections in their hello");
+            incoming.refuse();
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            match incoming.await {
+            let connecting = tokio::time::timeout(HELLO_TIMEOUT, incoming);
+            match connecting
+                .await
+                .unwrap_or(Err(quinn::ConnectionError::TimedOut))
+            {
                 Ok(conn) => {
-                    if let Err(e) = serve(shared, conn).await {
+                    if let Err(e) = serve(shared, conn, pass).await {
                         debug!(%remote, error = %e, "connection ended");
                     }
                 }

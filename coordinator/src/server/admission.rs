@@ -1,0 +1,230 @@
+//! Who may take the coordinator's time before proving who they are:
+//! connections that have not finished their hello are limited in all and
+//! per source address, and join attempts are rate-limited per source and
+//! per token id. Everything here is bounded in memory whatever the
+//! attacker sends. Sans-IO: the callers pass the time.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Connections still in their hello, in all.
+pub const MAX_UNAUTHENTICATED: usize = 1024;
+/// Connections still in their hello, per source address.
+pub const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 64;
+/// Above this many connections in their hello, QUIC clients must prove
+/// their address first (a Retry) before the coordinator keeps any state.
+pub const RETRY_ABOVE: usize = MAX_UNAUTHENTICATED / 4;
+
+/// Join attempts a second per source address, sustained, and in a burst.
+pub const JOINS_PER_SOURCE: (f64, f64) = (20.0, 40.0);
+/// Join attempts a second per token id, sustained, and in a burst.
+pub const JOINS_PER_TOKEN: (f64, f64) = (50.0, 100.0);
+/// Sources or token ids remembered; past this the oldest are forgotten.
+const RATE_MEMORY: usize = 16_384;
+
+/// Counts connections in their hello.
+#[derive(Debug, Default)]
+pub struct Gate {
+    inner: Mutex<GateCounts>,
+}
+
+#[derive(Debug, Default)]
+struct GateCounts {
+    total: usize,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+/// A connection's place at the gate; dropping it (hello done, or the
+/// connection gone) frees it.
+#[derive(Debug)]
+pub struct Pass {
+    gate: Arc<Gate>,
+    source: IpAddr,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateCounts> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for a new connection from `source`, unless the limits are
+    /// reached.
+    pub fn enter(self: &Arc<Self>, source: IpAddr) -> Option<Pass> {
+        let mut c = self.lock();
+        let here = c.per_source.get(&source).copied().unwrap_or(0);
+        if c.total >= MAX_UNAUTHENTICATED || here >= MAX_UNAUTHENTICATED_PER_SOURCE {
+            return None;
+        }
+        c.total += 1;
+        *c.per_source.entry(source).or_default() += 1;
+        Some(Pass {
+            gate: self.clone(),
+            source,
+        })
+    }
+
+    /// Connections in their hello now.
+    pub fn waiting(&self) -> usize {
+        self.lock().total
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        let mut c = self.gate.lock();
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Token buckets keyed by source or token id, bounded in number.
+#[derive(Debug)]
+struct Buckets<K> {
+    rate: f64,
+    burst: f64,
+    buckets: HashMap<K, (f64, Instant)>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
+    fn new((rate, burst): (f64, f64)) -> Self {
+        Buckets {
+            rate,
+            burst,
+            buckets: HashMap::new(),
+        }
+    }
+
+    fn take(&mut self, key: &K, now: Instant) -> bool {
+        if !self.buckets.contains_key(key) && self.buckets.len() >= RATE_MEMORY {
+            // Forget the buckets that have refilled (nothing to remember),
+            // or, under a flood of new keys, all of them.
+            let (rate, burst) = (self.rate, self.burst);
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
+            });
+            if self.buckets.len() >= RATE_MEMORY {
+                self.buckets.clear();
+            }
+        }
+        let (tokens, at) = self.buckets.entry(key.clone()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.rate)
+            .min(self.burst);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+}
+
+/// Join attempts per source and per token id.
+#[derive(Debug)]
+pub struct JoinLimiter {
+    inner: Mutex<(Buckets<IpAddr>, Buckets<String>)>,
+}
+
+impl Default for JoinLimiter {
+    fn default() -> Self {
+        JoinLimiter {
+            inner: Mutex::new((
+                Buckets::new(JOINS_PER_SOURCE),
+                Buckets::new(JOINS_PER_TOKEN),
+            )),
+        }
+    }
+}
+
+impl JoinLimiter {
+    /// Whether a join from `source` with token id `token_id` may proceed.
+    pub fn allow(&self, source: IpAddr, token_id: &str, now: Instant) -> bool {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // A token id longer than any real one is refused without a bucket.
+        if token_id.len() > 64 {
+            return false;
+        }
+        g.0.take(&source, now) && g.1.take(&token_id.to_string(), now)
+    }
+}
+
+/// Untrusted text for a log line: at most 64 characters, printable ASCII,
+/// anything else escaped.
+pub fn loggable(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(64)
+        .flat_map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                vec![c]
+            } else {
+                c.escape_default().collect()
+            }
+        })
+        .collect();
+    if s.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_gate_limits_per_source_and_in_all() {
+        let gate = Arc::new(Gate::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let passes: Vec<Pass> = (0..100).filter_map(|_| gate.enter(a)).collect();
+        assert_eq!(passes.len(), MAX_UNAUTHENTICATED_PER_SOURCE);
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(gate.enter(b).is_some(), "another source still gets in");
+        drop(passes);
+        assert_eq!(gate.waiting(), 0);
+        let many: Vec<Pass> = (0..2000u32)
+            .filter_map(|i| gate.enter(IpAddr::from(std::net::Ipv4Addr::from(0xC000_0200 + i))))
+            .collect();
+        assert_eq!(many.len(), MAX_UNAUTHENTICATED);
+    }
+
+    #[test]
+    fn joins_are_rate_limited_per_source_and_token() {
+        let l = JoinLimiter::default();
+        let t0 = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let ok = (0..1000).filter(|_| l.allow(a, "tok", t0)).count();
+        assert_eq!(ok, JOINS_PER_SOURCE.1 as usize);
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(
+            l.allow(b, "other", t0),
+            "another source and token still join"
+        );
+        assert!(l.allow(a, "x", t0 + Duration::from_secs(1)), "refilled");
+        assert!(!l.allow(b, &"x".repeat(65), t0));
+        // A flood of new token ids stays bounded.
+        for i in 0..50_000u32 {
+            l.allow(
+                IpAddr::from(std::net::Ipv4Addr::from(i)),
+                &i.to_string(),
+                t0,
+            );
+        }
+        let g = l.inner.lock().unwrap();
+        assert!(g.0.buckets.len() <= RATE_MEMORY && g.1.buckets.len() <= RATE_MEMORY);
+    }
+
+    #[test]
+    fn log_text_is_bounded_and_printable() {
+        assert_eq!(loggable("tok-1"), "tok-1");
+        assert_eq!(loggable("a\nb\u{1b}[31m"), "a\\nb\\u{1b}[31m");
+        assert!(loggable(&"x".repeat(10_000)).chars().count() <= 65);
+    }
+}
