@@ -19,8 +19,8 @@ pub const ADMIN_FILE: &str = "admin.json";
 /// The database file in the state dir.
 pub const DB_FILE: &str = "weft.redb";
 
-/// Keys and certificate loaded from (or created in) the state dir. Its
-/// `Debug` names no secret.
+/// Keys and certificate loaded from (or created in) the state dir. It has
+/// no `Debug`: it holds the coordinator's secrets.
 pub struct Identity {
     pub cert: CertificateDer<'static>,
     pub key: PrivateKeyDer<'static>,
