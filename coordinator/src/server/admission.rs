@@ -1,7 +1,10 @@
 //! Who may take the coordinator's time before proving who they are:
 //! connections that have not finished their hello are limited in all and
-//! per source address, and join attempts are rate-limited per source and
-//! per token id. Everything here is bounded in memory whatever the
+//! per source address, and failed join attempts (an unknown token id, a
+//! wrong secret, a failed key proof) are rate-limited per source and per
+//! token id: a source or token id past its allowance is refused at once.
+//! Joins that succeed cost nothing, so a cluster coming up behind one NAT is
+//! not slowed. Everything here is bounded in memory whatever the
 //! attacker sends. Sans-IO: the callers pass the time.
 
 use std::collections::HashMap;
@@ -17,9 +20,10 @@ pub const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 64;
 /// their address first (a Retry) before the coordinator keeps any state.
 pub const RETRY_ABOVE: usize = MAX_UNAUTHENTICATED / 4;
 
-/// Join attempts a second per source address, sustained, and in a burst.
+/// Failed join attempts a second per source address, sustained, and in a
+/// burst.
 pub const JOINS_PER_SOURCE: (f64, f64) = (20.0, 40.0);
-/// Join attempts a second per token id, sustained, and in a burst.
+/// Failed join attempts a second per token id, sustained, and in a burst.
 pub const JOINS_PER_TOKEN: (f64, f64) = (50.0, 100.0);
 /// Sources or token ids remembered; past this the oldest are forgotten.
 const RATE_MEMORY: usize = 16_384;
@@ -101,7 +105,8 @@ impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
         }
     }
 
-    fn take(&mut self, key: &K, now: Instant) -> bool {
+    /// The bucket of `key`, refilled to `now`.
+    fn refilled(&mut self, key: &K, now: Instant) -> &mut f64 {
         if !self.buckets.contains_key(key) && self.buckets.len() >= RATE_MEMORY {
             // Forget the buckets that have refilled (nothing to remember),
             // or, under a flood of new keys, all of them.
@@ -113,15 +118,25 @@ impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
                 self.buckets.clear();
             }
         }
-        let (tokens, at) = self.buckets.entry(key.clone()).or_insert((self.burst, now));
-        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.rate)
-            .min(self.burst);
+        let (rate, burst) = (self.rate, self.burst);
+        let (tokens, at) = self.buckets.entry(key.clone()).or_insert((burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst);
         *at = now;
-        if *tokens < 1.0 {
-            return false;
+        tokens
+    }
+
+    /// Whether `key` has allowance left.
+    fn has(&mut self, key: &K, now: Instant) -> bool {
+        if !self.buckets.contains_key(key) {
+            return true;
         }
-        *tokens -= 1.0;
-        true
+        *self.refilled(key, now) >= 1.0
+    }
+
+    /// Uses one unit of `key`'s allowance.
+    fn charge(&mut self, key: &K, now: Instant) {
+        let t = self.refilled(key, now);
+        *t = (*t - 1.0).max(0.0);
     }
 }
 
@@ -143,14 +158,28 @@ impl Default for JoinLimiter {
 }
 
 impl JoinLimiter {
-    /// Whether a join from `source` with token id `token_id` may proceed.
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Buckets<IpAddr>, Buckets<String>)> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a join from `source` with token id `token_id` may be tried.
     pub fn allow(&self, source: IpAddr, token_id: &str, now: Instant) -> bool {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         // A token id longer than any real one is refused without a bucket.
         if token_id.len() > 64 {
             return false;
         }
-        g.0.take(&source, now) && g.1.take(&token_id.to_string(), now)
+        let mut g = self.lock();
+        g.0.has(&source, now) && g.1.has(&token_id.to_string(), now)
+    }
+
+    /// Records a join from `source` with `token_id` that was refused.
+    pub fn failed(&self, source: IpAddr, token_id: &str, now: Instant) {
+        if token_id.len() > 64 {
+            return;
+        }
+        let mut g = self.lock();
+        g.0.charge(&source, now);
+        g.1.charge(&token_id.to_string(), now);
     }
 }
 
@@ -196,28 +225,36 @@ mod tests {
     }
 
     #[test]
-    fn joins_are_rate_limited_per_source_and_token() {
+    fn failed_joins_are_rate_limited_per_source_and_token() {
         let l = JoinLimiter::default();
         let t0 = Instant::now();
         let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let ok = (0..1000).filter(|_| l.allow(a, "tok", t0)).count();
-        assert_eq!(ok, JOINS_PER_SOURCE.1 as usize);
+        // Joins that succeed cost nothing.
+        assert_eq!((0..1000).filter(|_| l.allow(a, "good", t0)).count(), 1000);
+        let tried = (0..1000)
+            .filter(|i| {
+                let id = format!("bad{i}");
+                let ok = l.allow(a, &id, t0);
+                if ok {
+                    l.failed(a, &id, t0);
+                }
+                ok
+            })
+            .count();
+        assert_eq!(tried, JOINS_PER_SOURCE.1 as usize);
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(
-            l.allow(b, "other", t0),
-            "another source and token still join"
-        );
+        assert!(l.allow(b, "other", t0), "another source still joins");
         assert!(l.allow(a, "x", t0 + Duration::from_secs(1)), "refilled");
         assert!(!l.allow(b, &"x".repeat(65), t0));
-        // A flood of new token ids stays bounded.
+        // A flood of new sources and token ids stays bounded.
         for i in 0..50_000u32 {
-            l.allow(
+            l.failed(
                 IpAddr::from(std::net::Ipv4Addr::from(i)),
                 &i.to_string(),
                 t0,
             );
         }
-        let g = l.inner.lock().unwrap();
+        let g = l.lock();
         assert!(g.0.buckets.len() <= RATE_MEMORY && g.1.buckets.len() <= RATE_MEMORY);
     }
 

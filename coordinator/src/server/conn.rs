@@ -199,6 +199,9 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
                 &req.public_key,
                 &req.proof,
             ) {
+                shared
+                    .joins
+                    .failed(remote, &req.token_id, std::time::Instant::now());
                 return Err(refuse_and_close(send, proof_failed()).await);
             }
             let args = JoinArgs {
@@ -224,6 +227,13 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
                     .await
                 }
                 Err(e) => {
+                    // Guesses (an unknown id, a wrong secret) use up the
+                    // allowance; a real token that is used up does not.
+                    if e.code == ErrorCode::TokenInvalid {
+                        shared
+                            .joins
+                            .failed(remote, &req.token_id, std::time::Instant::now());
+                    }
                     info!(token = %loggable(&req.token_id), code = ?e.code, "join refused");
                     Err(refuse_and_close(send, e).await)
                 }
