@@ -92,6 +92,8 @@ pub fn run(args: ServiceArgs) -> anyhow::Result<()> {
                 allow,
                 public,
                 gateway: via,
+                node_id: None,
+                gateway_id: None,
             };
             match admin_request(args.admin, AdminCommand::ServiceExpose(info))? {
                 AdminReply::ServiceExposed(s) => {

@@ -158,7 +158,7 @@ pub fn snapshot(reg: &Registry, cfg: &ClusterConfig) -> Cluster {
         .services
         .values()
         .filter_map(|s| {
-            let node = reg.by_name(&s.node)?;
+            let node = live(reg, s.node_in(|n| reg.by_name(n)))?;
             Some(Service {
                 name: s.name.clone(),
                 node,
@@ -170,14 +170,17 @@ pub fn snapshot(reg: &Registry, cfg: &ClusterConfig) -> Cluster {
                     .iter()
                     .filter_map(|a| Selector::parse(a).ok())
                     .collect(),
-                gateway: s.public.and_then(|_| {
-                    let gw = reg.by_name(s.gateway.as_deref().unwrap_or(&s.node))?;
-                    Some(std::net::IpAddr::V4(reg.get(gw)?.subnet.host_addr()))
-                }),
+                gateway: live(reg, s.gateway_in(|n| reg.by_name(n)))
+                    .and_then(|gw| Some(std::net::IpAddr::V4(reg.get(gw)?.subnet.host_addr()))),
             })
         })
         .collect();
     Cluster { nodes, services }
+}
+
+/// `id`, if that node still exists.
+fn live(reg: &Registry, id: Option<NodeId>) -> Option<NodeId> {
+    id.filter(|id| reg.get(*id).is_some())
 }
 
 /// The policy in force (allow-all when none was ever set).
@@ -204,15 +207,13 @@ pub fn compile_views(reg: &Registry, cfg: &ClusterConfig) -> Compiled {
     let compiled = compile(&policy_of(cfg), &cluster);
     let mut nodes = HashMap::with_capacity(compiled.nodes.len());
     for (id, share) in compiled.nodes {
-        let me = reg.get(id).map(|p| p.name.clone()).unwrap_or_default();
         let services: Vec<ServiceEntry> = cfg
             .services
             .values()
             .filter_map(|s| {
-                let node = reg.by_name(&s.node)?;
+                let node = live(reg, s.node_in(|n| reg.by_name(n)))?;
                 let subnet = reg.get(node)?.subnet;
-                let gateway = s.public.and(Some(s.gateway.as_deref().unwrap_or(&s.node)));
-                let mine = gateway == Some(me.as_str());
+                let mine = live(reg, s.gateway_in(|n| reg.by_name(n))) == Some(id);
                 if node != id && !share.peers.contains(&node) && !mine {
                     return None;
                 }

@@ -137,6 +137,8 @@ async fn policy_cuts_netmaps_refuses_bad_documents_and_survives_restarts() {
         allow: vec!["host:c".into()],
         public: None,
         gateway: None,
+        node_id: None,
+        gateway_id: None,
     };
     match h
         .admin(AdminCommand::ServiceExpose(svc.clone()))

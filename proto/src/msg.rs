@@ -305,6 +305,32 @@ pub struct ServiceInfo {
     /// service's node).
     #[serde(default)]
     pub gateway: Option<String>,
+    /// The node `node` named when the service was exposed: the service
+    /// stays with that node, whoever takes the name later. Set by the
+    /// coordinator (a client's value is ignored); added 2026-12-01.
+    #[serde(default)]
+    pub node_id: Option<NodeId>,
+    /// The node `gateway` named when the service was exposed.
+    #[serde(default)]
+    pub gateway_id: Option<NodeId>,
+}
+
+impl ServiceInfo {
+    /// The node the service runs on: the one bound when it was exposed,
+    /// or (a record from before ids were bound) the one with its name.
+    pub fn node_in(&self, by_name: impl Fn(&str) -> Option<NodeId>) -> Option<NodeId> {
+        self.node_id.or_else(|| by_name(&self.node))
+    }
+
+    /// The node that forwards its public port, if it has one.
+    pub fn gateway_in(&self, by_name: impl Fn(&str) -> Option<NodeId>) -> Option<NodeId> {
+        self.public?;
+        match (&self.gateway, self.gateway_id) {
+            (_, Some(id)) => Some(id),
+            (Some(name), None) => by_name(name),
+            (None, None) => self.node_in(by_name),
+        }
+    }
 }
 
 /// The routes one node advertised, and which are approved.

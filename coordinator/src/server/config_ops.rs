@@ -158,6 +158,10 @@ pub(super) async fn service_expose(
         ));
     }
     s.node = node_name(shared, &s.node)?;
+    // Bound now: the service stays with this node, never the next holder
+    // of its name.
+    s.node_id = shared.read().by_name(&s.node);
+    s.gateway_id = None;
     if let Some(addr) = s.addr {
         let reg = shared.read();
         if let Some(p) = reg.by_name(&s.node).and_then(|id| reg.get(id)) {
@@ -213,6 +217,7 @@ pub(super) async fn service_expose(
             )));
         }
         s.gateway = Some(gw);
+        s.gateway_id = s.gateway.as_deref().and_then(|g| shared.read().by_name(g));
     } else if s.gateway.is_some() {
         return Err(bad(
             "--via names the host of a public port; add --public PORT",
@@ -458,7 +463,10 @@ pub(super) async fn forget_node(shared: &Shared, id: NodeId, name: &str) {
         .cluster()
         .services
         .values()
-        .filter(|s| s.node == name || s.gateway.as_deref() == Some(name))
+        .filter(|s| {
+            let by_name = |n: &str| (n == name).then_some(id);
+            s.node_in(by_name) == Some(id) || s.gateway_in(by_name) == Some(id)
+        })
         .map(|s| s.name.clone())
         .collect();
     let had_routes = shared.cluster().routes.contains_key(&id);
