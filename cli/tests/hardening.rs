@@ -115,6 +115,45 @@ fn a_peer_cannot_use_a_host_as_a_router_out_of_the_mesh() {
         greet(&attacker.ns, inside, Duration::from_secs(5)).expect("the mesh still works"),
         "mesh"
     );
+
+    // Advertised but not approved, the network is still closed.
+    weft_tests::try_run(&[
+        &weft().to_string_lossy(),
+        "route",
+        "advertise",
+        "198.51.100.0/24",
+        "--state-dir",
+        &victim.state_dir.to_string_lossy(),
+    ])
+    .expect("route advertise");
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = drops(&c, 1, "rx_dst_not_local");
+    let got = greet(&attacker.ns, outside, Duration::from_secs(3));
+    assert!(
+        got.is_err(),
+        "an unapproved route let the attacker in: {got:?}"
+    );
+    assert!(
+        drops(&c, 1, "rx_dst_not_local") > before,
+        "the drop was not counted"
+    );
+
+    // Approved, it is the victim's to route: the peer reaches it.
+    c.admin(&[
+        "route",
+        "approve",
+        "--node",
+        &victim.name,
+        "198.51.100.0/24",
+    ])
+    .expect("route approve");
+    let got = weft_tests::wait_for(
+        Duration::from_secs(10),
+        "the approved route to open",
+        || greet(&attacker.ns, outside, Duration::from_secs(1)).ok(),
+    )
+    .expect("an approved route stays closed");
+    assert_eq!(got, "private");
 }
 
 /// A genuine disco ping, captured on the wire and replayed from 10,000

@@ -142,6 +142,9 @@ pub struct NodeView {
     pub peers: BTreeSet<NodeId>,
     /// The services it may reach (and those it forwards a public port to).
     pub services: Vec<ServiceEntry>,
+    /// Its own routes in force: what it accepts from peers besides its
+    /// subnet.
+    pub routes: Vec<Cidr>,
 }
 
 /// Every host's view, compiled from one snapshot.
@@ -192,9 +195,14 @@ pub fn policy_of(cfg: &ClusterConfig) -> Policy {
 
 /// A digest of a view: SHA-256 of its MessagePack form, first 8 bytes
 /// (never 0, which means "no view").
-fn view_id(filter: &PacketFilter, peers: &BTreeSet<NodeId>, services: &[ServiceEntry]) -> u64 {
+fn view_id(
+    filter: &PacketFilter,
+    peers: &BTreeSet<NodeId>,
+    services: &[ServiceEntry],
+    routes: &[Cidr],
+) -> u64 {
     use sha2::{Digest as _, Sha256};
-    let bytes = rmp_serde::to_vec(&(filter, peers, services)).unwrap_or_default();
+    let bytes = rmp_serde::to_vec(&(filter, peers, services, routes)).unwrap_or_default();
     let d = Sha256::digest(&bytes);
     let mut first = [0u8; 8];
     first.copy_from_slice(&d[..8]);
@@ -226,7 +234,8 @@ pub fn compile_views(reg: &Registry, cfg: &ClusterConfig) -> Compiled {
                 })
             })
             .collect();
-        let digest = view_id(&share.filter, &share.peers, &services);
+        let routes = reg.get(id).map(|p| p.routes.clone()).unwrap_or_default();
+        let digest = view_id(&share.filter, &share.peers, &services, &routes);
         nodes.insert(
             id,
             Arc::new(NodeView {
@@ -234,6 +243,7 @@ pub fn compile_views(reg: &Registry, cfg: &ClusterConfig) -> Compiled {
                 filter: share.filter,
                 peers: share.peers,
                 services,
+                routes,
             }),
         );
     }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{PacketFilter, Proto};
+use crate::policy::{Cidr, PacketFilter, Proto};
 use crate::types::{NodeId, Peer};
 
 /// One netmap message (or one chunk of it) from the coordinator.
@@ -49,6 +49,12 @@ pub struct NetmapUpdate {
     /// force gets a delta instead of a full update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view: Option<u64>,
+    /// The networks this host routes for the mesh (advertised and
+    /// approved), sent with the view: the host accepts packets from peers
+    /// addressed to its subnet and these only. Added 2026-12-01; `None`
+    /// from an older coordinator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<Cidr>>,
 }
 
 impl NetmapUpdate {
@@ -66,6 +72,7 @@ impl NetmapUpdate {
             filter: None,
             services: None,
             view: None,
+            routes: None,
         }
     }
 }
@@ -120,6 +127,8 @@ pub struct Netmap {
     filter: Option<PacketFilter>,
     services: Vec<ServiceEntry>,
     view: u64,
+    /// This host's own routes in force; `None` until a coordinator said.
+    routes: Option<Vec<Cidr>>,
     pending: Option<NetmapUpdate>,
 }
 
@@ -170,6 +179,12 @@ impl Netmap {
         self.view
     }
 
+    /// This host's own routes in force (advertised and approved), if the
+    /// coordinator said.
+    pub fn own_routes(&self) -> Option<&[Cidr]> {
+        self.routes.as_deref()
+    }
+
     /// The whole map as one full update, for caching on disk.
     pub fn to_snapshot(&self) -> NetmapUpdate {
         NetmapUpdate {
@@ -177,6 +192,7 @@ impl Netmap {
             filter: self.filter.clone(),
             services: Some(self.services.clone()),
             view: Some(self.view),
+            routes: self.routes.clone(),
             ..NetmapUpdate::empty(self.epoch, 0, self.version, true)
         }
     }
@@ -206,6 +222,9 @@ impl Netmap {
                 }
                 if update.view.is_some() {
                     acc.view = update.view;
+                }
+                if update.routes.is_some() {
+                    acc.routes = update.routes;
                 }
                 acc
             }
@@ -252,6 +271,9 @@ impl Netmap {
         if let Some(s) = whole.services {
             change.services = self.services != s;
             self.services = s;
+        }
+        if let Some(r) = whole.routes {
+            self.routes = Some(r);
         }
         self.epoch = whole.epoch;
         self.version = whole.version;

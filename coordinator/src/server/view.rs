@@ -38,6 +38,8 @@ struct NetmapOut<'a> {
     services: Option<&'a [ServiceEntry]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     view: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    routes: Option<&'a [weft_proto::policy::Cidr]>,
 }
 
 #[derive(Serialize)]
@@ -225,6 +227,7 @@ pub(super) async fn send_update<W: AsyncWrite + Unpin>(
             filter: view.map(|v| &v.filter),
             services: view.map(|v| v.services.as_slice()),
             view: view.map(|v| v.id),
+            routes: view.map(|v| v.routes.as_slice()),
         });
         let frame = codec::encode(&msg)?;
         send.write_all(&frame).await?;

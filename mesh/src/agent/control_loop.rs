@@ -254,12 +254,12 @@ impl ControlLoop {
             tracing::warn!(error = %e, "cannot read the advertised routes");
             Vec::new()
         });
-        self.handle
-            .set_local_networks(Some(self.shared.accepted_networks(&routes)));
         s.updater().advertise_routes(routes).await
     }
 
     fn on_netmap(&mut self, netmap: Netmap) {
+        self.handle
+            .set_local_networks(Some(self.shared.accepted_networks(&netmap)));
         self.applier
             .apply(&netmap, &self.handle, &self.shared.services);
         if let Err(e) = self.shared.state.save_netmap(&netmap) {

@@ -176,13 +176,21 @@ impl Shared {
         eps
     }
 
-    /// What this host accepts from the mesh: packets to its own subnet
-    /// and to the networks it advertises (`routes`). Anything else a peer
-    /// sends is a peer using it as a router, and is dropped.
-    fn accepted_networks(
-        &self,
-        routes: &[weft_proto::policy::Cidr],
-    ) -> Vec<crate::allowed_ips::IpNet> {
+    /// What this host accepts from the mesh: packets to its own subnet and
+    /// to the networks it routes for the mesh (advertised and approved).
+    /// Anything else a peer sends is a peer using it as a router, and is
+    /// dropped.
+    fn accepted_networks(&self, netmap: &Netmap) -> Vec<crate::allowed_ips::IpNet> {
+        // The routes in force for this host, as the coordinator says; from
+        // an older coordinator, the ones this host advertises.
+        let advertised;
+        let routes = match netmap.own_routes() {
+            Some(r) => r,
+            None => {
+                advertised = self.state.advertised_routes().unwrap_or_default();
+                &advertised
+            }
+        };
         let mut nets = vec![peers::subnet_net(self.identity().subnet)];
         nets.extend(
             routes
@@ -434,9 +442,7 @@ pub async fn run(
         services: Mutex::new(services),
     });
     shared.scan_endpoints();
-    handle.set_local_networks(Some(
-        shared.accepted_networks(&state.advertised_routes().unwrap_or_default()),
-    ));
+    handle.set_local_networks(Some(shared.accepted_networks(&netmap)));
     state.save_network(&NetworkFile {
         subnet: identity.subnet.to_string(),
         gateway: identity.subnet.host_addr(),
