@@ -91,13 +91,7 @@ fn garbage_at_every_port_changes_nothing() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
     let lab = Lab::new("fl");
-    let spec = ClusterSpec {
-        clouds: 2,
-        hosts_per_cloud: 1,
-        containers_per_host: 0,
-        ..ClusterSpec::default()
-    };
-    let c = Cluster::build(&lab, &weft(), spec).expect("cluster");
+    let c = Cluster::build(&lab, &weft(), ClusterSpec::hosts_only(2)).expect("cluster");
     let (a, b) = (&c.hosts[0], &c.hosts[1]);
     let b_addr = c.host_addr(1).expect("address");
     // A service on b, published on b's public address.

@@ -11,15 +11,6 @@ use weft_tests::{
     greet, in_netns, ping_with, require_root, snmp_counter, vm_rss_kib, Capture, Lab, Server,
 };
 
-fn two_hosts() -> ClusterSpec {
-    ClusterSpec {
-        clouds: 2,
-        hosts_per_cloud: 1,
-        containers_per_host: 0,
-        ..ClusterSpec::default()
-    }
-}
-
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
 }
@@ -47,7 +38,7 @@ fn a_peer_cannot_use_a_host_as_a_router_out_of_the_mesh() {
         return;
     }
     let lab = Lab::new("rt");
-    let c = Cluster::build(&lab, &weft(), two_hosts()).expect("cluster");
+    let c = Cluster::build(&lab, &weft(), ClusterSpec::hosts_only(2)).expect("cluster");
     let (attacker, victim) = (&c.hosts[0], &c.hosts[1]);
     let status = c.status(1).expect("status");
     let victim_key = status["host"]["public_key"]
@@ -165,7 +156,7 @@ fn a_replayed_disco_ping_is_answered_once() {
         return;
     }
     let lab = Lab::new("rp");
-    let c = Cluster::build(&lab, &weft(), two_hosts()).expect("cluster");
+    let c = Cluster::build(&lab, &weft(), ClusterSpec::hosts_only(2)).expect("cluster");
     let victim = &c.hosts[1];
     let cap = Capture::open(&victim.ns, "eth0").expect("capture");
     let ping = cap

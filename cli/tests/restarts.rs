@@ -17,16 +17,6 @@ fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
 }
 
-/// Hosts with no containers, one per cloud.
-fn hosts(n: usize) -> ClusterSpec {
-    ClusterSpec {
-        clouds: n,
-        hosts_per_cloud: 1,
-        containers_per_host: 0,
-        ..ClusterSpec::default()
-    }
-}
-
 fn peer_names(c: &Cluster, i: usize) -> Vec<String> {
     c.status(i).map_or_else(
         |_| Vec::new(),
@@ -41,6 +31,20 @@ fn peer_names(c: &Cluster, i: usize) -> Vec<String> {
                 .unwrap_or_default()
         },
     )
+}
+
+/// Waits for a direct path both ways between hosts 0 and 1, then pings
+/// host 1 from host 0 at 5/s until the first reply.
+fn pinging_pair(lab: &Lab, c: &Cluster) -> Pinger {
+    let (a, b) = (c.hosts[0].name.clone(), c.hosts[1].name.clone());
+    wait_direct(c, 0, &b);
+    wait_direct(c, 1, &a);
+    let target = c.host_addr(1).expect("address").to_string();
+    let pinger = Pinger::start(lab, &c.hosts[0].ns, &target, Duration::from_millis(200));
+    pinger
+        .wait_reply_after(unix_now(), Duration::from_secs(5))
+        .expect("pings answer");
+    pinger
 }
 
 /// Waits until host `i` reaches `peer` on a direct (or LAN) path.
@@ -58,7 +62,7 @@ fn a_restarted_coordinator_is_noticed_at_once() {
         return;
     }
     let lab = Lab::new("cr");
-    let mut c = Cluster::build(&lab, &weft(), hosts(3)).expect("cluster");
+    let mut c = Cluster::build(&lab, &weft(), ClusterSpec::hosts_only(3)).expect("cluster");
     wait_for(Duration::from_secs(10), "every host online", || {
         (c.online_count() == 3).then_some(())
     })
@@ -115,15 +119,8 @@ fn a_vanished_coordinator_is_noticed_within_the_deadline() {
         return;
     }
     let lab = Lab::new("bh");
-    let c = Cluster::build(&lab, &weft(), hosts(2)).expect("cluster");
-    let (a, b) = (c.hosts[0].name.clone(), c.hosts[1].name.clone());
-    wait_direct(&c, 0, &b);
-    wait_direct(&c, 1, &a);
-    let target = c.host_addr(1).expect("address").to_string();
-    let pinger = Pinger::start(&lab, &c.hosts[0].ns, &target, Duration::from_millis(200));
-    pinger
-        .wait_reply_after(unix_now(), Duration::from_secs(5))
-        .expect("pings answer");
+    let c = Cluster::build(&lab, &weft(), ClusterSpec::hosts_only(2)).expect("cluster");
+    let pinger = pinging_pair(&lab, &c);
 
     // Everything in and out of the coordinator's namespace is dropped: no
     // reset, no ICMP, as if its machine vanished.
@@ -207,7 +204,7 @@ fn a_restarted_agent_is_reachable_within_a_round_trip() {
         return;
     }
     let lab = Lab::new("ar");
-    let mut c = Cluster::build(&lab, &weft(), hosts(2)).expect("cluster");
+    let mut c = Cluster::build(&lab, &weft(), ClusterSpec::hosts_only(2)).expect("cluster");
     let (a, b) = (c.hosts[0].name.clone(), c.hosts[1].name.clone());
     wait_direct(&c, 0, &b);
     wait_direct(&c, 1, &a);
@@ -224,16 +221,9 @@ fn a_restarted_agent_is_reachable_within_a_round_trip() {
 /// the longest gap between two replies around the change.
 fn renumber_gap(nat: NatKind) -> f64 {
     let lab = Lab::new("rn");
-    let spec = hosts(2).with_nat(&[NatKind::None, nat]);
+    let spec = ClusterSpec::hosts_only(2).with_nat(&[NatKind::None, nat]);
     let mut c = Cluster::build(&lab, &weft(), spec).expect("cluster");
-    let (a, b) = (c.hosts[0].name.clone(), c.hosts[1].name.clone());
-    wait_direct(&c, 0, &b);
-    wait_direct(&c, 1, &a);
-    let target = c.host_addr(1).expect("address").to_string();
-    let pinger = Pinger::start(&lab, &c.hosts[0].ns, &target, Duration::from_millis(200));
-    pinger
-        .wait_reply_after(unix_now(), Duration::from_secs(5))
-        .expect("pings answer before the change");
+    let pinger = pinging_pair(&lab, &c);
     std::thread::sleep(Duration::from_secs(1));
     let before = unix_now();
     c.renumber(1, "198.18.2.32".parse().expect("address"))

@@ -63,6 +63,16 @@ impl Default for ClusterSpec {
 }
 
 impl ClusterSpec {
+    /// `clouds` routed clouds of one host each, with no containers.
+    pub fn hosts_only(clouds: usize) -> Self {
+        Self {
+            clouds,
+            hosts_per_cloud: 1,
+            containers_per_host: 0,
+            ..Self::default()
+        }
+    }
+
     /// Puts cloud 1 behind `kinds[0]`, cloud 2 behind `kinds[1]`, and so on;
     /// clouds past the end of `kinds` are routed.
     pub fn with_nat(mut self, kinds: &[NatKind]) -> Self {

@@ -77,12 +77,7 @@ impl TunBatch {
         let Some(local) = &self.local else {
             return true;
         };
-        let packet = self
-            .bufs
-            .get(self.count)
-            .and_then(|b| b.get(VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + n))
-            .unwrap_or_default();
-        destination(packet).is_some_and(|dst| local.iter().any(|net| net.contains(dst)))
+        destination(self.written(n)).is_some_and(|dst| local.iter().any(|net| net.contains(dst)))
     }
 
     /// Whether the filter admits the `n` bytes just written into the buffer
@@ -91,12 +86,15 @@ impl TunBatch {
         let Some(filter) = self.filter.current() else {
             return true;
         };
-        let packet = self
-            .bufs
+        filter.check_from(&shared.conntrack, self.now, self.written(n), via)
+    }
+
+    /// The `n` bytes just written into the buffer from [`next`](Self::next).
+    fn written(&self, n: usize) -> &[u8] {
+        self.bufs
             .get(self.count)
             .and_then(|b| b.get(VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + n))
-            .unwrap_or_default();
-        filter.check_from(&shared.conntrack, self.now, packet, via)
+            .unwrap_or_default()
     }
 
     /// The next free buffer, at least `need` bytes past the header room.
