@@ -156,7 +156,22 @@ pub struct Compiled {
 /// The compiler's picture of the cluster: nodes with their approved routes,
 /// and the services whose node exists.
 pub fn snapshot(reg: &Registry, cfg: &ClusterConfig) -> Cluster {
-    let nodes: Vec<ClusterNode> = reg.peers().map(|p| cluster_node(p)).collect();
+    let pins = cfg.policy.as_ref().map(|(v, _)| &v.hosts);
+    let nodes: Vec<ClusterNode> = reg
+        .peers()
+        .map(|p| {
+            let mut n = cluster_node(p);
+            // A node whose name the policy pinned to another node is not
+            // that name to the compiler: `host:` rules are not for it.
+            if pins
+                .and_then(|h| h.get(&n.name))
+                .is_some_and(|id| *id != n.id)
+            {
+                n.name = format!("{}#{}", n.name, n.id.0);
+            }
+            n
+        })
+        .collect();
     let services = cfg
         .services
         .values()

@@ -293,3 +293,55 @@ async fn policy_cuts_netmaps_refuses_bad_documents_and_survives_restarts() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Issue 12: a `host:` rule means the node that had the name when the
+/// policy was set. After that node is removed, a new host that joins with
+/// the same name gets nothing the rule granted, until the policy is set
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_rules_keep_to_the_node_they_were_set_for() {
+    let h = Harness::start().await;
+    let token = h.token(Some(4)).await;
+    let (_ka, mut a) = join(&token, "a").await;
+    let (_kb, b) = join(&token, "b").await;
+    let (_kc, _c) = join(&token, "c").await;
+    let policy =
+        "default: deny\nrules:\n  - allow: { from: [host:a], to: [host:b], ports: [tcp/80] }\n";
+    assert!(matches!(
+        h.admin(AdminCommand::AclSet {
+            text: policy.into()
+        })
+        .await
+        .unwrap(),
+        AdminReply::AclAccepted { .. }
+    ));
+    let wait = Duration::from_secs(2);
+    wait_for(&mut a.session, wait, |s| names(s) == ["b"]).await;
+    h.admin(AdminCommand::NodeRemove { node: "b".into() })
+        .await
+        .unwrap();
+    drop(b);
+    wait_for(&mut a.session, wait, |s| s.netmap().is_empty()).await;
+
+    // An impostor takes the name: the rule is not for it.
+    let (_kd, mut impostor) = join(&token, "b").await;
+    assert_eq!(impostor.name, "b");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        impostor.session.netmap().is_empty(),
+        "the new b inherited the old b's rules: {:?}",
+        names(&impostor.session)
+    );
+    assert!(a.session.netmap().peer(impostor.node_id).is_none());
+
+    // Setting the policy again pins the name to the node that has it now.
+    assert!(matches!(
+        h.admin(AdminCommand::AclSet {
+            text: policy.into()
+        })
+        .await
+        .unwrap(),
+        AdminReply::AclAccepted { .. }
+    ));
+    wait_for(&mut impostor.session, wait, |s| names(s) == ["a"]).await;
+}

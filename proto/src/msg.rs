@@ -282,6 +282,12 @@ pub struct AclVersion {
     pub set_at: u64,
     /// The document as the admin wrote it.
     pub text: String,
+    /// The node each host name meant when this version was set: a `host:`
+    /// selector names that node, never a later one given the same name.
+    /// Names no node had then match any node that has them. Added
+    /// 2026-12-01 (older versions pin nothing).
+    #[serde(default)]
+    pub hosts: std::collections::BTreeMap<String, NodeId>,
 }
 
 /// A published service.

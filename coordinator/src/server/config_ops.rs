@@ -26,8 +26,11 @@ fn check_policy(shared: &Shared, text: &str) -> Result<(Policy, usize), ErrorRep
             if n == 1 { "" } else { "s" }
         ))
     })?;
+    // As the cluster will be once this document is in force: it pins every
+    // name to the node that has it now, so no name is shadowed.
     let cluster = {
-        let cfg = shared.cluster();
+        let mut cfg = shared.cluster().clone();
+        cfg.policy = None;
         let reg = shared.read();
         cluster::snapshot(&reg, &cfg)
     };
@@ -62,10 +65,17 @@ pub(super) async fn acl_set(shared: &Shared, text: String) -> Result<AdminReply,
         .policy
         .as_ref()
         .map_or(1, |(v, _)| v.version + 1);
+    // Every host name in use now means the node that has it now.
+    let hosts = shared
+        .read()
+        .peers()
+        .map(|p| (p.name.clone(), p.id))
+        .collect();
     let record = AclVersion {
         version,
         set_at: now_unix(),
         text,
+        hosts,
     };
     let bytes = encode(&record);
     shared
