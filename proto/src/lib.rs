@@ -41,6 +41,7 @@ pub mod disco;
 pub mod msg;
 pub mod netmap;
 pub mod policy;
+pub mod queue;
 pub mod relay;
 #[cfg(feature = "tls")]
 pub mod tls;

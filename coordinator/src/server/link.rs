@@ -8,10 +8,13 @@ use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{mpsc, watch};
+use weft_proto::queue::ByteBudget;
 
 /// Datagrams queued for a TCP session before new ones are dropped (a slow
 /// host must not make the coordinator buffer without bound).
 pub(super) const TCP_DATAGRAM_QUEUE: usize = 1024;
+/// Bytes of datagrams queued for a TCP session, at most.
+pub(super) const TCP_DATAGRAM_BYTES: usize = 1 << 20;
 
 /// One host's connection, as other sessions and admin commands see it.
 #[derive(Clone)]
@@ -24,12 +27,16 @@ pub(super) enum Link {
 #[derive(Clone)]
 pub(super) struct TcpLink {
     pub datagrams: mpsc::Sender<Vec<u8>>,
+    /// What the queued datagrams hold, shared with the inbox.
+    pub budget: ByteBudget,
     pub close: std::sync::Arc<watch::Sender<Option<u32>>>,
 }
 
 /// The receiving ends a TCP session's writer listens on.
 pub(super) struct TcpInbox {
     pub datagrams: mpsc::Receiver<Vec<u8>>,
+    /// Release each datagram's bytes here once taken.
+    pub budget: ByteBudget,
     pub close: watch::Receiver<Option<u32>>,
 }
 
@@ -37,13 +44,16 @@ pub(super) struct TcpInbox {
 pub(super) fn tcp_link() -> (Link, TcpInbox) {
     let (dtx, drx) = mpsc::channel(TCP_DATAGRAM_QUEUE);
     let (ctx, crx) = watch::channel(None);
+    let budget = ByteBudget::new(TCP_DATAGRAM_BYTES);
     (
         Link::Tcp(TcpLink {
             datagrams: dtx,
+            budget: budget.clone(),
             close: std::sync::Arc::new(ctx),
         }),
         TcpInbox {
             datagrams: drx,
+            budget,
             close: crx,
         },
     )
@@ -67,7 +77,10 @@ impl Link {
                 let _ = c.send_datagram(bytes.into());
             }
             Link::Tcp(t) => {
-                let _ = t.datagrams.try_send(bytes);
+                let len = bytes.len();
+                if t.budget.try_reserve(len) && t.datagrams.try_send(bytes).is_err() {
+                    t.budget.release(len);
+                }
             }
         }
     }

@@ -122,7 +122,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
         }
     };
     let (mut datagrams, mut closing) = match inbox {
-        Some(i) => (Some(i.datagrams), Some(i.close)),
+        Some(i) => (Some((i.datagrams, i.budget)), Some(i.close)),
         None => (None, None),
     };
     let writer = async {
@@ -233,10 +233,17 @@ fn set_endpoints(shared: &Shared, id: NodeId, endpoints: &[SocketAddr]) -> bool 
     changed
 }
 
-/// The next datagram queued for a TCP session (never, for QUIC).
-async fn next_datagram(rx: &mut Option<mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
+/// The next datagram queued for a TCP session (never, for QUIC); its bytes
+/// leave the session's budget.
+async fn next_datagram(
+    rx: &mut Option<(mpsc::Receiver<Vec<u8>>, weft_proto::queue::ByteBudget)>,
+) -> Option<Vec<u8>> {
     match rx {
-        Some(r) => r.recv().await,
+        Some((r, budget)) => {
+            let d = r.recv().await?;
+            budget.release(d.len());
+            Some(d)
+        }
         None => pending().await,
     }
 }

@@ -349,10 +349,12 @@ impl ControlClient {
             ),
             None => {
                 let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                let budget =
+                    weft_proto::queue::ByteBudget::new(super::transport::TCP_DATAGRAM_BYTES);
                 (
                     super::transport::tcp_datagram_writer(send.clone()),
-                    DatagramSource::Tcp(rx),
-                    Some(tx),
+                    DatagramSource::Tcp(rx, budget.clone()),
+                    Some((tx, budget)),
                 )
             }
         };
@@ -482,8 +484,12 @@ pub struct Session {
     resumed: bool,
     link: DatagramLink,
     source: Option<DatagramSource>,
-    /// On TCP, where datagram frames read from the stream go.
-    tcp_in: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    /// On TCP, where datagram frames read from the stream go (bounded in
+    /// entries and in bytes).
+    tcp_in: Option<(
+        tokio::sync::mpsc::Sender<Vec<u8>>,
+        weft_proto::queue::ByteBudget,
+    )>,
     heard: Heard,
     /// On TCP with a coordinator that answers pings: the longest silence
     /// before the session counts as dead.
@@ -571,8 +577,11 @@ impl Session {
                     }
                 },
                 ServerMsg::Datagram(bytes) => {
-                    if let Some(tx) = &self.tcp_in {
-                        let _ = tx.try_send(bytes.into_vec());
+                    if let Some((tx, budget)) = &self.tcp_in {
+                        let len = bytes.len();
+                        if budget.try_reserve(len) && tx.try_send(bytes.into_vec()).is_err() {
+                            budget.release(len);
+                        }
                     }
                 }
                 ServerMsg::Error(e) => {

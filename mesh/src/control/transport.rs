@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{mpsc, Mutex};
 use weft_proto::codec;
 use weft_proto::msg::ClientMsg;
+use weft_proto::queue::ByteBudget;
 
 /// The send half of a session's frame stream, shared with endpoint reports
 /// and (on TCP) datagram frames.
@@ -20,13 +21,15 @@ pub(crate) type FrameReader = Box<dyn AsyncRead + Send + Sync + Unpin>;
 const TCP_MAX_DATAGRAM: usize = 65_535;
 /// Datagrams queued for the TCP writer before new ones are dropped.
 const TCP_DATAGRAM_QUEUE: usize = 1024;
+/// Bytes of datagrams queued either way on a TCP session, at most.
+pub(crate) const TCP_DATAGRAM_BYTES: usize = 1 << 20;
 
 /// Sends datagrams to the coordinator on a session; cheap to clone, usable
 /// from any thread (the data plane's relay sink calls it).
 #[derive(Clone)]
 pub enum DatagramLink {
     Quic(quinn::Connection),
-    Tcp(mpsc::Sender<Vec<u8>>),
+    Tcp(mpsc::Sender<Vec<u8>>, ByteBudget),
 }
 
 impl DatagramLink {
@@ -36,8 +39,11 @@ impl DatagramLink {
             DatagramLink::Quic(c) => {
                 let _ = c.send_datagram(bytes.into());
             }
-            DatagramLink::Tcp(tx) => {
-                let _ = tx.try_send(bytes);
+            DatagramLink::Tcp(tx, budget) => {
+                let len = bytes.len();
+                if budget.try_reserve(len) && tx.try_send(bytes).is_err() {
+                    budget.release(len);
+                }
             }
         }
     }
@@ -46,7 +52,7 @@ impl DatagramLink {
     pub fn max_size(&self) -> Option<usize> {
         match self {
             DatagramLink::Quic(c) => c.max_datagram_size(),
-            DatagramLink::Tcp(_) => Some(TCP_MAX_DATAGRAM),
+            DatagramLink::Tcp(..) => Some(TCP_MAX_DATAGRAM),
         }
     }
 
@@ -54,7 +60,7 @@ impl DatagramLink {
     pub fn rtt(&self) -> Option<Duration> {
         match self {
             DatagramLink::Quic(c) => Some(c.rtt()),
-            DatagramLink::Tcp(_) => None,
+            DatagramLink::Tcp(..) => None,
         }
     }
 
@@ -62,7 +68,7 @@ impl DatagramLink {
     pub fn transport(&self) -> &'static str {
         match self {
             DatagramLink::Quic(_) => "quic",
-            DatagramLink::Tcp(_) => "tcp",
+            DatagramLink::Tcp(..) => "tcp",
         }
     }
 }
@@ -70,7 +76,7 @@ impl DatagramLink {
 /// Datagrams from the coordinator on a session.
 pub enum DatagramSource {
     Quic(quinn::Connection),
-    Tcp(mpsc::Receiver<Vec<u8>>),
+    Tcp(mpsc::Receiver<Vec<u8>>, ByteBudget),
 }
 
 impl DatagramSource {
@@ -78,7 +84,11 @@ impl DatagramSource {
     pub async fn next(&mut self) -> Option<Vec<u8>> {
         match self {
             DatagramSource::Quic(c) => c.read_datagram().await.ok().map(|b| b.to_vec()),
-            DatagramSource::Tcp(rx) => rx.recv().await,
+            DatagramSource::Tcp(rx, budget) => {
+                let d = rx.recv().await?;
+                budget.release(d.len());
+                Some(d)
+            }
         }
     }
 }
@@ -87,8 +97,11 @@ impl DatagramSource {
 /// it ends when the link is dropped or a write fails.
 pub(crate) fn tcp_datagram_writer(writer: FrameWriter) -> DatagramLink {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_DATAGRAM_QUEUE);
+    let budget = ByteBudget::new(TCP_DATAGRAM_BYTES);
+    let release = budget.clone();
     tokio::spawn(async move {
         while let Some(d) = rx.recv().await {
+            release.release(d.len());
             let Ok(frame) = codec::encode(&ClientMsg::Datagram(serde_bytes::ByteBuf::from(d)))
             else {
                 continue;
@@ -98,5 +111,5 @@ pub(crate) fn tcp_datagram_writer(writer: FrameWriter) -> DatagramLink {
             }
         }
     });
-    DatagramLink::Tcp(tx)
+    DatagramLink::Tcp(tx, budget)
 }

@@ -92,12 +92,14 @@ impl Shared {
     /// thread, which handles it like one from the socket.
     pub(crate) fn inject(&self, from_node: u64, dgram: &[u8]) {
         let mut q = self.injected.lock().unwrap_or_else(|p| p.into_inner());
-        // Bounded: a stalled receive thread must not grow memory.
-        if q.len() >= 4096 {
+        // Bounded in entries and bytes: a stalled receive thread must not
+        // grow memory.
+        if q.queue.len() >= INJECTED_MAX || q.bytes + dgram.len() > INJECTED_MAX_BYTES {
             super::bump(&self.counters.rx_invalid);
             return;
         }
-        q.push((relay_endpoint(from_node), dgram.to_vec()));
+        q.bytes += dgram.len();
+        q.queue.push((relay_endpoint(from_node), dgram.to_vec()));
         drop(q);
         self.has_injected.store(true, Ordering::Release);
         self.inject.signal();
@@ -107,8 +109,22 @@ impl Shared {
     pub(crate) fn take_injected(&self) -> Vec<(SocketAddr, Vec<u8>)> {
         self.inject.clear();
         self.has_injected.store(false, Ordering::Release);
-        std::mem::take(&mut *self.injected.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut q = self.injected.lock().unwrap_or_else(|p| p.into_inner());
+        q.bytes = 0;
+        std::mem::take(&mut q.queue)
     }
+}
+
+/// Relayed datagrams at most waiting for the receive thread.
+const INJECTED_MAX: usize = 4096;
+/// Bytes of relayed datagrams at most waiting for the receive thread.
+const INJECTED_MAX_BYTES: usize = 4 << 20;
+
+/// Relayed datagrams waiting for the receive thread, and their bytes.
+#[derive(Debug, Default)]
+pub(crate) struct Injected {
+    queue: Vec<(SocketAddr, Vec<u8>)>,
+    bytes: usize,
 }
 
 #[cfg(test)]

@@ -156,7 +156,7 @@ pub(crate) struct Shared {
     /// Where disco datagrams go (set by the agent).
     pub disco: ArcSwapOption<hooks::DiscoSink>,
     /// Relayed datagrams waiting for the receive thread.
-    pub injected: Mutex<Vec<(std::net::SocketAddr, Vec<u8>)>>,
+    pub injected: Mutex<hooks::Injected>,
     pub has_injected: AtomicBool,
     /// Signalled when `injected` has work; cleared by `rx`.
     pub inject: WakeFd,
@@ -209,7 +209,7 @@ impl Device {
             stopping: AtomicBool::new(false),
             relay: ArcSwapOption::empty(),
             disco: ArcSwapOption::empty(),
-            injected: Mutex::new(Vec::new()),
+            injected: Mutex::new(hooks::Injected::default()),
             has_injected: AtomicBool::new(false),
             inject: WakeFd::new().map_err(DeviceError::Thread)?,
             filter: filter::FilterSlot::default(),

@@ -34,6 +34,9 @@ use crate::key::Key;
 use netcheck::NetcheckReport;
 use relay::RelayLink;
 
+/// The largest datagram handed to the engine as disco.
+const MAX_DISCO_LEN: usize = 256;
+
 /// A direct path with no pong for this long is dead.
 pub const DEAD_AFTER: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(250);
@@ -171,8 +174,12 @@ pub struct Inputs {
 pub fn attach(handle: &DeviceHandle) -> (TraversalView, Inputs, watch::Sender<NetcheckReport>) {
     let (disco_tx, disco_rx) = mpsc::channel::<(SocketAddr, Vec<u8>)>(1024);
     handle.set_disco_sink(Box::new(move |src, bytes| {
-        // Full: drop, like a lost probe.
-        let _ = disco_tx.try_send((src, bytes.to_vec()));
+        // Disco messages are under 128 bytes: anything larger is not one,
+        // and the queue stays under 1024 x 256 bytes. Full: drop, like a
+        // lost probe.
+        if bytes.len() <= MAX_DISCO_LEN {
+            let _ = disco_tx.try_send((src, bytes.to_vec()));
+        }
     }));
     let link = RelayLink::default();
     let sink_link = link.clone();
