@@ -249,6 +249,21 @@ fn renumber_gap(nat: NatKind) -> f64 {
         !eps.contains("198.18.2.11"),
         "old address still reported: {eps}"
     );
+    // The control connection moved with it: the coordinator has the new
+    // endpoint and the host online.
+    wait_for(
+        Duration::from_secs(10),
+        "the coordinator to see the move",
+        || {
+            let nodes = c.nodes().ok()?;
+            let n = nodes
+                .iter()
+                .find(|n| n["name"] == c.hosts[1].name.as_str())?;
+            (n["online"] == true && n["endpoints"].to_string().contains("198.18.2.32"))
+                .then_some(())
+        },
+    )
+    .expect("the coordinator saw the new address");
     gap
 }
 
