@@ -294,6 +294,15 @@ async fn policy_cuts_netmaps_refuses_bad_documents_and_survives_restarts() {
     }
 }
 
+/// Puts `text` in force; it must be accepted.
+async fn set_policy(h: &Harness, text: &str) {
+    let reply = h
+        .admin(AdminCommand::AclSet { text: text.into() })
+        .await
+        .unwrap();
+    assert!(matches!(reply, AdminReply::AclAccepted { .. }), "{reply:?}");
+}
+
 /// Issue 12: a `host:` rule means the node that had the name when the
 /// policy was set. After that node is removed, a new host that joins with
 /// the same name gets nothing the rule granted, until the policy is set
@@ -307,14 +316,7 @@ async fn host_rules_keep_to_the_node_they_were_set_for() {
     let (_kc, _c) = join(&token, "c").await;
     let policy =
         "default: deny\nrules:\n  - allow: { from: [host:a], to: [host:b], ports: [tcp/80] }\n";
-    assert!(matches!(
-        h.admin(AdminCommand::AclSet {
-            text: policy.into()
-        })
-        .await
-        .unwrap(),
-        AdminReply::AclAccepted { .. }
-    ));
+    set_policy(&h, policy).await;
     let wait = Duration::from_secs(2);
     wait_for(&mut a.session, wait, |s| names(s) == ["b"]).await;
     h.admin(AdminCommand::NodeRemove { node: "b".into() })
@@ -335,13 +337,6 @@ async fn host_rules_keep_to_the_node_they_were_set_for() {
     assert!(a.session.netmap().peer(impostor.node_id).is_none());
 
     // Setting the policy again pins the name to the node that has it now.
-    assert!(matches!(
-        h.admin(AdminCommand::AclSet {
-            text: policy.into()
-        })
-        .await
-        .unwrap(),
-        AdminReply::AclAccepted { .. }
-    ));
+    set_policy(&h, policy).await;
     wait_for(&mut impostor.session, wait, |s| names(s) == ["a"]).await;
 }
