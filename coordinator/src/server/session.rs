@@ -77,7 +77,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
                 let Some(eps) = reported.take() else {
                     continue;
                 };
-                if set_endpoints(&shared, id, &eps) {
+                if set_endpoints(&shared, id, eps) {
                     tokio::time::sleep(ENDPOINT_PAUSE).await;
                 }
             }
@@ -222,10 +222,10 @@ impl LatestEndpoints {
     }
 }
 
-/// Records a host's new endpoints (those [`checked_endpoints`] keeps);
-/// peers hear of them with the next netmap. Whether anything changed.
-fn set_endpoints(shared: &Shared, id: NodeId, endpoints: &[SocketAddr]) -> bool {
-    let endpoints = checked_endpoints(endpoints, shared.pool, shared.allow_loopback_endpoints);
+/// Records a host's new endpoints, already checked by
+/// [`LatestEndpoints::offer`]; peers hear of them with the next netmap.
+/// Whether anything changed.
+fn set_endpoints(shared: &Shared, id: NodeId, endpoints: Vec<SocketAddr>) -> bool {
     let changed = shared.write().update(id, |p| p.endpoints = endpoints);
     if changed {
         shared.changed.notify_one();
