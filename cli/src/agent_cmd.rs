@@ -8,7 +8,6 @@ use anyhow::Context as _;
 use clap::Args;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use weft_mesh::agent::{self, AgentConfig, Start};
-use weft_mesh::dataplane::DEFAULT_MTU;
 
 /// Options shared by `join` and `up`.
 #[derive(Args, Debug)]
@@ -25,9 +24,17 @@ pub struct AgentArgs {
     /// Bridge the containers of this host attach to.
     #[arg(long, default_value = agent::DEFAULT_BRIDGE)]
     pub bridge: String,
-    /// MTU of the tunnel and the container bridge.
-    #[arg(long, default_value_t = DEFAULT_MTU)]
-    pub mtu: u16,
+    /// MTU of the tunnel and the container bridge [default: the smallest
+    /// MTU among the uplinks (the interfaces of the default routes) minus
+    /// 60 over IPv4 or 80 over IPv6, followed when it changes; 1420 without
+    /// a default route].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(576..=65535))]
+    pub mtu: Option<u16>,
+    /// Do not translate containers' traffic to destinations outside the
+    /// mesh to this host's address (then they reach only the mesh, unless
+    /// the underlay routes the overlay subnets).
+    #[arg(long)]
+    pub no_masquerade: bool,
     /// Disable TUN segmentation offloads (for debugging or old kernels).
     #[arg(long)]
     pub no_offload: bool,
@@ -124,6 +131,7 @@ fn run(args: AgentArgs, start: Start) -> anyhow::Result<()> {
     config.listen_port = args.port;
     config.bridge = args.bridge;
     config.mtu = args.mtu;
+    config.masquerade = !args.no_masquerade;
     config.offload = !args.no_offload;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

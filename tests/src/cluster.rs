@@ -47,6 +47,14 @@ pub struct ClusterSpec {
     pub nat: [NatKind; MAX_CLOUDS],
     /// A tag every host gets through its join token.
     pub tag: Option<&'static str>,
+    /// The MTU of every underlay link (hosts, LANs, routers, internet);
+    /// `None`: 1500.
+    pub host_mtu: Option<u16>,
+    /// The MTU of the internet links only (routers' WAN side and the
+    /// coordinator): a narrow hop in the middle of the path.
+    pub internet_mtu: Option<u16>,
+    /// Extra arguments for every agent (`weft join` and `weft up`).
+    pub agent_args: &'static [&'static str],
 }
 
 impl Default for ClusterSpec {
@@ -58,6 +66,9 @@ impl Default for ClusterSpec {
             containers_per_host: 2,
             nat: [NatKind::None; MAX_CLOUDS],
             tag: None,
+            host_mtu: None,
+            internet_mtu: None,
+            agent_args: &[],
         }
     }
 }
@@ -139,6 +150,7 @@ impl<'a> Cluster<'a> {
                 && (1..=MAX_CLOUDS).contains(&spec.hosts_per_cloud),
             "1-{MAX_CLOUDS} clouds of 1-{MAX_CLOUDS} hosts"
         );
+        let wan_mtu = spec.internet_mtu.or(spec.host_mtu);
         let coordinator: SocketAddr = COORDINATOR_ADDR
             .parse()
             .context("COORDINATOR_ADDR is not an address")?;
@@ -148,11 +160,19 @@ impl<'a> Cluster<'a> {
         lab.veth(&coord, "eth0", &inet, "coord");
         lab.attach(&inet, "coord", "sw0");
         lab.addr(&coord, "eth0", "203.0.113.1/24");
+        if let Some(m) = wan_mtu {
+            lab.mtu(&coord, "eth0", m);
+            lab.mtu(&inet, "coord", m);
+        }
         for c in 1..=spec.clouds {
             let r = lab.netns(&format!("r{c}"));
             lab.veth(&r, "wan", &inet, &format!("r{c}"));
             lab.attach(&inet, &format!("r{c}"), "sw0");
             lab.addr(&r, "wan", &format!("203.0.113.{}/24", 10 + c));
+            if let Some(m) = wan_mtu {
+                lab.mtu(&r, "wan", m);
+                lab.mtu(&inet, &format!("r{c}"), m);
+            }
             lab.bridge(&r, "lan");
             lab.addr(&r, "lan", &format!("198.18.{c}.1/24"));
             lab.forwarding(&r);
@@ -206,6 +226,10 @@ impl<'a> Cluster<'a> {
                 let port = format!("h{h}");
                 lab.veth(&ns, "eth0", &r, &port);
                 lab.attach(&r, &port, "lan");
+                if let Some(m) = spec.host_mtu {
+                    lab.mtu(&ns, "eth0", m);
+                    lab.mtu(&r, &port, m);
+                }
                 let underlay = Ipv4Addr::new(198, 18, c as u8, 10 + h as u8);
                 lab.addr(&ns, "eth0", &format!("{underlay}/24"));
                 lab.route(&ns, "default", &format!("198.18.{c}.1"));
@@ -292,13 +316,16 @@ impl<'a> Cluster<'a> {
         self.lab.try_ok(&self.coordinator_ns, &v)
     }
 
-    fn agent_args(h: &Host) -> Vec<String> {
-        vec![
+    fn agent_args(&self, i: usize) -> Vec<String> {
+        let h = &self.hosts[i];
+        let mut v: Vec<String> = vec![
             "--state-dir".into(),
             h.state_dir.to_string_lossy().into_owned(),
             "--interface".into(),
             h.interface.clone(),
-        ]
+        ];
+        v.extend(self.spec.agent_args.iter().map(|a| a.to_string()));
+        v
     }
 
     fn join(&mut self, i: usize) -> anyhow::Result<()> {
@@ -323,14 +350,20 @@ impl<'a> Cluster<'a> {
             "--name".into(),
             h.name.clone(),
         ];
-        args.extend(Self::agent_args(h));
+        args.extend(self.agent_args(i));
         self.start_agent(i, &args)
     }
 
     /// Starts host `i` again from its stored identity (`weft up`).
     pub fn up(&mut self, i: usize) -> anyhow::Result<()> {
+        self.up_with(i, &[])
+    }
+
+    /// [`Cluster::up`] with `extra` agent arguments.
+    pub fn up_with(&mut self, i: usize, extra: &[&str]) -> anyhow::Result<()> {
         let mut args: Vec<String> = vec!["up".into()];
-        args.extend(Self::agent_args(&self.hosts[i]));
+        args.extend(self.agent_args(i));
+        args.extend(extra.iter().map(|a| a.to_string()));
         self.start_agent(i, &args)
     }
 

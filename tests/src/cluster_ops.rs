@@ -1,6 +1,7 @@
-//! What the restart and renumbering tests do to a running [`Cluster`]:
-//! kill the coordinator without warning, read who it sees online, and
-//! move a host to a new underlay address.
+//! What the restart, renumbering and container tests do to a running
+//! [`Cluster`]: kill the coordinator without warning, read who it sees
+//! online, move a host to a new underlay address, and put a server on the
+//! simulated internet.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -10,6 +11,9 @@ use serde_json::Value;
 
 use crate::cluster::Cluster;
 use crate::wait_for;
+
+/// The address of [`Cluster::internet_host`].
+pub const INTERNET_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 80);
 
 impl Cluster<'_> {
     /// Kills the coordinator with SIGKILL (no goodbye to any host) and
@@ -37,6 +41,30 @@ impl Cluster<'_> {
         self.nodes()
             .map(|n| n.iter().filter(|n| n["online"] == true).count())
             .unwrap_or(0)
+    }
+
+    /// A namespace on the simulated internet at `203.0.113.80`, outside the
+    /// mesh (like any server on the internet): it knows the way to the
+    /// routed clouds' LANs, not to the overlay. Returns its name.
+    pub fn internet_host(&self) -> String {
+        let lab = self.lab;
+        let inet = format!("{}-inet", lab.tag());
+        let ns = lab.netns("www");
+        lab.veth(&ns, "eth0", &inet, "www");
+        lab.attach(&inet, "www", "sw0");
+        lab.addr(&ns, "eth0", &format!("{INTERNET_HOST}/24"));
+        if let Some(m) = self.spec.internet_mtu.or(self.spec.host_mtu) {
+            lab.mtu(&ns, "eth0", m);
+            lab.mtu(&inet, "www", m);
+        }
+        for c in (1..=self.spec.clouds).filter(|c| !self.spec.nat(*c).translates()) {
+            lab.route(
+                &ns,
+                &format!("198.18.{c}.0/24"),
+                &format!("203.0.113.{}", 10 + c),
+            );
+        }
+        ns
     }
 
     /// Moves host `i` from its underlay address to `to` (same LAN), as a

@@ -119,6 +119,11 @@ impl Lab {
         self.link_up(ns_b, if_b);
     }
 
+    /// Sets the MTU of `dev` in `ns`.
+    pub fn mtu(&self, ns: &str, dev: &str, mtu: u16) {
+        self.ip(ns, &["link", "set", dev, "mtu", &mtu.to_string()]);
+    }
+
     /// Creates bridge `name` in `ns`, up.
     pub fn bridge(&self, ns: &str, name: &str) {
         self.ip(ns, &["link", "add", name, "type", "bridge"]);

@@ -40,6 +40,7 @@ mod stream;
 mod traffic;
 pub mod wg;
 
+pub use cluster_ops::INTERNET_HOST;
 pub use cmd::{in_netns, run, run_ok, try_run};
 pub use lab::{Lab, Proc};
 pub use nat::{NatKind, NatRouter};

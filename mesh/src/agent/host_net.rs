@@ -106,6 +106,14 @@ impl HostNetwork {
     }
 }
 
+/// Sets the tunnel's and the bridge's MTU (the tunnel first: it is what
+/// matters for the underlay).
+pub fn set_mtu(interface: &str, bridge: &str, mtu: u16) -> Result<(), HostNetError> {
+    let m = mtu.to_string();
+    ip(&["link", "set", interface, "mtu", &m])?;
+    ip(&["link", "set", bridge, "mtu", &m])
+}
+
 /// The metric of routes through the mesh: a host's own routes to the same
 /// network (connected, DHCP, static: usually metric 0-600) win, so a route
 /// another host advertises never takes a network away from this one.

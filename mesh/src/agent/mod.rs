@@ -12,6 +12,8 @@ pub mod control_loop;
 pub mod dns;
 pub mod endpoints;
 pub mod host_net;
+pub mod host_nft;
+pub mod mtu;
 pub mod netwatch;
 pub mod peers;
 pub mod services;
@@ -77,8 +79,12 @@ pub struct AgentConfig {
     pub bridge: String,
     /// `None`: the stored one (`weft up`), else [`DEFAULT_PORT`].
     pub listen_port: Option<u16>,
-    pub mtu: u16,
+    /// `None`: picked from the uplinks and followed ([`mtu`]).
+    pub mtu: Option<u16>,
     pub offload: bool,
+    /// Translate container traffic that leaves for the underlay to the
+    /// host's address ([`host_nft`]).
+    pub masquerade: bool,
     /// Directory of the UAPI socket (`wg show IFACE` looks in the default).
     pub uapi_dir: PathBuf,
 }
@@ -90,8 +96,9 @@ impl AgentConfig {
             interface: None,
             bridge: DEFAULT_BRIDGE.into(),
             listen_port: None,
-            mtu: DEFAULT_MTU,
+            mtu: None,
             offload: true,
+            masquerade: true,
             uapi_dir: SOCKET_DIR.into(),
         }
     }
@@ -284,8 +291,11 @@ pub async fn run(
         .or_else(|| stored.as_ref().map(|i| i.listen_port))
         .unwrap_or(DEFAULT_PORT);
 
+    let mtu = config
+        .mtu
+        .unwrap_or_else(|| mtu::pick(&[&interface, &config.bridge], DEFAULT_MTU));
     let mut opts = DeviceOptions::new(&interface);
-    opts.mtu = config.mtu;
+    opts.mtu = mtu;
     opts.offload = config.offload;
     opts.listen_port = port;
     let device = Device::start(&opts)?;
@@ -419,8 +429,22 @@ pub async fn run(
         &config.bridge,
         identity.subnet,
         identity.pool,
-        config.mtu,
+        mtu,
     )?;
+    let rules = host_nft::HostRules {
+        interface: interface.clone(),
+        bridge: config.bridge.clone(),
+        subnet: identity.subnet,
+        pool: identity.pool,
+        masquerade: config.masquerade,
+    };
+    let rules = match rules.install() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "containers will not reach beyond the mesh (no masquerade) and TCP MSS is not clamped to the tunnel");
+            None
+        }
+    };
     let services = services::Services::start(&identity.domain, identity.subnet.host_addr()).await;
     let shared = Arc::new(Shared {
         state: state.clone(),
@@ -448,7 +472,7 @@ pub async fn run(
         gateway: identity.subnet.host_addr(),
         pool: identity.pool.to_string(),
         bridge: config.bridge.clone(),
-        mtu: config.mtu,
+        mtu,
         domain: identity.domain.clone(),
         upstream_dns: state::upstream_resolvers(
             &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
@@ -489,10 +513,17 @@ pub async fn run(
         handle: handle.clone(),
         applier,
     };
-    let netwatch = tokio::spawn(watch_network(
+    let follow_mtu = config.mtu.is_none().then(|| mtu::MtuFollower {
+        interface: interface.clone(),
+        bridge: config.bridge.clone(),
+        current: mtu,
+        state: state.clone(),
+    });
+    let netwatch = tokio::spawn(netwatch::watch(
         shared.clone(),
         handle.clone(),
         [interface.clone(), config.bridge.clone()],
+        follow_mtu,
         stop_rx.clone(),
     ));
     let mut control = tokio::spawn(control.run(session, stop_rx));
@@ -516,65 +547,11 @@ pub async fn run(
     state.clear_network();
     drop(uapi);
     drop(device);
+    if let Some(r) = rules {
+        r.remove();
+    }
     net.teardown();
     result
-}
-
-/// Watches this host's addresses (netlink, and a slow poll) and, when the
-/// ones it reports change, re-announces the host: endpoints to the
-/// coordinator, probes and a reflector check from the traversal engine,
-/// and a keep-alive to every peer so each roams to the new source.
-async fn watch_network(
-    shared: Arc<Shared>,
-    handle: crate::dataplane::DeviceHandle,
-    own: [String; 2],
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut netlink = match netwatch::NetlinkWatch::open() {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch address changes over netlink; polling every {:?}", netwatch::POLL_EVERY);
-            None
-        }
-    };
-    let skip = [own[0].as_str(), own[1].as_str()];
-    let addrs = || {
-        let id = shared.identity();
-        endpoints::local_endpoints(id.listen_port, &skip, id.pool)
-    };
-    let mut last = addrs();
-    let mut poll = tokio::time::interval(netwatch::POLL_EVERY);
-    poll.tick().await;
-    loop {
-        tokio::select! {
-            r = async {
-                match netlink.as_mut() {
-                    Some(w) => w.changed().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "netlink watch failed; polling instead");
-                    netlink = None;
-                }
-            }
-            _ = poll.tick() => {}
-            _ = stop.changed() => return,
-        }
-        let now = addrs();
-        if now == last {
-            continue;
-        }
-        tracing::info!(before = ?last, after = ?now, "this host's addresses changed; re-announcing it");
-        last = now;
-        shared.endpoints_changed.notify_one();
-        let local_nets = traversal::local_networks(&skip);
-        let _ = shared
-            .traversal
-            .requests
-            .try_send(traversal::Request::NetworkChanged { local_nets });
-        handle.nudge_peers();
-    }
 }
 
 /// The coordinator's first address that resolves (IPv4), for the reflector.

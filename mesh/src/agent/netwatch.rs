@@ -13,7 +13,13 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+use super::mtu::MtuFollower;
+use super::{endpoints, traversal, Shared};
 
 /// Multicast groups: links, IPv4 and IPv6 addresses and routes.
 const GROUPS: u32 = (libc::RTMGRP_LINK
@@ -119,5 +125,68 @@ impl NetlinkWatch {
                 _ => return n,
             }
         }
+    }
+}
+
+/// Watches this host's addresses (netlink, and a slow poll) and, when the
+/// ones it reports change, re-announces the host: endpoints to the
+/// coordinator, probes and a reflector check from the traversal engine,
+/// and a keep-alive to every peer so each roams to the new source.
+///
+/// With `mtu` set (no `--mtu` given), also follows the uplinks' MTU.
+pub async fn watch(
+    shared: Arc<Shared>,
+    handle: crate::dataplane::DeviceHandle,
+    own: [String; 2],
+    mut mtu: Option<MtuFollower>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut netlink = match NetlinkWatch::open() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch address changes over netlink; polling every {:?}", POLL_EVERY);
+            None
+        }
+    };
+    let skip = [own[0].as_str(), own[1].as_str()];
+    let addrs = || {
+        let id = shared.identity();
+        endpoints::local_endpoints(id.listen_port, &skip, id.pool)
+    };
+    let mut last = addrs();
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    poll.tick().await;
+    loop {
+        tokio::select! {
+            r = async {
+                match netlink.as_mut() {
+                    Some(w) => w.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "netlink watch failed; polling instead");
+                    netlink = None;
+                }
+            }
+            _ = poll.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Some(m) = mtu.as_mut() {
+            m.check();
+        }
+        let now = addrs();
+        if now == last {
+            continue;
+        }
+        tracing::info!(before = ?last, after = ?now, "this host's addresses changed; re-announcing it");
+        last = now;
+        shared.endpoints_changed.notify_one();
+        let local_nets = traversal::local_networks(&skip);
+        let _ = shared
+            .traversal
+            .requests
+            .try_send(traversal::Request::NetworkChanged { local_nets });
+        handle.nudge_peers();
     }
 }

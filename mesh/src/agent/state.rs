@@ -183,6 +183,11 @@ impl StateDir {
         self.write_json(NETWORK_FILE, net, 0o644)
     }
 
+    /// The network description the agent wrote, if it is up.
+    pub fn network(&self) -> Result<Option<NetworkFile>, StateError> {
+        self.read_json(NETWORK_FILE)
+    }
+
     /// Removes the network description (the agent is going down).
     pub fn clear_network(&self) {
         let _ = std::fs::remove_file(self.root.join(NETWORK_FILE));

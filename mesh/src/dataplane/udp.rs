@@ -38,6 +38,7 @@ impl UdpEndpoint {
         };
         let socket: UdpSocket = socket.into();
         let state = UdpSocketState::new((&socket).into())?;
+        allow_fragments(&socket, dual_stack)?;
         let port = socket.local_addr()?.port();
         Ok(UdpEndpoint {
             socket,
@@ -145,15 +146,57 @@ fn bind_socket(domain: Domain, port: u16) -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// Lets routers fragment the tunnel's packets (the DF bit clear), where
+/// quinn-udp set up the socket for QUIC (`IP_PMTUDISC_PROBE`: DF set).
+///
+/// A tunnel cannot do what QUIC does with DF: QUIC probes the path and
+/// shrinks its own packets, but the tunnel carries other hosts' packets at
+/// the size they come, and the TCP inside learns nothing from an ICMP
+/// "fragmentation needed" addressed to the tunnel's socket. With DF set, a
+/// full-sized packet on a path narrower than this host's uplink (a GRE or
+/// PPPoE hop, a cloud VPC at 1460, a peer on a 1280-byte link) is dropped,
+/// and the flow stalls for good. So, like kernel WireGuard, weft sends
+/// without DF and a narrow hop fragments. The tunnel MTU is picked from
+/// this host's uplinks (the agent's `mtu` module) and TCP MSS is clamped
+/// to it, so fragmenting is the exception, not the rule.
+///
+/// `OMIT` rather than `DONT`: sizes follow the interface MTU and ignore
+/// ICMP path-MTU reports, which anyone on the path can forge to shrink
+/// them (and which would make UDP GSO sends fail once a cached path MTU
+/// fell below the segment size).
+fn allow_fragments(socket: &UdpSocket, dual_stack: bool) -> io::Result<()> {
+    let fd = socket.as_raw_fd();
+    // On a dual-stack socket the IPv4 option governs IPv4-mapped traffic.
+    set_int(
+        fd,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_OMIT,
+    )?;
+    if dual_stack {
+        set_int(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_OMIT,
+        )?;
+    }
+    Ok(())
+}
+
 fn set_buffer_force(socket: &Socket, opt: libc::c_int, size: usize) -> io::Result<()> {
-    let size = size as libc::c_int;
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    set_int(socket.as_raw_fd(), libc::SOL_SOCKET, opt, size)
+}
+
+fn set_int(fd: i32, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: passes a pointer to a live c_int and its exact size.
     let rc = unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
+            fd,
+            level,
             opt,
-            (&size as *const libc::c_int).cast(),
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -172,5 +215,43 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
             None => addr,
         },
         v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get_int(fd: i32, level: libc::c_int, opt: libc::c_int) -> libc::c_int {
+        let mut v: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: v and len are live and len is v's size.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                level,
+                opt,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        v
+    }
+
+    #[test]
+    fn tunnel_packets_leave_without_df() {
+        let ep = UdpEndpoint::bind(0).unwrap();
+        let fd = ep.raw_fd();
+        assert_eq!(
+            get_int(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+            libc::IP_PMTUDISC_OMIT
+        );
+        if ep.dual_stack {
+            assert_eq!(
+                get_int(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER),
+                libc::IPV6_PMTUDISC_OMIT
+            );
+        }
     }
 }
