@@ -33,6 +33,7 @@ pub mod demo;
 mod lab;
 pub mod nat;
 mod pinger;
+pub mod podman;
 mod registry;
 mod service;
 mod sniff;

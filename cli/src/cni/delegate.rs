@@ -13,26 +13,38 @@ use super::error::{self, CniError};
 /// The plugin weft delegates to; it runs `host-local` for addresses.
 pub const BRIDGE_PLUGIN: &str = "bridge";
 
-/// Finds `plugin` in the colon-separated `cni_path`.
+/// Where the reference plugins are looked for after `CNI_PATH`: Debian
+/// installs them in the first, upstream releases in the second, and a
+/// runtime's `CNI_PATH` often names only the directory weft is in (for
+/// containerd, `/opt/cni/bin`).
+const FALLBACK_DIRS: [&str; 2] = ["/usr/lib/cni", "/opt/cni/bin"];
+
+/// Finds `plugin` in the colon-separated `cni_path`, then in the usual
+/// directories.
 pub fn find_plugin(plugin: &str, cni_path: &str) -> Result<PathBuf, CniError> {
-    cni_path
-        .split(':')
+    let dirs: Vec<&str> = cni_path.split(':').chain(FALLBACK_DIRS).collect();
+    find_in(plugin, &dirs).ok_or_else(|| not_found(plugin, cni_path))
+}
+
+fn find_in(plugin: &str, dirs: &[&str]) -> Option<PathBuf> {
+    dirs.iter()
         .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(plugin))
         .find(|p| {
             std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
-        .ok_or_else(|| {
-            CniError::new(
-                error::INTERNAL,
-                format!(
-                    "the reference `{plugin}` plugin is not in CNI_PATH ({cni_path}); install \
-                     the CNI reference plugins (Debian: `apt-get install \
-                     containernetworking-plugins`, into /usr/lib/cni) and list their directory \
-                     in CNI_PATH"
-                ),
-            )
-        })
+}
+
+fn not_found(plugin: &str, cni_path: &str) -> CniError {
+    CniError::new(
+        error::INTERNAL,
+        format!(
+            "the reference `{plugin}` plugin is not in CNI_PATH ({cni_path}) nor in {}; install \
+             the CNI reference plugins (Debian: `apt-get install containernetworking-plugins`, \
+             into /usr/lib/cni) or list their directory in CNI_PATH",
+            FALLBACK_DIRS.join(" or ")
+        ),
+    )
 }
 
 /// Runs `plugin` with our CNI_* environment and `config` on stdin; returns
@@ -146,9 +158,10 @@ mod tests {
         std::fs::write(a.join("bridge"), "not executable").unwrap();
         std::fs::write(b.join("bridge"), "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(b.join("bridge"), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = format!("{}::{}", a.display(), b.display());
-        assert_eq!(find_plugin("bridge", &path).unwrap(), b.join("bridge"));
-        let e = find_plugin("bridge", &a.display().to_string()).unwrap_err();
+        let (a_s, b_s) = (a.display().to_string(), b.display().to_string());
+        assert_eq!(find_in("bridge", &[&a_s, "", &b_s]), Some(b.join("bridge")));
+        assert_eq!(find_in("bridge", &[&a_s]), None);
+        let e = not_found("bridge", &a_s);
         assert!(e.msg.contains("containernetworking-plugins"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -10,6 +10,7 @@
 mod config;
 mod delegate;
 mod error;
+mod install;
 mod invocation;
 
 use std::io::{IsTerminal as _, Read as _, Write as _};
@@ -25,12 +26,30 @@ use invocation::{Invocation, Verb};
 /// The name under which the binary acts as the plugin without a subcommand.
 pub const PLUGIN_NAME: &str = "weft-cni";
 
-/// `weft cni` takes no arguments: everything comes from CNI_* and stdin.
+/// Without a subcommand, `weft cni` is the plugin itself: everything comes
+/// from CNI_* and stdin, as a runtime runs it.
 #[derive(Args, Debug)]
-pub struct CniArgs {}
+pub struct CniArgs {
+    #[command(subcommand)]
+    command: Option<CniCommand>,
+}
 
-pub fn run(_args: CniArgs) -> ! {
-    std::process::exit(main())
+#[derive(clap::Subcommand, Debug)]
+enum CniCommand {
+    /// Put the plugin (as `weft-cni`) and a conflist where Podman,
+    /// containerd, nerdctl and the kubelet look for them (written
+    /// atomically).
+    Install(install::InstallArgs),
+    /// Remove what `install` put there (same options).
+    Uninstall(install::InstallArgs),
+}
+
+pub fn run(args: CniArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(CniCommand::Install(a)) => install::install(&a),
+        Some(CniCommand::Uninstall(a)) => install::uninstall(&a),
+        None => std::process::exit(main()),
+    }
 }
 
 /// Runs one invocation from the process environment and stdin, prints the
