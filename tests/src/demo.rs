@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 use crate::cluster::{seen_source, Cluster, ClusterSpec};
-use crate::{Lab, NatKind, Server};
+use crate::{Lab, NatKind, Server, INTERNET_HOST};
 
 /// The NAT in front of each cloud of the demo: two easy NATs that filter
 /// differently and a symmetric one, so it shows LAN, direct and relayed
@@ -146,6 +146,8 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         );
     }
 
+    internet(&cluster, &first)?;
+
     let pairs = all.len() * (all.len() - 1);
     println!("\n== every container pings every other container ({pairs} pairs)");
     let bad = cluster.unreachable_pairs();
@@ -203,6 +205,44 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     println!(
         "\n== done in {:.1} s; tearing down",
         t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A container reaches a server on the simulated internet, outside the
+/// mesh: its host masquerades it, so the server sees the host's address
+/// (or, for a cloud behind NAT, the NAT's).
+#[expect(clippy::print_stdout, reason = "the demo's output")]
+fn internet(cluster: &Cluster, from: &crate::cluster::Container) -> anyhow::Result<()> {
+    let host = cluster
+        .hosts
+        .iter()
+        .find(|h| h.containers.iter().any(|c| c.ns == from.ns))
+        .context("the container's host")?;
+    println!(
+        "\n== {} reaches a server on the internet ({INTERNET_HOST}), outside the mesh",
+        from.name
+    );
+    let www = cluster.internet_host();
+    let seen = seen_source(&from.ns, &www, INTERNET_HOST, 8088)?;
+    let nat = cluster.spec.nat(host.cloud);
+    let expected: IpAddr = if nat.translates() {
+        std::net::Ipv4Addr::new(203, 0, 113, 10 + host.cloud as u8).into()
+    } else {
+        host.underlay.into()
+    };
+    if seen != expected {
+        bail!("the server saw {seen}, not {expected}");
+    }
+    println!(
+        "   the server sees {seen}: {} masqueraded it to its own address {}{}",
+        host.name,
+        host.underlay,
+        if nat.translates() {
+            ", and the cloud's NAT to its public one"
+        } else {
+            ""
+        }
     );
     Ok(())
 }
