@@ -59,6 +59,14 @@ pub struct JoinArgs {
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
+    /// On first start only (this state dir holds no node yet), join with
+    /// the token in this file; afterwards the file is not read. For service
+    /// units and cloud-init, where one command must do both.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// This host's name when joining with --token-file [default: the hostname].
+    #[arg(long, requires = "token_file")]
+    pub name: Option<String>,
     #[command(flatten)]
     pub agent: AgentArgs,
 }
@@ -76,14 +84,21 @@ impl std::fmt::Debug for JoinArgs {
 /// Where `weft join` takes its token from, in this order: the argument
 /// (`-`: standard input), `--token-file`, `WEFT_TOKEN`.
 fn read_token(args: &JoinArgs) -> anyhow::Result<String> {
-    let raw = match (&args.token, &args.token_file) {
+    read_token_from(args.token.as_deref(), args.token_file.as_deref())
+}
+
+fn read_token_from(
+    token: Option<&str>,
+    token_file: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    let raw = match (token, token_file) {
         (Some(t), _) if t == "-" => {
             let mut s = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin().take(64 * 1024), &mut s)
                 .context("cannot read the join token from standard input")?;
             s
         }
-        (Some(t), _) => t.clone(),
+        (Some(t), _) => t.to_string(),
         (None, Some(path)) => {
             let mut s = String::new();
             std::fs::File::open(path)
@@ -122,6 +137,20 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
+    if let Some(file) = &args.token_file {
+        let state = agent::state::StateDir::open(&args.agent.state_dir)?;
+        if !state.has_identity() {
+            let token = read_token_from(None, Some(file))?;
+            tracing::info!(state_dir = %args.agent.state_dir.display(), "no node here yet: joining with the token in {}", file.display());
+            return run(
+                args.agent,
+                Start::Join {
+                    token,
+                    name: args.name,
+                },
+            );
+        }
+    }
     run(args.agent, Start::Up)
 }
 

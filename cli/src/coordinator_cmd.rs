@@ -58,7 +58,9 @@ pub fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
             admin = %coordinator.admin_credential_path().display(),
             "admin credential written; create a join token with `weft token create`"
         );
+        weft_mesh::agent::tell_service_manager(&[sd_notify::NotifyState::Ready]);
         coordinator.run_until(shutdown_signal()).await;
+        weft_mesh::agent::tell_service_manager(&[sd_notify::NotifyState::Stopping]);
         Ok(())
     })
 }

@@ -4,12 +4,14 @@ mod acl;
 mod agent_cmd;
 mod cni;
 mod coordinator_cmd;
+mod down;
 mod node;
 mod probe;
 mod route;
 mod service;
 mod status;
 mod token;
+mod units;
 mod wg;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +22,21 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log level: error, warn, info, debug, trace, or a filter such as
+    /// `info,weft_mesh=debug` [default: WEFT_LOG, else info (warn for the
+    /// CNI plugin)].
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Log format on stderr: `text`, or `json` (one object a line, for
+    /// journald and log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -30,6 +47,9 @@ enum Command {
     Join(agent_cmd::JoinArgs),
     /// Run this host's agent again from its stored identity (no token needed).
     Up(agent_cmd::UpArgs),
+    /// Leave the cluster: the running agent has the coordinator remove this node, then stops
+    /// (SIGTERM stops without leaving).
+    Down(down::DownArgs),
     /// Show this host, its coordinator connection and its peers.
     Status(status::StatusArgs),
     /// Probe a peer on its current path (lan, direct or relay) and print each RTT.
@@ -51,18 +71,39 @@ enum Command {
     /// Container Network Interface plugin (CNI 1.0.0); invoked by container runtimes, reads
     /// CNI_* env and config on stdin.
     Cni(cni::CniArgs),
+    /// Write the systemd units for the agent and the coordinator (to /etc/systemd/system).
+    InstallUnits(units::InstallUnitsArgs),
+    /// Print a shell completion script: `weft completions bash > /etc/bash_completion.d/weft`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
-/// Logs go to stderr, filtered by `WEFT_LOG`, else at `default` level.
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+/// Logs go to stderr, filtered by `level` (`--log-level`), else `WEFT_LOG`,
+/// else at `default` level.
+fn init_logging(default: &str, level: Option<&str>, format: LogFormat) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).map_err(|e| {
+            anyhow::anyhow!(
+                "--log-level {l:?} is not a level or filter ({e}); use error, warn, info, debug \
+                 or trace, or a filter such as info,weft_mesh=debug"
+            )
+        })?,
+        None => EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
         // Runtimes and service managers collect stderr into logs: no colour codes there.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,18 +112,23 @@ fn main() -> anyhow::Result<()> {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     if std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new(cni::PLUGIN_NAME)) {
         // Quiet by default: runtimes collect a plugin's stderr.
-        init_logging("warn");
+        let _ = init_logging("warn", None, LogFormat::Text);
         std::process::exit(cni::main());
     }
     let cli = Cli::parse();
-    init_logging(match cli.command {
-        Command::Cni(_) => "warn",
-        _ => "info",
-    });
+    init_logging(
+        match cli.command {
+            Command::Cni(_) => "warn",
+            _ => "info",
+        },
+        cli.log_level.as_deref(),
+        cli.log_format,
+    )?;
     match cli.command {
         Command::Wg(args) => wg::run(args),
         Command::Join(args) => agent_cmd::join(args),
         Command::Up(args) => agent_cmd::up(args),
+        Command::Down(args) => down::run(args),
         Command::Status(args) => status::run(args),
         Command::Ping(args) => probe::ping(args),
         Command::Netcheck(args) => probe::netcheck(args),
@@ -93,5 +139,15 @@ fn main() -> anyhow::Result<()> {
         Command::Service(args) => service::run(args),
         Command::Route(args) => route::run(args),
         Command::Cni(args) => cni::run(args),
+        Command::InstallUnits(args) => units::run(args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "weft", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
     }
 }

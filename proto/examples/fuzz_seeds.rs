@@ -53,6 +53,7 @@ fn main() {
         },
         domain: "weft.internal".into(),
         keepalive_ms: 1000,
+        accepts_leave: true,
     });
     let peer = |i: u8| Peer {
         id: NodeId(u64::from(i)),

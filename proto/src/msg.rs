@@ -96,6 +96,11 @@ pub enum ClientMsg {
     /// Liveness on a TCP session; answered with [`ServerMsg::Pong`]. Sent
     /// only to a coordinator whose welcome sets `keepalive_ms`.
     Ping,
+    /// This host leaves the cluster (`weft down`): the coordinator removes
+    /// the node, as `weft node remove` would, and closes the session with
+    /// the removed code. Sent only to a coordinator whose welcome sets
+    /// `accepts_leave`.
+    Leave,
 }
 
 /// Sent by the coordinator.
@@ -129,6 +134,9 @@ pub struct Welcome {
     /// 0: the coordinator does not answer pings (older than liveness).
     #[serde(default)]
     pub keepalive_ms: u32,
+    /// Whether the coordinator understands [`ClientMsg::Leave`].
+    #[serde(default)]
+    pub accepts_leave: bool,
 }
 
 /// The DNS domain of a cluster that did not choose one.

@@ -143,11 +143,22 @@ pub(super) async fn remove_node(shared: &Shared, selector: &str) -> Result<Admin
             format!("no node with id or name `{selector}`; see the nodes with `weft node list`"),
         ));
     };
+    let name = remove_node_id(shared, id, "removed by an admin").await?;
+    Ok(AdminReply::NodeRemoved { id, name })
+}
+
+/// Removes node `id` (its record, its session, its services and routes);
+/// `why` goes into the log and the session's close reason. Its name.
+pub(super) async fn remove_node_id(
+    shared: &Shared,
+    id: NodeId,
+    why: &str,
+) -> Result<String, ErrorReply> {
     let rec = shared.store.remove_node(id).await?;
     if let Some((_, conn)) = shared.sessions().remove(&id) {
-        conn.close(CLOSE_REMOVED, b"node removed by an admin");
+        conn.close(CLOSE_REMOVED, format!("node {why}").as_bytes());
     }
-    info!(node = %id, name = %rec.name, subnet = %rec.subnet, "node removed");
+    info!(node = %id, name = %rec.name, subnet = %rec.subnet, "node {why}");
     config_ops::forget_node(shared, id, &rec.name).await;
-    Ok(AdminReply::NodeRemoved { id, name: rec.name })
+    Ok(rec.name)
 }

@@ -39,6 +39,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
         pool: shared.pool,
         domain: shared.domain.clone(),
         keepalive_ms: u32::try_from(weft_proto::KEEPALIVE.as_millis()).unwrap_or(u32::MAX),
+        accepts_leave: true,
     };
     write_msg(&mut send, &ServerMsg::Welcome(welcome)).await?;
 
@@ -116,6 +117,11 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
                         super::config_ops::advertise_routes(&shared, id, routes).await
                     }
                     ClientMsg::Datagram(bytes) => forward(&shared, &budget, id, bytes.into_vec()),
+                    ClientMsg::Leave => {
+                        // Closes this session with the removed code.
+                        let _ =
+                            super::admin_ops::remove_node_id(&shared, id, "left the cluster").await;
+                    }
                     _ => {}
                 }
             }

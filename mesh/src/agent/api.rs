@@ -28,6 +28,9 @@ pub enum ApiRequest {
     AdvertiseRoutes {
         routes: Vec<weft_proto::policy::Cidr>,
     },
+    /// Leave the cluster (`weft down`): the coordinator removes this node,
+    /// the agent forgets its identity and stops.
+    Leave,
 }
 
 /// A reply from the local API.
@@ -45,6 +48,10 @@ pub enum ApiReply {
     /// The routes now advertised.
     Routes {
         routes: Vec<weft_proto::policy::Cidr>,
+    },
+    /// The node left the cluster; the agent is stopping.
+    Left {
+        name: String,
     },
     Error {
         message: String,
@@ -75,6 +82,31 @@ pub async fn answer(
                 .and_then(|c| c.rtt())
                 .map(|r| r.as_secs_f64() * 1000.0);
             ApiReply::Netcheck(r)
+        }
+        ApiRequest::Leave => {
+            if !shared.view().connected {
+                return ApiReply::Error {
+                    message: "not connected to the coordinator, so this node cannot leave now \
+                              (it would stay registered); retry once `weft status` shows it \
+                              connected, or remove it at the coordinator with `weft node remove`"
+                        .into(),
+                };
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if shared.leave.send(tx).await.is_err() {
+                return ApiReply::Error {
+                    message: "the agent is shutting down".into(),
+                };
+            }
+            match rx.await {
+                Ok(Ok(())) => ApiReply::Left {
+                    name: shared.identity().name,
+                },
+                Ok(Err(message)) => ApiReply::Error { message },
+                Err(_) => ApiReply::Error {
+                    message: "the agent stopped before the coordinator confirmed".into(),
+                },
+            }
         }
         ApiRequest::AdvertiseRoutes { mut routes } => {
             routes.sort();

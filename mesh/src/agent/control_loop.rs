@@ -21,6 +21,12 @@ use super::{AgentError, Shared};
 use crate::control::{ControlClient, ControlError, Session};
 use crate::dataplane::DeviceHandle;
 
+/// How `weft down` hears whether the node left.
+pub type LeaveReply = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// How long leaving waits for the coordinator to confirm.
+const LEAVE_WAIT: Duration = Duration::from_secs(5);
+
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(8);
 const ENDPOINT_SCAN: Duration = Duration::from_secs(10);
@@ -137,6 +143,41 @@ pub struct ControlLoop {
     pub shared: std::sync::Arc<Shared>,
     pub handle: DeviceHandle,
     pub applier: Applier,
+    /// Requests to leave the cluster (`weft down`).
+    pub leave: tokio::sync::mpsc::Receiver<LeaveReply>,
+}
+
+/// Tells the coordinator this node leaves, and waits for it to close the
+/// session as removed.
+async fn leave(s: &mut Session) -> Result<(), String> {
+    if !s.welcome().accepts_leave {
+        return Err(
+            "the coordinator is older than `weft down`; remove this node there with \
+                    `weft node remove NAME`, then stop the agent"
+                .into(),
+        );
+    }
+    s.updater()
+        .leave()
+        .await
+        .map_err(|e| format!("cannot tell the coordinator: {e}"))?;
+    let ended = tokio::time::timeout(LEAVE_WAIT, async {
+        loop {
+            if let Err(e) = s.next_change().await {
+                return e;
+            }
+        }
+    })
+    .await;
+    match ended {
+        Ok(ControlError::Removed) => Ok(()),
+        Ok(e) => Err(format!(
+            "the session ended before the coordinator confirmed ({e}); check `weft node list` there"
+        )),
+        Err(_) => Err(format!(
+            "the coordinator did not confirm within {LEAVE_WAIT:?}; check `weft node list` there"
+        )),
+    }
 }
 
 impl ControlLoop {
@@ -224,6 +265,18 @@ impl ControlLoop {
                             reported = now;
                         }
                     }
+                    Some(reply) = self.leave.recv() => match leave(&mut s).await {
+                        Ok(()) => {
+                            self.shared.left.store(true, std::sync::atomic::Ordering::SeqCst);
+                            tracing::info!("this node left the cluster; stopping");
+                            let _ = reply.send(Ok(()));
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not leave the cluster");
+                            let _ = reply.send(Err(e));
+                        }
+                    },
                     _ = stop.changed() => {
                         s.close();
                         return Ok(());

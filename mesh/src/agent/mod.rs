@@ -138,6 +138,11 @@ pub struct Shared {
     routes_changed: tokio::sync::Notify,
     traversal: traversal::TraversalView,
     services: Mutex<services::Services>,
+    /// `weft down`: asks the control loop to leave; it answers on the
+    /// oneshot.
+    leave: tokio::sync::mpsc::Sender<control_loop::LeaveReply>,
+    /// Set once the node has left: the agent forgets its identity on exit.
+    left: std::sync::atomic::AtomicBool,
 }
 
 struct View {
@@ -446,6 +451,7 @@ pub async fn run(
         }
     };
     let services = services::Services::start(&identity.domain, identity.subnet.host_addr()).await;
+    let (leave_tx, leave_rx) = tokio::sync::mpsc::channel(1);
     let shared = Arc::new(Shared {
         state: state.clone(),
         public_key: key,
@@ -464,6 +470,8 @@ pub async fn run(
         routes_changed: tokio::sync::Notify::new(),
         traversal: tview.clone(),
         services: Mutex::new(services),
+        leave: leave_tx,
+        left: std::sync::atomic::AtomicBool::new(false),
     });
     shared.scan_endpoints();
     handle.set_local_networks(Some(shared.accepted_networks(&netmap)));
@@ -506,12 +514,22 @@ pub async fn run(
         state.path().display()
     );
 
+    // The tunnel, routes, DNS and API are up: a Type=notify unit is ready.
+    tell_service_manager(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!(
+            "{} {} on {interface}",
+            identity.name,
+            identity.subnet.host_addr()
+        )),
+    ]);
     let control = control_loop::ControlLoop {
         client,
         key: secret,
         shared: shared.clone(),
         handle: handle.clone(),
         applier,
+        leave: leave_rx,
     };
     let follow_mtu = config.mtu.is_none().then(|| mtu::MtuFollower {
         interface: interface.clone(),
@@ -540,11 +558,19 @@ pub async fn run(
         },
     };
     let _ = stop_tx.send(true);
+    tell_service_manager(&[sd_notify::NotifyState::Stopping]);
     engine_task.abort();
     netwatch.abort();
     tview.link.set(None);
     drop(api);
     state.clear_network();
+    if shared.left.load(std::sync::atomic::Ordering::SeqCst) {
+        state.forget_identity();
+        tracing::info!(
+            "left the cluster; {} keeps only the host key (join again with a new token)",
+            state.path().display()
+        );
+    }
     drop(uapi);
     drop(device);
     if let Some(r) = rules {
@@ -552,6 +578,17 @@ pub async fn run(
     }
     net.teardown();
     result
+}
+
+/// Tells systemd (through `NOTIFY_SOCKET`, when a `Type=notify` unit runs
+/// the agent) how the service stands; nothing without one.
+pub fn tell_service_manager(states: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
+    }
 }
 
 /// The coordinator's first address that resolves (IPv4), for the reflector.

@@ -188,6 +188,15 @@ impl StateDir {
         self.read_json(NETWORK_FILE)
     }
 
+    /// Forgets the node this directory held (after leaving the cluster):
+    /// its identity, cached netmap and advertised routes. The host key
+    /// stays; a later `weft join` registers it as a new node.
+    pub fn forget_identity(&self) {
+        for f in [IDENTITY_FILE, NETMAP_FILE, ROUTES_FILE] {
+            let _ = std::fs::remove_file(self.root.join(f));
+        }
+    }
+
     /// Removes the network description (the agent is going down).
     pub fn clear_network(&self) {
         let _ = std::fs::remove_file(self.root.join(NETWORK_FILE));

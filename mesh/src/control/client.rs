@@ -647,6 +647,12 @@ impl EndpointUpdater {
     }
 
     /// Offers the networks this host routes to (the whole list).
+    /// Leaves the cluster: the coordinator removes this node and closes
+    /// the session as removed.
+    pub async fn leave(&self) -> Result<(), ControlError> {
+        self.send(&ClientMsg::Leave).await
+    }
+
     pub async fn advertise_routes(
         &self,
         routes: Vec<weft_proto::policy::Cidr>,
