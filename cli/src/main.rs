@@ -4,6 +4,7 @@ mod acl;
 mod agent_cmd;
 mod cni;
 mod coordinator_cmd;
+mod docker;
 mod down;
 mod node;
 mod probe;
@@ -71,6 +72,9 @@ enum Command {
     /// Container Network Interface plugin (CNI 1.0.0); invoked by container runtimes, reads
     /// CNI_* env and config on stdin.
     Cni(cni::CniArgs),
+    /// Docker network and IPAM driver: serves /run/docker/plugins/weft.sock, so
+    /// `docker network create -d weft --ipam-driver weft weft` puts containers on the mesh.
+    DockerPlugin(docker::DockerPluginArgs),
     /// Write the systemd units for the agent and the coordinator (to /etc/systemd/system).
     InstallUnits(units::InstallUnitsArgs),
     /// Print a shell completion script: `weft completions bash > /etc/bash_completion.d/weft`.
@@ -139,6 +143,7 @@ fn main() -> anyhow::Result<()> {
         Command::Service(args) => service::run(args),
         Command::Route(args) => route::run(args),
         Command::Cni(args) => cni::run(args),
+        Command::DockerPlugin(args) => docker::run(args),
         Command::InstallUnits(args) => units::run(args),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
