@@ -30,6 +30,7 @@ pub mod cluster;
 mod cluster_ops;
 mod cmd;
 pub mod demo;
+pub mod docker;
 mod lab;
 pub mod nat;
 mod pinger;

@@ -1,0 +1,365 @@
+//! `weft docker-plugin` with real dockerd daemons, in namespaces: two lab
+//! hosts, each with its agent, its plugin and its own dockerd. Docker
+//! containers on the two hosts talk by their own addresses (no NAT),
+//! resolve a service through the host's DNS, survive restarts of the
+//! agent, dockerd and the plugin, and `docker network rm` leaves no state
+//! or lease behind. Needs root, docker.io, busybox and the CNI reference
+//! plugins; in CI (`CI` set) anything missing fails the test instead of
+//! skipping it.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use weft_tests::cluster::{seen_source, Cluster, ClusterSpec, CNI_PATH};
+use weft_tests::docker::{Dockerd, NamedNetns, BUSYBOX_IMAGE, DOCKERD};
+use weft_tests::{require_root, wait_for, Lab, Proc};
+
+fn weft() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+}
+
+/// Whether the tools are installed; in CI their absence fails the test.
+fn require_tools() -> bool {
+    let missing: Vec<&str> = [DOCKERD, "/bin/busybox", "/usr/lib/cni/host-local"]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the Docker test needs {missing:?} in CI (docker.io, busybox-static, containernetworking-plugins)"
+    );
+    eprintln!("skipping: {missing:?} not installed");
+    false
+}
+
+/// Starts host `i`'s plugin with its socket in the daemon's plugin dir.
+fn start_plugin(lab: &Lab, c: &Cluster, i: usize, d: &Dockerd) -> Proc {
+    let socket = d.plugins_dir.join("weft.sock");
+    let p = lab.spawn(
+        &c.hosts[i].ns,
+        &weft().to_string_lossy(),
+        &[
+            "docker-plugin",
+            "--state-dir",
+            &c.hosts[i].state_dir.to_string_lossy(),
+            "--socket",
+            &socket.to_string_lossy(),
+            "--cni-path",
+            CNI_PATH,
+        ],
+        &[("WEFT_LOG", "info")],
+    );
+    wait_for(Duration::from_secs(10), "the plugin's socket", || {
+        socket.exists().then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", p.stderr()));
+    p
+}
+
+/// Runs a long-lived container `name` on `d` (restarted with its daemon),
+/// with the host's gateway as DNS server; its address.
+fn run_container(d: &Dockerd, name: &str, gateway: Ipv4Addr) -> Ipv4Addr {
+    let gw = gateway.to_string();
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "weft",
+        "--dns",
+        &gw,
+        "--restart",
+        "always",
+        "--stop-timeout",
+        "2",
+        BUSYBOX_IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+    ])
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log_tail()));
+    container_addr(d, name)
+}
+
+fn container_addr(d: &Dockerd, name: &str) -> Ipv4Addr {
+    let a = d
+        .docker(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            name,
+        ])
+        .expect("inspect");
+    a.parse()
+        .unwrap_or_else(|_| panic!("{name} has address {a:?}"))
+}
+
+/// Sends `msg` from container `from` (on `df`) to container `to` (on `dt`,
+/// at `to_addr`, or a name) over TCP with busybox `nc`; the receiver
+/// writes what it got to a file, which must then hold `msg`.
+fn exchange(df: &Dockerd, from: &str, dt: &Dockerd, to: &str, target: &str, msg: &str) {
+    let port = 7001;
+    let got = format!("/tmp/got-{msg}");
+    dt.docker(&[
+        "exec",
+        "-d",
+        to,
+        "sh",
+        "-c",
+        &format!("nc -l -p {port} > {got}"),
+    ])
+    .expect("start the receiver");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sent = df.docker(&[
+            "exec",
+            from,
+            "sh",
+            "-c",
+            &format!("echo {msg} | nc -w 3 {target} {port}"),
+        ]);
+        std::thread::sleep(Duration::from_millis(300));
+        let received = dt.docker(&["exec", to, "cat", &got]).unwrap_or_default();
+        if received.trim() == msg {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{from} -> {to} ({target}): {msg:?} not received (send: {sent:?}, got {received:?})"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The source address container `to` sees for a connection from `from`.
+fn source_seen(
+    df: &Dockerd,
+    from: &str,
+    dt: &Dockerd,
+    to: &str,
+    to_addr: Ipv4Addr,
+    tag: &str,
+) -> std::net::IpAddr {
+    let a = NamedNetns::attach(
+        &format!("wdk{}-{tag}-a", std::process::id()),
+        df.container_pid(from).expect("pid"),
+    )
+    .expect("attach");
+    let b = NamedNetns::attach(
+        &format!("wdk{}-{tag}-b", std::process::id()),
+        dt.container_pid(to).expect("pid"),
+    )
+    .expect("attach");
+    wait_for(
+        Duration::from_secs(15),
+        "a connection between the containers",
+        || seen_source(&a.name, &b.name, to_addr, 7002).ok(),
+    )
+    .expect("connect")
+}
+
+fn leases(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.parse::<Ipv4Addr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn docker_containers_join_the_mesh_and_survive_restarts() {
+    if !require_root() || !require_tools() {
+        return;
+    }
+    let t0 = Instant::now();
+    let lab = Lab::new("dk");
+    let mut c = Cluster::build(&lab, &weft(), ClusterSpec::hosts_only(2)).expect("cluster");
+    let gw: Vec<Ipv4Addr> = (0..2).map(|i| c.host_addr(i).expect("address")).collect();
+    let mut daemons = Vec::new();
+    let mut plugins = Vec::new();
+    for i in 0..2 {
+        let d = Dockerd::start(&c.hosts[i].ns, &lab.tempdir().join(format!("docker{i}")))
+            .expect("dockerd");
+        plugins.push(start_plugin(&lab, &c, i, &d));
+        d.import_busybox(&lab.tempdir().join("rootfs"))
+            .expect("image");
+        d.docker(&[
+            "network",
+            "create",
+            "-d",
+            "weft",
+            "--ipam-driver",
+            "weft",
+            "weft",
+        ])
+        .unwrap_or_else(|e| panic!("{e}\n{}", plugins[i].stderr()));
+        daemons.push(d);
+    }
+    // A network made without weft's IPAM is refused with the fix.
+    let e = daemons[0]
+        .docker(&["network", "create", "-d", "weft", "other"])
+        .expect_err("a weft network with Docker's own IPAM");
+    assert!(e.to_string().contains("--ipam-driver weft"), "{e}");
+
+    let tx = run_container(&daemons[0], "tx", gw[0]);
+    let rx = run_container(&daemons[1], "rx", gw[1]);
+    let subnet = |i: usize| {
+        let s = c.status(i).expect("status");
+        s["host"]["subnet"].as_str().map(str::to_string)
+    };
+    eprintln!("tx {tx} on {:?}, rx {rx} on {:?}", subnet(0), subnet(1));
+    for (addr, g) in [(tx, gw[0]), (rx, gw[1])] {
+        assert_eq!(
+            addr.octets()[..3],
+            g.octets()[..3],
+            "{addr} is not in {g}'s subnet"
+        );
+    }
+    // Podman/CNI and Docker share the lease files: the address is in host-local's.
+    let lease_dirs: Vec<PathBuf> = (0..2)
+        .map(|i| c.hosts[i].state_dir.join("cni/networks/weft"))
+        .collect();
+    assert!(
+        leases(&lease_dirs[0]).contains(&tx.to_string()),
+        "{:?}",
+        leases(&lease_dirs[0])
+    );
+
+    exchange(
+        &daemons[0],
+        "tx",
+        &daemons[1],
+        "rx",
+        &rx.to_string(),
+        "hello1",
+    );
+    let seen = source_seen(&daemons[0], "tx", &daemons[1], "rx", rx, "1");
+    assert_eq!(
+        seen,
+        std::net::IpAddr::V4(tx),
+        "rx saw {seen}, not tx's own {tx}"
+    );
+
+    // A service name resolves in a Docker container through the host's DNS.
+    let domain = std::fs::read_to_string(c.hosts[0].state_dir.join("network.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v["domain"].as_str().map(str::to_string))
+        .expect("network.json has the cluster domain");
+    c.admin(&[
+        "service",
+        "expose",
+        "rx",
+        "--node",
+        &c.hosts[1].name,
+        "--addr",
+        &rx.to_string(),
+        "--port",
+        "7001/tcp",
+    ])
+    .expect("service expose");
+    let name = format!("rx.{domain}");
+    let answer = wait_for(
+        Duration::from_secs(15),
+        "the service name to resolve",
+        || {
+            let out = daemons[0].docker(&["exec", "tx", "nslookup", &name]).ok()?;
+            out.contains(&rx.to_string()).then_some(out)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{name}: {answer}");
+    exchange(&daemons[0], "tx", &daemons[1], "rx", &name, "byname");
+
+    // The agent restarts: network.json goes and comes back, the bridge stays.
+    assert!(c.stop_agent(0), "agent 0 did not stop cleanly");
+    assert!(!c.hosts[0].state_dir.join("network.json").exists());
+    c.up(0).expect("agent 0 back");
+    c.wait_for_mesh(Duration::from_secs(20)).expect("mesh");
+    exchange(
+        &daemons[0],
+        "tx",
+        &daemons[1],
+        "rx",
+        &rx.to_string(),
+        "afteragent",
+    );
+
+    // dockerd restarts: tx is stopped and started again, joined anew.
+    daemons[0].restart().expect("dockerd 0 restart");
+    wait_for(Duration::from_secs(30), "tx to run again", || {
+        daemons[0].container_pid("tx").ok()
+    })
+    .expect("tx restarted");
+    let tx2 = container_addr(&daemons[0], "tx");
+    exchange(
+        &daemons[0],
+        "tx",
+        &daemons[1],
+        "rx",
+        &rx.to_string(),
+        "afterdockerd",
+    );
+    let seen = source_seen(&daemons[0], "tx", &daemons[1], "rx", rx, "2");
+    assert_eq!(seen, std::net::IpAddr::V4(tx2));
+
+    // The plugin restarts: what it knew is on disk.
+    plugins[1].stop();
+    plugins[1] = start_plugin(&lab, &c, 1, &daemons[1]);
+    let rx2 = run_container(&daemons[1], "rx2", gw[1]);
+    assert_ne!(rx2, rx, "a second container got rx's address");
+    exchange(
+        &daemons[0],
+        "tx",
+        &daemons[1],
+        "rx2",
+        &rx2.to_string(),
+        "afterplugin",
+    );
+    exchange(
+        &daemons[0],
+        "tx",
+        &daemons[1],
+        "rx",
+        &rx.to_string(),
+        "stillrx",
+    );
+
+    // Removing the containers and the network leaves nothing behind.
+    for (d, names) in [
+        (&daemons[0], &["tx"][..]),
+        (&daemons[1], &["rx", "rx2"][..]),
+    ] {
+        for n in names {
+            d.docker(&["rm", "-f", n]).expect("rm");
+        }
+        d.docker(&["network", "rm", "weft"]).expect("network rm");
+    }
+    for (i, (h, lease_dir)) in c.hosts.iter().zip(&lease_dirs).enumerate() {
+        let state =
+            std::fs::read_to_string(h.state_dir.join("docker/state.json")).expect("plugin state");
+        let v: serde_json::Value = serde_json::from_str(&state).expect("state JSON");
+        for key in ["networks", "endpoints", "pools"] {
+            assert_eq!(
+                v[key],
+                serde_json::json!({}),
+                "host {i} {key} left: {state}"
+            );
+        }
+        assert_eq!(
+            leases(lease_dir),
+            Vec::<String>::new(),
+            "host {i} leases left"
+        );
+        let links = lab.ip(&h.ns, &["-o", "link", "show"]);
+        assert!(!links.contains(" wd"), "host {i} veths left: {links}");
+    }
+    eprintln!("docker test took {:?}", t0.elapsed());
+}
