@@ -2,6 +2,7 @@
 
 mod acl;
 mod agent_cmd;
+mod cloud_init;
 mod cni;
 mod coordinator_cmd;
 mod docker;

@@ -34,6 +34,19 @@ enum TokenCommand {
         /// Tag given to nodes that join with this token. Repeat for several.
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Print a cloud-init user-data document instead of the bare token:
+        /// a new VM given it as user data installs weft, writes the token
+        /// (mode 0600) and the systemd units, and comes up joined.
+        #[arg(long)]
+        cloud_init: bool,
+        /// Where the VM downloads the weft binary from (http or https)
+        /// [default: none; the image must have /usr/local/bin/weft].
+        #[arg(long, value_name = "URL", requires = "cloud_init", value_parser = parse_url)]
+        binary_url: Option<String>,
+        /// The binary's SHA-256 (`sha256sum weft`); the VM refuses a
+        /// download that does not match.
+        #[arg(long, value_name = "HEX", requires = "binary_url", value_parser = parse_sha256)]
+        binary_sha256: Option<String>,
     },
     /// List tokens (never their secrets).
     List {
@@ -47,6 +60,14 @@ enum TokenCommand {
 /// How long a token lives: `None` for ever.
 #[derive(Clone, Copy, Debug)]
 struct Expiry(Option<Duration>);
+
+fn parse_url(s: &str) -> Result<String, String> {
+    crate::cloud_init::check_url(s).map(|()| s.to_string())
+}
+
+fn parse_sha256(s: &str) -> Result<String, String> {
+    crate::cloud_init::check_sha256(s).map(|()| s.to_ascii_lowercase())
+}
 
 fn parse_expiry(s: &str) -> Result<Expiry, String> {
     if s.eq_ignore_ascii_case("never") {
@@ -80,6 +101,9 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
             uses,
             expires,
             tags,
+            cloud_init,
+            binary_url,
+            binary_sha256,
         } => {
             let uses = if reusable {
                 None
@@ -97,13 +121,27 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
             let AdminReply::TokenCreated { token, info } = reply else {
                 anyhow::bail!("unexpected reply from the coordinator: {reply:?}");
             };
-            eprintln!(
-                "token {} ({}, expires {}); on each new host run: weft join <TOKEN>",
+            let about = format!(
+                "token {} ({}, expires {})",
                 info.id,
                 uses_text(&info),
                 fmt_opt_time(info.expires_at)
             );
-            println!("{token}");
+            if cloud_init {
+                eprintln!("{about}; give this document to new VMs as their user data");
+                print!(
+                    "{}",
+                    crate::cloud_init::user_data(
+                        &token,
+                        &about,
+                        binary_url.as_deref(),
+                        binary_sha256.as_deref()
+                    )
+                );
+            } else {
+                eprintln!("{about}; on each new host run: weft join <TOKEN>");
+                println!("{token}");
+            }
         }
         TokenCommand::List { json } => {
             let reply = admin_request(args.admin, AdminCommand::TokenList)?;

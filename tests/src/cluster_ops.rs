@@ -67,6 +67,32 @@ impl Cluster<'_> {
         ns
     }
 
+    /// A new machine on cloud `cloud`'s LAN at `198.18.<cloud>.<10+h>`,
+    /// cabled and addressed but running nothing (a VM just booted). Its
+    /// index in [`Cluster::hosts`].
+    pub fn fresh_host(&mut self, cloud: usize, h: usize) -> usize {
+        let lab = self.lab;
+        let ns = lab.netns(&format!("c{cloud}h{h}"));
+        let r = format!("{}-r{cloud}", lab.tag());
+        let port = format!("h{h}");
+        lab.veth(&ns, "eth0", &r, &port);
+        lab.attach(&r, &port, "lan");
+        let underlay = Ipv4Addr::new(198, 18, cloud as u8, 10 + h as u8);
+        lab.addr(&ns, "eth0", &format!("{underlay}/24"));
+        lab.route(&ns, "default", &format!("198.18.{cloud}.1"));
+        self.hosts.push(crate::cluster::Host {
+            name: format!("c{cloud}-h{h}"),
+            ns,
+            cloud,
+            underlay,
+            state_dir: lab.tempdir().join(format!("c{cloud}h{h}")),
+            interface: lab.name(&format!("w{cloud}{h}")),
+            agent: None,
+            containers: Vec::new(),
+        });
+        self.hosts.len() - 1
+    }
+
     /// Moves host `i` from its underlay address to `to` (same LAN), as a
     /// DHCP change would: the old address goes, the new one comes, and the
     /// default route is put back.
