@@ -75,6 +75,7 @@ enum Command {
     Cni(cni::CniArgs),
     /// Docker network and IPAM driver: serves /run/docker/plugins/weft.sock, so
     /// `docker network create -d weft --ipam-driver weft weft` puts containers on the mesh.
+    #[command(long_about = docker::LONG_ABOUT)]
     DockerPlugin(docker::DockerPluginArgs),
     /// Write the systemd units for the agent and the coordinator (to /etc/systemd/system).
     InstallUnits(units::InstallUnitsArgs),

@@ -11,8 +11,10 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use weft_tests::cluster::{seen_source, Cluster, ClusterSpec, CNI_PATH};
-use weft_tests::docker::{Dockerd, NamedNetns, BUSYBOX_IMAGE, DOCKERD};
+use weft_tests::cluster::{Cluster, ClusterSpec, CNI_PATH};
+use weft_tests::docker::{
+    container_addr, exchange, leases, run_container, source_seen, Dockerd, BUSYBOX_IMAGE, DOCKERD,
+};
 use weft_tests::{require_root, wait_for, Lab, Proc};
 
 fn weft() -> PathBuf {
@@ -60,119 +62,6 @@ fn start_plugin(lab: &Lab, c: &Cluster, i: usize, d: &Dockerd) -> Proc {
     p
 }
 
-/// Runs a long-lived container `name` on `d` (restarted with its daemon),
-/// with the host's gateway as DNS server; its address.
-fn run_container(d: &Dockerd, name: &str, gateway: Ipv4Addr) -> Ipv4Addr {
-    let gw = gateway.to_string();
-    d.docker(&[
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--network",
-        "weft",
-        "--dns",
-        &gw,
-        "--restart",
-        "always",
-        "--stop-timeout",
-        "2",
-        BUSYBOX_IMAGE,
-        "sh",
-        "-c",
-        "trap 'exit 0' TERM; while true; do sleep 1; done",
-    ])
-    .unwrap_or_else(|e| panic!("{e}\n{}", d.log_tail()));
-    container_addr(d, name)
-}
-
-fn container_addr(d: &Dockerd, name: &str) -> Ipv4Addr {
-    let a = d
-        .docker(&[
-            "inspect",
-            "-f",
-            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-            name,
-        ])
-        .expect("inspect");
-    a.parse()
-        .unwrap_or_else(|_| panic!("{name} has address {a:?}"))
-}
-
-/// Sends `msg` from container `from` (on `df`) to container `to` (on `dt`,
-/// at `to_addr`, or a name) over TCP with busybox `nc`; the receiver
-/// writes what it got to a file, which must then hold `msg`.
-fn exchange(df: &Dockerd, from: &str, dt: &Dockerd, to: &str, target: &str, msg: &str) {
-    let port = 7001;
-    let got = format!("/tmp/got-{msg}");
-    dt.docker(&[
-        "exec",
-        "-d",
-        to,
-        "sh",
-        "-c",
-        &format!("nc -l -p {port} > {got}"),
-    ])
-    .expect("start the receiver");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let sent = df.docker(&[
-            "exec",
-            from,
-            "sh",
-            "-c",
-            &format!("echo {msg} | nc -w 3 {target} {port}"),
-        ]);
-        std::thread::sleep(Duration::from_millis(300));
-        let received = dt.docker(&["exec", to, "cat", &got]).unwrap_or_default();
-        if received.trim() == msg {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{from} -> {to} ({target}): {msg:?} not received (send: {sent:?}, got {received:?})"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// The source address container `to` sees for a connection from `from`.
-fn source_seen(
-    df: &Dockerd,
-    from: &str,
-    dt: &Dockerd,
-    to: &str,
-    to_addr: Ipv4Addr,
-    tag: &str,
-) -> std::net::IpAddr {
-    let a = NamedNetns::attach(
-        &format!("wdk{}-{tag}-a", std::process::id()),
-        df.container_pid(from).expect("pid"),
-    )
-    .expect("attach");
-    let b = NamedNetns::attach(
-        &format!("wdk{}-{tag}-b", std::process::id()),
-        dt.container_pid(to).expect("pid"),
-    )
-    .expect("attach");
-    wait_for(
-        Duration::from_secs(15),
-        "a connection between the containers",
-        || seen_source(&a.name, &b.name, to_addr, 7002).ok(),
-    )
-    .expect("connect")
-}
-
-fn leases(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.parse::<Ipv4Addr>().is_ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn docker_containers_join_the_mesh_and_survive_restarts() {
     if !require_root() || !require_tools() {
@@ -215,6 +104,7 @@ fn docker_containers_join_the_mesh_and_survive_restarts() {
         s["host"]["subnet"].as_str().map(str::to_string)
     };
     eprintln!("tx {tx} on {:?}, rx {rx} on {:?}", subnet(0), subnet(1));
+    let sub1 = subnet(1).expect("host 1's subnet");
     for (addr, g) in [(tx, gw[0]), (rx, gw[1])] {
         assert_eq!(
             addr.octets()[..3],
@@ -330,6 +220,72 @@ fn docker_containers_join_the_mesh_and_survive_restarts() {
         "rx",
         &rx.to_string(),
         "stillrx",
+    );
+
+    // `--ip` needs a network with a named subnet: this host's, on a second
+    // network sharing the pool.
+    daemons[1]
+        .docker(&[
+            "network",
+            "create",
+            "-d",
+            "weft",
+            "--ipam-driver",
+            "weft",
+            "--subnet",
+            &sub1,
+            "weftfixed",
+        ])
+        .unwrap_or_else(|e| panic!("{e}\n{}", plugins[1].stderr()));
+    let [a, b, c3, _] = gw[1].octets();
+    let fixed = Ipv4Addr::new(a, b, c3, 200).to_string();
+    daemons[1]
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "fixed",
+            "--network",
+            "weftfixed",
+            "--ip",
+            &fixed,
+            BUSYBOX_IMAGE,
+            "sleep",
+            "600",
+        ])
+        .unwrap_or_else(|e| panic!("{e}\n{}", plugins[1].stderr()));
+    assert_eq!(
+        daemons[1]
+            .docker(&[
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                "fixed"
+            ])
+            .expect("inspect"),
+        fixed
+    );
+    assert!(leases(&lease_dirs[1]).contains(&fixed));
+    exchange(
+        &daemons[0],
+        "tx",
+        &daemons[1],
+        "rx",
+        &rx.to_string(),
+        "withfixed",
+    );
+    daemons[1].docker(&["rm", "-f", "fixed"]).expect("rm fixed");
+    daemons[1]
+        .docker(&["network", "rm", "weftfixed"])
+        .expect("rm weftfixed");
+    // The first network still works on the shared pool.
+    exchange(
+        &daemons[0],
+        "tx",
+        &daemons[1],
+        "rx2",
+        &rx2.to_string(),
+        "shared",
     );
 
     // Removing the containers and the network leaves nothing behind.

@@ -11,12 +11,14 @@
 //! containerd it started) when dropped, also while a panic unwinds.
 
 use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
+use crate::cluster::seen_source;
 use crate::wait_for;
 
 /// Debian's docker.io daemon.
@@ -266,4 +268,122 @@ impl Drop for NamedNetns {
         // Removes the name only; the namespace lives on with its container.
         let _ = crate::try_run(&["ip", "netns", "del", &self.name]);
     }
+}
+
+// Container helpers for the tests; like the lab's methods they panic with
+// the failing command's output.
+
+/// Runs a long-lived container `name` on `d` (restarted with its daemon),
+/// with the host's gateway as DNS server; its address.
+pub fn run_container(d: &Dockerd, name: &str, gateway: Ipv4Addr) -> Ipv4Addr {
+    let gw = gateway.to_string();
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "weft",
+        "--dns",
+        &gw,
+        "--restart",
+        "always",
+        "--stop-timeout",
+        "2",
+        BUSYBOX_IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+    ])
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log_tail()));
+    container_addr(d, name)
+}
+
+/// The address of container `name` on its (one) network.
+pub fn container_addr(d: &Dockerd, name: &str) -> Ipv4Addr {
+    let a = d
+        .docker(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            name,
+        ])
+        .expect("inspect");
+    a.parse()
+        .unwrap_or_else(|_| panic!("{name} has address {a:?}"))
+}
+
+/// Sends `msg` from container `from` (on `df`) to container `to` (on `dt`,
+/// at `to_addr`, or a name) over TCP with busybox `nc`; the receiver
+/// writes what it got to a file, which must then hold `msg`.
+pub fn exchange(df: &Dockerd, from: &str, dt: &Dockerd, to: &str, target: &str, msg: &str) {
+    let port = 7001;
+    let got = format!("/tmp/got-{msg}");
+    dt.docker(&[
+        "exec",
+        "-d",
+        to,
+        "sh",
+        "-c",
+        &format!("nc -l -p {port} > {got}"),
+    ])
+    .expect("start the receiver");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sent = df.docker(&[
+            "exec",
+            from,
+            "sh",
+            "-c",
+            &format!("echo {msg} | nc -w 3 {target} {port}"),
+        ]);
+        std::thread::sleep(Duration::from_millis(300));
+        let received = dt.docker(&["exec", to, "cat", &got]).unwrap_or_default();
+        if received.trim() == msg {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{from} -> {to} ({target}): {msg:?} not received (send: {sent:?}, got {received:?})"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The source address container `to` sees for a connection from `from`.
+pub fn source_seen(
+    df: &Dockerd,
+    from: &str,
+    dt: &Dockerd,
+    to: &str,
+    to_addr: Ipv4Addr,
+    tag: &str,
+) -> IpAddr {
+    let a = NamedNetns::attach(
+        &format!("wdk{}-{tag}-a", std::process::id()),
+        df.container_pid(from).expect("pid"),
+    )
+    .expect("attach");
+    let b = NamedNetns::attach(
+        &format!("wdk{}-{tag}-b", std::process::id()),
+        dt.container_pid(to).expect("pid"),
+    )
+    .expect("attach");
+    wait_for(
+        Duration::from_secs(15),
+        "a connection between the containers",
+        || seen_source(&a.name, &b.name, to_addr, 7002).ok(),
+    )
+    .expect("connect")
+}
+
+/// The addresses host-local has leased in `dir` (one file per address).
+pub fn leases(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.parse::<Ipv4Addr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }

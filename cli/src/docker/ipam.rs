@@ -66,7 +66,9 @@ impl Plugin {
 
     pub(super) fn release_pool(&mut self, r: PoolRef) -> Reply {
         let mut next = self.state.clone();
-        let Some(pool) = next.pools.remove(&r.pool_id) else {
+        let Some(pool) = next.release_pool(&r.pool_id) else {
+            // Still used by another network, or released before.
+            self.commit(next)?;
             return ok();
         };
         let subnet = pool.net()?;

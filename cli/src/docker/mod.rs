@@ -11,6 +11,8 @@ mod ipam;
 mod network;
 mod server;
 mod state;
+#[cfg(test)]
+mod tests;
 mod veth;
 mod wire;
 
@@ -29,7 +31,7 @@ use wire::{PluginError, Reply};
 /// Where Docker looks for plugin sockets: the socket's name is the driver's.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/weft.sock";
 
-const LONG_ABOUT: &str = "\
+pub const LONG_ABOUT: &str = "\
 Serve Docker's network driver and IPAM driver APIs, so Docker containers join the weft mesh
 with addresses from this host's weft subnet, next to Podman/CNI containers.
 
@@ -47,19 +49,22 @@ and run containers on it, with the host's weft gateway as their DNS server so cl
 
     docker run --network weft --dns \"$(jq -r .gateway /var/lib/weft/network.json)\" IMAGE
 
-Containers reach containers on every other host by their own addresses (no NAT). `--ip` picks
-a specific address of the subnet. Networks are IPv4-only and local to the host; `--subnet`, if
-given, must be this host's weft subnet.
+(the gateway is the host's weft address, as `weft status` shows it).
+
+Containers reach containers on every other host by their own addresses (no NAT). Networks
+are IPv4-only and local to the host; `--subnet`, if given, must be this host's weft subnet
+(`weft status`). Docker allows `docker run --ip ADDR` only on a network created with
+`--subnet`.
 
 The plugin keeps its state in <state-dir>/docker/ and the address leases where `weft cni`
-keeps them (<state-dir>/cni/networks/weft/), so it can be restarted at any time, as can the
-agent and dockerd: running containers keep their addresses. Start the agent (`weft up`)
-before creating containers. `docker network rm weft` releases everything.
+keeps them (<state-dir>/cni/networks/weft/), so the plugin and the agent can be restarted at
+any time without disturbing running containers, and dockerd too (the containers it restarts
+join again). Start the agent (`weft up`) before creating containers. `docker network rm weft`
+releases everything.
 
 Logs go to stderr (level from WEFT_LOG, default info).";
 
 #[derive(Args, Debug)]
-#[command(long_about = LONG_ABOUT)]
 pub struct DockerPluginArgs {
     /// The weft agent's state directory (the agent's --state-dir): the plugin reads its
     /// network.json and keeps its own state in <state-dir>/docker/.

@@ -43,6 +43,13 @@ pub struct PoolRec {
     /// Address to the host-local container id that holds it.
     #[serde(default)]
     pub allocations: BTreeMap<Ipv4Addr, String>,
+    /// Pool requests not yet released: Docker networks sharing the subnet.
+    #[serde(default = "one")]
+    pub users: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl PoolRec {
@@ -68,21 +75,37 @@ pub struct State {
 }
 
 /// The pool id Docker gets for `subnet`. One per subnet, so the pool
-/// requests Docker repeats when it restarts find the same pool.
+/// requests Docker repeats when it restarts find the same pool and the
+/// addresses in it.
 pub fn pool_id(subnet: Ipv4Net) -> String {
     format!("weft-{subnet}")
 }
 
 impl State {
-    /// Records the pool for `subnet` (kept if it exists); its id.
+    /// Records a request for the pool of `subnet`; its id.
     pub fn add_pool(&mut self, subnet: Ipv4Net, gateway: Ipv4Addr) -> String {
         let id = pool_id(subnet);
-        self.pools.entry(id.clone()).or_insert_with(|| PoolRec {
-            subnet: subnet.to_string(),
-            gateway,
-            allocations: BTreeMap::new(),
-        });
+        self.pools
+            .entry(id.clone())
+            .and_modify(|p| p.users = p.users.saturating_add(1))
+            .or_insert_with(|| PoolRec {
+                subnet: subnet.to_string(),
+                gateway,
+                allocations: BTreeMap::new(),
+                users: 1,
+            });
         id
+    }
+
+    /// Releases one request for pool `id`; the pool if that was the last
+    /// (its leftover allocations are the caller's to free).
+    pub fn release_pool(&mut self, id: &str) -> Option<PoolRec> {
+        let pool = self.pools.get_mut(id)?;
+        pool.users = pool.users.saturating_sub(1);
+        if pool.users > 0 {
+            return None;
+        }
+        self.pools.remove(id)
     }
 
     pub fn pool(&self, id: &str) -> Result<&PoolRec, PluginError> {
@@ -205,8 +228,10 @@ mod tests {
         assert_eq!(id, "weft-100.64.1.0/24");
         let a = Ipv4Addr::new(100, 64, 1, 5);
         s.record_allocation(&id, a, "docker-1".into());
-        // Docker repeats its pool request after a restart: same pool, same allocations.
+        // A second network on the subnet shares the pool and its allocations.
         assert_eq!(s.add_pool(net(), gw), id);
+        assert_eq!(s.allocation(&id, a), Some("docker-1"));
+        assert_eq!(s.release_pool(&id), None);
         assert_eq!(s.allocation(&id, a), Some("docker-1"));
         assert_eq!(s.take_allocation(&id, a).as_deref(), Some("docker-1"));
         assert_eq!(s.take_allocation(&id, a), None);
@@ -218,6 +243,13 @@ mod tests {
         // Unknown pools record nothing.
         s.record_allocation("nope", a, "docker-2".into());
         assert_eq!(s.pools.len(), 1);
+        s.record_allocation(&id, a, "docker-3".into());
+        let last = s
+            .release_pool(&id)
+            .expect("the last release frees the pool");
+        assert_eq!(last.allocations.len(), 1);
+        assert!(s.pools.is_empty());
+        assert_eq!(s.release_pool(&id), None);
     }
 
     #[test]
