@@ -92,7 +92,7 @@ fn read_token_from(
     token_file: Option<&std::path::Path>,
 ) -> anyhow::Result<String> {
     let raw = match (token, token_file) {
-        (Some(t), _) if t == "-" => {
+        (Some("-"), _) => {
             let mut s = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin().take(64 * 1024), &mut s)
                 .context("cannot read the join token from standard input")?;

@@ -7,11 +7,11 @@
 //!
 //! Stdout carries only the result (or a CNI error); logs go to stderr.
 
-mod config;
+pub(crate) mod config;
 mod delegate;
-mod error;
+pub(crate) mod error;
 mod install;
-mod invocation;
+pub(crate) mod invocation;
 
 use std::io::{IsTerminal as _, Read as _, Write as _};
 

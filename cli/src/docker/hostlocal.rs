@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::{json, Value};
 
-use super::cni_shared::config::{self, HostNetwork, NetConf};
+use crate::cni::config::{self, HostNetwork, NetConf};
 use super::wire::PluginError;
 
 /// The plugin that keeps the leases.

@@ -5,7 +5,6 @@
 //! Docker and Podman containers on one host never collide), and a veth on
 //! the agent's bridge.
 
-mod cni_shared;
 mod hostlocal;
 mod ipam;
 mod network;
@@ -23,7 +22,7 @@ use clap::Args;
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::{json, Value};
 
-use cni_shared::config::{HostNetwork, DEFAULT_STATE_DIR, NETWORK_FILE};
+use crate::cni::config::{HostNetwork, DEFAULT_STATE_DIR, NETWORK_FILE};
 use hostlocal::{HostLocal, DEFAULT_CNI_PATH};
 use state::{State, Store};
 use wire::{PluginError, Reply};
