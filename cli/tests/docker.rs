@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use weft_tests::cluster::{Cluster, ClusterSpec, CNI_PATH};
+use weft_tests::cluster::{Cluster, ClusterSpec};
 use weft_tests::docker::{
     container_addr, exchange, leases, run_container, source_seen, Dockerd, BUSYBOX_IMAGE, DOCKERD,
 };
@@ -38,28 +38,8 @@ fn require_tools() -> bool {
     false
 }
 
-/// Starts host `i`'s plugin with its socket in the daemon's plugin dir.
 fn start_plugin(lab: &Lab, c: &Cluster, i: usize, d: &Dockerd) -> Proc {
-    let socket = d.plugins_dir.join("weft.sock");
-    let p = lab.spawn(
-        &c.hosts[i].ns,
-        &weft().to_string_lossy(),
-        &[
-            "docker-plugin",
-            "--state-dir",
-            &c.hosts[i].state_dir.to_string_lossy(),
-            "--socket",
-            &socket.to_string_lossy(),
-            "--cni-path",
-            CNI_PATH,
-        ],
-        &[("WEFT_LOG", "info")],
-    );
-    wait_for(Duration::from_secs(10), "the plugin's socket", || {
-        socket.exists().then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}: {}", p.stderr()));
-    p
+    weft_tests::docker::start_plugin(lab, &weft(), &c.hosts[i], d)
 }
 
 #[test]
@@ -77,8 +57,7 @@ fn docker_containers_join_the_mesh_and_survive_restarts() {
         let d = Dockerd::start(&c.hosts[i].ns, &lab.tempdir().join(format!("docker{i}")))
             .expect("dockerd");
         plugins.push(start_plugin(&lab, &c, i, &d));
-        d.import_busybox(&lab.tempdir().join("rootfs"))
-            .expect("image");
+        d.import_busybox(lab.tempdir()).expect("image");
         d.docker(&[
             "network",
             "create",

@@ -10,7 +10,6 @@
 //! [`Dockerd`] removes its containers and stops the daemon (and the
 //! containerd it started) when dropped, also while a panic unwinds.
 
-use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -125,38 +124,18 @@ impl Dockerd {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
-    /// Imports an image of busybox (the static binary and its applet
-    /// links) built from `rootfs`, a scratch directory; no registry needed.
-    pub fn import_busybox(&self, rootfs: &Path) -> anyhow::Result<()> {
-        let bin = rootfs.join("bin");
-        if !bin.join("busybox").exists() {
-            std::fs::create_dir_all(&bin)?;
-            std::fs::copy("/bin/busybox", bin.join("busybox"))
-                .context("copy /bin/busybox (install busybox-static)")?;
-            for applet in [
-                "sh", "nc", "ip", "cat", "echo", "sleep", "nslookup", "ping", "netstat", "true",
-            ] {
-                std::os::unix::fs::symlink("busybox", bin.join(applet))?;
-            }
-            std::fs::create_dir_all(rootfs.join("tmp"))?;
-        }
-        let tar = Command::new("tar")
-            .arg("-C")
-            .arg(rootfs)
-            .args(["-c", "."])
-            .output()
-            .context("tar the busybox rootfs")?;
+    /// Imports an image of busybox ([`crate::images::busybox_rootfs_tar`],
+    /// made under `dir`); no registry needed.
+    pub fn import_busybox(&self, dir: &Path) -> anyhow::Result<()> {
+        let tar = crate::images::busybox_rootfs_tar(dir)?;
         let host = format!("unix://{}", self.dir.join("docker.sock").display());
-        let mut child = Command::new("docker")
-            .args(["-H", &host, "import", "-", BUSYBOX_IMAGE])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(&tar.stdout)?;
-        }
-        let out = child.wait_with_output()?;
+        let out = Command::new("docker")
+            .args(["-H", &host, "import"])
+            .arg(&tar)
+            .arg(BUSYBOX_IMAGE)
+            .stdin(Stdio::null())
+            .output()
+            .context("run docker import")?;
         if !out.status.success() {
             bail!("docker import: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -246,6 +225,36 @@ fn pids_mentioning(needle: &str) -> Vec<u32> {
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
         })
         .collect()
+}
+
+/// Starts `weft docker-plugin` for lab host `host`, its socket in `d`'s
+/// plugin directory, and waits for the socket.
+pub fn start_plugin(
+    lab: &crate::Lab,
+    weft: &Path,
+    host: &crate::cluster::Host,
+    d: &Dockerd,
+) -> crate::Proc {
+    let socket = d.plugins_dir.join("weft.sock");
+    let p = lab.spawn(
+        &host.ns,
+        &weft.to_string_lossy(),
+        &[
+            "docker-plugin",
+            "--state-dir",
+            &host.state_dir.to_string_lossy(),
+            "--socket",
+            &socket.to_string_lossy(),
+            "--cni-path",
+            crate::cluster::CNI_PATH,
+        ],
+        &[("WEFT_LOG", "info")],
+    );
+    wait_for(Duration::from_secs(10), "the plugin's socket", || {
+        socket.exists().then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", p.stderr()));
+    p
 }
 
 /// A container's network namespace, named under `/run/netns` (so lab

@@ -32,6 +32,7 @@ mod cluster_ops;
 mod cmd;
 pub mod demo;
 pub mod docker;
+pub mod images;
 mod lab;
 pub mod nat;
 mod pinger;

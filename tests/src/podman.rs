@@ -5,7 +5,7 @@
 //! and hide the cgroup mounts Podman needs), with `runc` (crun refuses
 //! this machine's cgroup layout) and cgroupfs (no systemd here).
 //!
-//! Images come from a busybox rootfs ([`busybox_rootfs_tar`]) through
+//! Images come from a busybox rootfs ([`crate::images::busybox_rootfs_tar`]) through
 //! `podman import`: there is no registry to pull from.
 
 use std::net::Ipv4Addr;
@@ -67,7 +67,7 @@ impl Podman {
             dir: dir.to_path_buf(),
             conf,
         };
-        let tar = busybox_rootfs_tar(dir)?;
+        let tar = crate::images::busybox_rootfs_tar(dir)?;
         p.cmd(&["import", &tar.to_string_lossy(), IMAGE])?;
         Ok(p)
     }
@@ -142,46 +142,4 @@ impl Drop for Podman {
         let _ = self.cmd(&["rm", "--all", "--force", "--time", "0"]);
         let _ = self.cmd(&["rmi", "--all", "--force"]);
     }
-}
-
-/// A tar of a minimal root filesystem: busybox (static) and a link for
-/// each of its applets in `/bin`. Made once per directory.
-pub fn busybox_rootfs_tar(dir: &Path) -> anyhow::Result<PathBuf> {
-    let tar = dir.join("busybox-rootfs.tar");
-    if tar.exists() {
-        return Ok(tar);
-    }
-    let root = dir.join("rootfs");
-    let bin = root.join("bin");
-    std::fs::create_dir_all(&bin).context("create rootfs")?;
-    for d in ["etc", "tmp", "proc", "sys", "dev", "root"] {
-        std::fs::create_dir_all(root.join(d)).context("create rootfs")?;
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .context("busybox is not installed (apt-get install busybox-static)")?;
-    std::fs::copy(busybox, bin.join("busybox")).context("copy busybox")?;
-    let list = Command::new(busybox)
-        .arg("--list")
-        .output()
-        .context("busybox --list")?;
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet.is_empty() || applet.contains('/') || applet == "busybox" {
-            continue;
-        }
-        let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
-    }
-    let out = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .output()
-        .context("run tar")?;
-    if !out.status.success() {
-        bail!("tar: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(tar)
 }
