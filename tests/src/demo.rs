@@ -40,7 +40,9 @@ impl DemoOptions {
 }
 
 /// Builds the cluster, prints one host's status, shows container-to-
-/// container ping and a TCP transfer across clouds, checks that every
+/// container ping and a TCP transfer across clouds, a container reaching
+/// the simulated internet, a Docker container talking to a CNI container
+/// in another cloud, checks that every
 /// container pair can talk, and tears everything down (or waits for Ctrl-C
 /// with `keep`). Fails if any container pair cannot talk.
 #[expect(clippy::print_stdout, reason = "the demo's output")]
@@ -147,6 +149,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     }
 
     internet(&cluster, &first)?;
+    crate::demo_docker::run(&cluster, &last)?;
 
     let pairs = all.len() * (all.len() - 1);
     println!("\n== every container pings every other container ({pairs} pairs)");

@@ -31,6 +31,7 @@ pub mod cluster;
 mod cluster_ops;
 mod cmd;
 pub mod demo;
+mod demo_docker;
 pub mod docker;
 pub mod images;
 mod lab;
