@@ -15,6 +15,10 @@ pub const AGENT_UNIT: (&str, &str) = (
     "weft-agent.service",
     include_str!("../../deploy/systemd/weft-agent.service"),
 );
+pub const DOCKER_PLUGIN_UNIT: (&str, &str) = (
+    "weft-docker-plugin.service",
+    include_str!("../../deploy/systemd/weft-docker-plugin.service"),
+);
 pub const COORDINATOR_UNIT: (&str, &str) = (
     "weft-coordinator.service",
     include_str!("../../deploy/systemd/weft-coordinator.service"),
@@ -28,7 +32,8 @@ pub struct InstallUnitsArgs {
     /// The weft binary the units run [default: this one].
     #[arg(long, value_name = "PATH")]
     pub bin: Option<PathBuf>,
-    /// Write only the agent's unit (a host that runs no coordinator).
+    /// Write only a host's units, the agent's and the Docker plugin's (a
+    /// host that runs no coordinator).
     #[arg(long, conflicts_with = "coordinator_only")]
     pub agent_only: bool,
     /// Write only the coordinator's unit.
@@ -57,6 +62,7 @@ pub fn run(args: InstallUnitsArgs) -> anyhow::Result<()> {
     let mut units = Vec::new();
     if !args.coordinator_only {
         units.push(AGENT_UNIT);
+        units.push(DOCKER_PLUGIN_UNIT);
     }
     if !args.agent_only {
         units.push(COORDINATOR_UNIT);
@@ -68,7 +74,11 @@ pub fn run(args: InstallUnitsArgs) -> anyhow::Result<()> {
         write_atomic(&dest, render(text, &bin)?.as_bytes())?;
         println!("wrote {}", dest.display());
     }
-    println!("now: systemctl daemon-reload, then systemctl enable --now weft-agent (a host: put its join token in /etc/weft/token first, mode 0600) or weft-coordinator");
+    println!(
+        "now: systemctl daemon-reload, then systemctl enable --now weft-agent (a host: put its \
+         join token in /etc/weft/token first, mode 0600), weft-docker-plugin (a host with \
+         Docker) or weft-coordinator"
+    );
     Ok(())
 }
 
@@ -98,7 +108,7 @@ mod tests {
 
     #[test]
     fn units_run_the_given_binary_as_notify_services() {
-        for (_, unit) in [AGENT_UNIT, COORDINATOR_UNIT] {
+        for (_, unit) in [AGENT_UNIT, DOCKER_PLUGIN_UNIT, COORDINATOR_UNIT] {
             let r = render(unit, Path::new("/opt/weft/bin/weft")).unwrap();
             assert!(!r.contains(SHIPPED_BIN), "{r}");
             assert!(r.contains("ExecStart=/opt/weft/bin/weft "), "{r}");

@@ -34,6 +34,7 @@ fn the_units_pass_systemd_analyze_verify() {
     );
     let units = [
         dir.join("weft-agent.service"),
+        dir.join("weft-docker-plugin.service"),
         dir.join("weft-coordinator.service"),
     ];
     let out = Command::new("systemd-analyze")

@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::{json, Value};
 
-use crate::cni::config::{self, HostNetwork, NetConf};
 use super::wire::PluginError;
+use crate::cni::config::{self, HostNetwork, NetConf};
 
 /// The plugin that keeps the leases.
 pub const HOST_LOCAL: &str = "host-local";

@@ -34,6 +34,7 @@ pub async fn serve(socket: PathBuf, plugin: Plugin) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tracing::info!(socket = %socket.display(), "docker plugin listening");
+    weft_mesh::agent::tell_service_manager(&[sd_notify::NotifyState::Ready]);
     let plugin = Arc::new(Mutex::new(plugin));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
