@@ -1,15 +1,13 @@
-//! The cluster's configuration beyond its nodes: the access policy (every
-//! version kept), the published services and the advertised routes; and
-//! their compiled form, one [`NodeView`] per host.
+//! The cluster's configuration beyond its nodes: the access policy, the
+//! published services and the advertised routes; which routes are in
+//! force; and their compiled form, one [`NodeView`] per host.
 //!
-//! Stored in the same redb file as nodes and tokens, written through the
-//! store's writer thread ([`crate::store::StoreHandle::write`]).
+//! Stored through [`crate::store`] ([`crate::store::ConfigChange`]); this
+//! module only decides, it never touches the database.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use redb::{ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
 use weft_proto::msg::{AclVersion, ServiceInfo};
 use weft_proto::policy::{
     compile, Cidr, Cluster, ClusterNode, PacketFilter, Policy, Selector, Service,
@@ -17,35 +15,17 @@ use weft_proto::policy::{
 use weft_proto::{NodeId, ServiceEntry};
 
 use crate::registry::Registry;
-use crate::store::{decode, StoreError};
+pub use crate::store::RouteRecord;
+use crate::store::{StoreError, StoredConfig};
 
-/// Policy version -> [`AclVersion`]. Versions start at 1 and only grow.
-pub const POLICY: TableDefinition<u64, &[u8]> = TableDefinition::new("policy_history");
-/// Service name -> [`ServiceInfo`].
-pub const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
-/// Node id -> [`RouteRecord`].
-pub const ROUTES: TableDefinition<u64, &[u8]> = TableDefinition::new("routes");
-
-/// The routes one node advertised and those an admin approved. A route is
-/// in force when it is both.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteRecord {
-    pub advertised: Vec<Cidr>,
-    pub approved: Vec<Cidr>,
-}
-
-impl RouteRecord {
-    /// The routes in force: advertised, and approved by an admin or by the
-    /// policy (`routes:`) for this node.
-    pub fn active(&self, policy: Option<&Policy>, node: &ClusterNode) -> Vec<Cidr> {
-        self.advertised
-            .iter()
-            .filter(|c| {
-                self.approved.contains(c) || policy.is_some_and(|p| p.approves_route(c, node))
-            })
-            .copied()
-            .collect()
-    }
+/// The routes in force: advertised, and approved by an admin or by the
+/// policy (`routes:`) for this node.
+pub fn active_routes(rec: &RouteRecord, policy: Option<&Policy>, node: &ClusterNode) -> Vec<Cidr> {
+    rec.advertised
+        .iter()
+        .filter(|c| rec.approved.contains(c) || policy.is_some_and(|p| p.approves_route(c, node)))
+        .copied()
+        .collect()
 }
 
 /// Puts every node's routes in force into its registry record (after a
@@ -60,7 +40,7 @@ pub fn refresh_routes(reg: &mut Registry, cfg: &ClusterConfig) -> bool {
         let Some(node) = reg.get(*id).map(|p| cluster_node(p)) else {
             continue;
         };
-        let mut active = rec.active(policy, &node);
+        let mut active = active_routes(rec, policy, &node);
         active.retain(|c| match taken.iter().find(|(t, _)| t.overlaps(c)) {
             Some((t, owner)) => {
                 tracing::warn!(node = %id, route = %c, %owner, taken = %t, "route not in force: it overlaps a route through another node");
@@ -94,42 +74,39 @@ pub struct ClusterConfig {
     pub routes: BTreeMap<NodeId, RouteRecord>,
 }
 
-pub fn create_tables(w: &redb::WriteTransaction) -> Result<(), redb::Error> {
-    w.open_table(POLICY)?;
-    w.open_table(SERVICES)?;
-    w.open_table(ROUTES)?;
-    Ok(())
-}
+impl ClusterConfig {
+    /// The configuration as stored, with its policy parsed.
+    pub fn from_stored(stored: StoredConfig) -> Result<Self, StoreError> {
+        let policy = match stored.policy {
+            None => None,
+            Some(v) => {
+                let parsed = Policy::parse(&v.text).map_err(|e| {
+                    StoreError::Corrupt(format!(
+                        "stored policy version {} no longer parses: {e}",
+                        v.version
+                    ))
+                })?;
+                Some((v, parsed))
+            }
+        };
+        Ok(Self {
+            policy,
+            services: stored.services,
+            routes: stored.routes,
+        })
+    }
 
-/// Loads what is in force from the database.
-pub fn load(
-    r: &redb::ReadTransaction,
-    err: &impl Fn(redb::Error) -> StoreError,
-) -> Result<ClusterConfig, StoreError> {
-    let mut cfg = ClusterConfig::default();
-    let policy = r.open_table(POLICY).map_err(|e| err(e.into()))?;
-    if let Some(item) = policy.last().map_err(|e| err(e.into()))? {
-        let v: AclVersion = decode(item.1.value())?;
-        let parsed = Policy::parse(&v.text).map_err(|e| {
-            StoreError::Corrupt(format!(
-                "stored policy version {} no longer parses: {e}",
-                v.version
-            ))
-        })?;
-        cfg.policy = Some((v, parsed));
+    /// The services that go with a removed node: those it ran or forwarded
+    /// a public port for (bound by id, or by its name when unbound). A new
+    /// host that takes the same name must not inherit them.
+    pub fn services_of(&self, id: NodeId, name: &str) -> Vec<String> {
+        let by_name = |n: &str| (n == name).then_some(id);
+        self.services
+            .values()
+            .filter(|s| s.node_in(by_name) == Some(id) || s.gateway_in(by_name) == Some(id))
+            .map(|s| s.name.clone())
+            .collect()
     }
-    let services = r.open_table(SERVICES).map_err(|e| err(e.into()))?;
-    for item in services.iter().map_err(|e| err(e.into()))? {
-        let (k, v) = item.map_err(|e| err(e.into()))?;
-        cfg.services
-            .insert(k.value().to_string(), decode(v.value())?);
-    }
-    let routes = r.open_table(ROUTES).map_err(|e| err(e.into()))?;
-    for item in routes.iter().map_err(|e| err(e.into()))? {
-        let (k, v) = item.map_err(|e| err(e.into()))?;
-        cfg.routes.insert(NodeId(k.value()), decode(v.value())?);
-    }
-    Ok(cfg)
 }
 
 /// What one host receives of the configuration.

@@ -160,5 +160,5 @@ pub(super) async fn remove_node_id(
     }
     info!(node = %id, name = %rec.name, subnet = %rec.subnet, "node {why}");
     config_ops::forget_node(shared, id, &rec.name).await;
-    Ok(rec.name)
+    Ok(rec.name.clone())
 }

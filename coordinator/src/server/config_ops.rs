@@ -2,13 +2,12 @@
 //! advertise. Each change is written durably, then compiled into every
 //! host's view and sent as netmap updates.
 
-use redb::ReadableTable;
 use weft_proto::msg::{AclVersion, RouteInfo, ServiceInfo};
 use weft_proto::policy::{run_tests, Cidr, Policy, Proto, Selector};
 
 use super::*;
 use crate::cluster::{self, RouteRecord};
-use crate::store::{encode, internal};
+use crate::store::ConfigChange;
 
 /// Most routes one host may advertise.
 const MAX_ROUTES: usize = 64;
@@ -77,20 +76,10 @@ pub(super) async fn acl_set(shared: &Shared, text: String) -> Result<AdminReply,
         text,
         hosts,
     };
-    let bytes = encode(&record);
+    // The store refuses the version if another change took it meanwhile.
     shared
         .store
-        .write(Box::new(move |txn| {
-            let mut t = txn.open_table(cluster::POLICY)?;
-            if t.get(version)?.is_some() {
-                return Ok(Err(refuse(
-                    ErrorCode::BadRequest,
-                    "another policy change landed at the same time; run the command again",
-                )));
-            }
-            t.insert(version, bytes.as_slice())?;
-            Ok(Ok(()))
-        }))
+        .write(vec![ConfigChange::PutPolicy(record.clone())])
         .await?;
     shared.cluster_mut().policy = Some((record, policy));
     // `routes:` may approve (or stop approving) advertised routes.
@@ -105,20 +94,7 @@ pub(super) async fn acl_set(shared: &Shared, text: String) -> Result<AdminReply,
 }
 
 pub(super) async fn acl_history(shared: &Shared) -> Result<AdminReply, ErrorReply> {
-    let versions = shared
-        .store
-        .read(|db| {
-            let r = redb::ReadableDatabase::begin_read(db).map_err(internal)?;
-            let t = r.open_table(cluster::POLICY).map_err(internal)?;
-            let mut out = Vec::new();
-            for item in t.iter().map_err(internal)? {
-                let (_, v) = item.map_err(internal)?;
-                out.push(crate::store::decode::<AclVersion>(v.value()).map_err(internal)?);
-            }
-            Ok(out)
-        })
-        .await?;
-    Ok(AdminReply::AclHistory(versions))
+    Ok(AdminReply::AclHistory(shared.store.policy_history().await?))
 }
 
 /// A DNS label: what a service name must be to resolve.
@@ -233,15 +209,9 @@ pub(super) async fn service_expose(
             "--via names the host of a public port; add --public PORT",
         ));
     }
-    let bytes = encode(&s);
-    let key = s.name.clone();
     shared
         .store
-        .write(Box::new(move |txn| {
-            txn.open_table(cluster::SERVICES)?
-                .insert(key.as_str(), bytes.as_slice())?;
-            Ok(Ok(()))
-        }))
+        .write(vec![ConfigChange::PutService(s.clone())])
         .await?;
     shared
         .cluster_mut()
@@ -268,13 +238,9 @@ pub(super) async fn service_remove(
             format!("no service `{name}`; see them with `weft service list`"),
         ));
     }
-    let key = name.clone();
     shared
         .store
-        .write(Box::new(move |txn| {
-            txn.open_table(cluster::SERVICES)?.remove(key.as_str())?;
-            Ok(Ok(()))
-        }))
+        .write(vec![ConfigChange::RemoveService(name.clone())])
         .await?;
     shared.cluster_mut().services.remove(&name);
     shared.reconfigure();
@@ -365,14 +331,9 @@ fn routes_of(shared: &Shared, id: NodeId) -> RouteRecord {
 
 /// Writes a node's route record and puts its routes in force.
 async fn save_routes(shared: &Shared, id: NodeId, rec: RouteRecord) -> Result<(), ErrorReply> {
-    let bytes = encode(&rec);
     shared
         .store
-        .write(Box::new(move |txn| {
-            txn.open_table(cluster::ROUTES)?
-                .insert(id.0, bytes.as_slice())?;
-            Ok(Ok(()))
-        }))
+        .write(vec![ConfigChange::PutRoutes(id, rec.clone())])
         .await?;
     shared.cluster_mut().routes.insert(id, rec);
     {
@@ -469,32 +430,18 @@ async fn store_advertisement(shared: &Shared, id: NodeId, mut routes: Vec<Cidr>)
 /// must not inherit them.
 pub(super) async fn forget_node(shared: &Shared, id: NodeId, name: &str) {
     let _change = shared.config_change.lock().await;
-    let services: Vec<String> = shared
-        .cluster()
-        .services
-        .values()
-        .filter(|s| {
-            let by_name = |n: &str| (n == name).then_some(id);
-            s.node_in(by_name) == Some(id) || s.gateway_in(by_name) == Some(id)
-        })
-        .map(|s| s.name.clone())
-        .collect();
+    let services = shared.cluster().services_of(id, name);
     let had_routes = shared.cluster().routes.contains_key(&id);
     if services.is_empty() && !had_routes {
         return;
     }
-    let keys = services.clone();
-    let saved = shared
-        .store
-        .write(Box::new(move |txn| {
-            let mut t = txn.open_table(cluster::SERVICES)?;
-            for k in &keys {
-                t.remove(k.as_str())?;
-            }
-            txn.open_table(cluster::ROUTES)?.remove(id.0)?;
-            Ok(Ok(()))
-        }))
-        .await;
+    let mut changes: Vec<ConfigChange> = services
+        .iter()
+        .cloned()
+        .map(ConfigChange::RemoveService)
+        .collect();
+    changes.push(ConfigChange::RemoveRoutes(id));
+    let saved = shared.store.write(changes).await;
     if let Err(e) = saved {
         warn!(node = %id, error = %e.message, "could not drop the removed node's services and routes");
         return;

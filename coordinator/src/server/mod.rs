@@ -260,7 +260,7 @@ impl Coordinator {
             tcp_port: config.tcp_port,
             domain: config.domain.clone(),
             allow_loopback_endpoints: config.allow_loopback_endpoints,
-            cluster: RwLock::new(opened.cluster),
+            cluster: RwLock::new(ClusterConfig::from_stored(opened.config)?),
             compiled: RwLock::new(Arc::new(Compiled::default())),
             membership_changed,
             compiling: Mutex::new(()),

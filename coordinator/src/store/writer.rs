@@ -1,0 +1,325 @@
+//! The store's writer thread: it owns the backend, the IPAM and the node
+//! id counter.
+//!
+//! It drains whatever requests are waiting (at most [`MAX_BATCH`]),
+//! decides each ([`super::decide`]), hands the backend the decided changes
+//! as one batch, and only after the commit is durable updates the
+//! registry, wakes the server and answers. A batch of nothing but refusals
+//! (bogus joins, say) commits nothing: no fsync. A batch the backend finds
+//! in conflict is decided again from fresh reads, up to [`MAX_ATTEMPTS`]
+//! times.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use weft_proto::msg::ErrorReply;
+use weft_proto::{NodeId, Peer};
+
+use super::decide::{self, Batch};
+use super::handle::{OnCommit, Request};
+use super::{internal, refuse, Change, CommitError, StoreBackend, StoreError, TokenRecord};
+use crate::ipam::Ipam;
+use crate::registry::Registry;
+
+/// Most requests applied in one batch.
+const MAX_BATCH: usize = 512;
+/// How often a batch whose preconditions no longer held is decided again
+/// before its requests fail.
+const MAX_ATTEMPTS: usize = 3;
+
+pub(super) struct Writer<B> {
+    backend: B,
+    registry: Arc<RwLock<Registry>>,
+    ipam: Ipam,
+    next_node_id: u64,
+    on_commit: OnCommit,
+}
+
+/// A write request's decision in the current attempt.
+enum Decided {
+    /// Refused; answered whatever happens to the batch.
+    Refused(ErrorReply),
+    /// Change `changes[first..end]` of the batch are this request's.
+    Changes { first: usize, end: usize },
+}
+
+impl<B: StoreBackend> Writer<B> {
+    pub(super) fn new(
+        backend: B,
+        registry: Arc<RwLock<Registry>>,
+        ipam: Ipam,
+        next_node_id: u64,
+        on_commit: OnCommit,
+    ) -> Self {
+        Self {
+            backend,
+            registry,
+            ipam,
+            next_node_id,
+            on_commit,
+        }
+    }
+
+    pub(super) fn run(mut self, rx: std::sync::mpsc::Receiver<Request>) {
+        let mut stop = None;
+        while let Ok(first) = rx.recv() {
+            let mut batch = Vec::new();
+            let mut next = Some(first);
+            while let Some(req) = next.take() {
+                match req {
+                    Request::Tokens(r) => drop(r.send(self.backend.tokens().map_err(internal))),
+                    Request::PolicyHistory(r) => {
+                        drop(r.send(self.backend.policy_history().map_err(internal)))
+                    }
+                    Request::Shutdown(r) => stop = Some(r),
+                    req => batch.push(req),
+                }
+                if stop.is_some() || batch.len() >= MAX_BATCH {
+                    break;
+                }
+                next = rx.try_recv().ok();
+            }
+            if !batch.is_empty() {
+                self.apply_batch(batch);
+            }
+            if stop.is_some() {
+                break;
+            }
+        }
+        drop(self);
+        if let Some(r) = stop {
+            let _ = r.send(());
+        }
+    }
+
+    /// The tokens the batch's requests name, as stored now.
+    fn read_tokens(
+        &mut self,
+        batch: &[Request],
+    ) -> Result<HashMap<String, Option<TokenRecord>>, StoreError> {
+        let mut tokens = HashMap::new();
+        for req in batch {
+            let id = match req {
+                Request::Join(a, _) => &a.token_id,
+                Request::RevokeToken(id, _) => id,
+                _ => continue,
+            };
+            if !tokens.contains_key(id) {
+                tokens.insert(id.clone(), self.backend.token(id)?);
+            }
+        }
+        Ok(tokens)
+    }
+
+    /// Decides every request of the batch against the current state.
+    fn decide(
+        &mut self,
+        batch: &[Request],
+        tokens: HashMap<String, Option<TokenRecord>>,
+    ) -> (Batch, Vec<Change>, Vec<Decided>) {
+        let mut b = Batch::new(tokens, self.next_node_id);
+        let mut changes = Vec::with_capacity(batch.len());
+        let mut decided = Vec::with_capacity(batch.len());
+        let reg = self.registry.read().unwrap_or_else(|p| p.into_inner());
+        for req in batch {
+            let first = changes.len();
+            let outcome: Result<(), ErrorReply> = match req {
+                Request::Join(args, _) => b
+                    .join(args, &reg, &mut self.ipam)
+                    .map(|r| changes.push(Change::Register(Box::new(r)))),
+                Request::CreateToken(rec, _) => {
+                    b.create_token(rec);
+                    changes.push(Change::CreateToken(rec.clone()));
+                    Ok(())
+                }
+                Request::RevokeToken(id, _) => b
+                    .revoke(id)
+                    .map(|(before, after)| changes.push(Change::UpdateToken { before, after })),
+                Request::RemoveNode(id, _) => {
+                    decide::remove_node(&reg, *id).map(|()| changes.push(Change::RemoveNode(*id)))
+                }
+                Request::Config(c, _) => {
+                    changes.extend(c.iter().cloned().map(Change::Config));
+                    Ok(())
+                }
+                Request::Tokens(_) | Request::PolicyHistory(_) | Request::Shutdown(_) => {
+                    Err(internal("not a write request"))
+                }
+            };
+            decided.push(match outcome {
+                Ok(()) => Decided::Changes {
+                    first,
+                    end: changes.len(),
+                },
+                Err(e) => Decided::Refused(e),
+            });
+        }
+        (b, changes, decided)
+    }
+
+    fn apply_batch(&mut self, mut batch: Vec<Request>) {
+        for attempt in 1..=MAX_ATTEMPTS {
+            let tokens = match self.read_tokens(&batch) {
+                Ok(t) => t,
+                Err(e) => return self.fail_all(batch, &e),
+            };
+            let (b, changes, decided) = self.decide(&batch, tokens);
+            if changes.is_empty() {
+                return answer(batch, decided, None);
+            }
+            let result = self.backend.commit(&changes);
+            match result {
+                Ok(()) => {
+                    self.next_node_id = b.next_node_id();
+                    let peers = self.apply_effects(&changes);
+                    return answer(
+                        batch,
+                        decided,
+                        Some(Committed {
+                            changes: &changes,
+                            removed: &peers,
+                        }),
+                    );
+                }
+                Err(e) => {
+                    for s in b.allocated() {
+                        self.ipam.release(*s);
+                    }
+                    match e {
+                        CommitError::Conflict { index, what } if attempt < MAX_ATTEMPTS => {
+                            tracing::warn!(%what, attempt, "store conflict; deciding the batch again");
+                            // A change the server decided cannot be decided
+                            // again here: its requester is told to retry.
+                            batch = reject_config_owner(batch, &decided, &changes, index);
+                        }
+                        CommitError::Conflict { what, .. } => {
+                            tracing::error!(%what, "store conflict persists; batch failed");
+                            return answer_failed(batch, decided, &what);
+                        }
+                        CommitError::Failed(e) => {
+                            tracing::error!(error = %e, "commit failed");
+                            // Back off so a broken disk does not spin.
+                            std::thread::sleep(Duration::from_millis(50));
+                            return answer_failed(batch, decided, "commit failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail_all(&mut self, batch: Vec<Request>, e: &StoreError) {
+        tracing::error!(error = %e, "cannot read the store");
+        std::thread::sleep(Duration::from_millis(50));
+        let decided = batch
+            .iter()
+            .map(|_| Decided::Refused(internal(e)))
+            .collect();
+        answer(batch, decided, None);
+    }
+
+    /// Puts committed node changes into the registry and IPAM; the removed
+    /// nodes as they were, by id.
+    fn apply_effects(&mut self, changes: &[Change]) -> HashMap<NodeId, Arc<Peer>> {
+        let mut changed = Vec::new();
+        let mut removed = HashMap::new();
+        {
+            let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
+            for c in changes {
+                match c {
+                    Change::Register(r) => {
+                        reg.insert(r.node.to_peer(), r.node.created_at);
+                        changed.push(r.node.id);
+                    }
+                    Change::RemoveNode(id) => {
+                        if let Some(peer) = reg.remove(*id) {
+                            self.ipam.release(peer.subnet);
+                            removed.insert(*id, peer);
+                        }
+                        changed.push(*id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !changed.is_empty() {
+            (self.on_commit)(&changed);
+        }
+        removed
+    }
+}
+
+/// The batch without the request that owns `changes[index]` if that is a
+/// configuration write, which is answered with the conflict.
+fn reject_config_owner(
+    batch: Vec<Request>,
+    decided: &[Decided],
+    changes: &[Change],
+    index: usize,
+) -> Vec<Request> {
+    let mut keep = Vec::with_capacity(batch.len());
+    for (req, d) in batch.into_iter().zip(decided) {
+        let owns = matches!(d, Decided::Changes { first, end } if (*first..*end).contains(&index));
+        match req {
+            Request::Config(_, reply) if owns => {
+                let msg = changes.get(index).map_or("", Change::conflict_message);
+                let _ = reply.send(Err(refuse(weft_proto::msg::ErrorCode::BadRequest, msg)));
+            }
+            req => keep.push(req),
+        }
+    }
+    keep
+}
+
+/// A committed batch: its changes, and the nodes it removed as they were.
+#[derive(Clone, Copy)]
+struct Committed<'a> {
+    changes: &'a [Change],
+    removed: &'a HashMap<NodeId, Arc<Peer>>,
+}
+
+/// Answers every request: refusals as decided, the rest with their
+/// committed result (`committed`), or as failed when it is `None`.
+fn answer(batch: Vec<Request>, decided: Vec<Decided>, committed: Option<Committed<'_>>) {
+    for (req, d) in batch.into_iter().zip(decided) {
+        let (first, refusal) = match d {
+            Decided::Refused(e) => (0, Some(e)),
+            Decided::Changes { first, .. } => (first, None),
+        };
+        let err = || refusal.clone().unwrap_or_else(|| internal("commit failed"));
+        let ok = committed.is_some() && refusal.is_none();
+        match req {
+            Request::Join(_, r) => {
+                let rec = committed.and_then(|c| match c.changes.get(first) {
+                    Some(Change::Register(reg)) if ok => Some(reg.node.clone()),
+                    _ => None,
+                });
+                let _ = r.send(rec.ok_or_else(err));
+            }
+            Request::RemoveNode(id, r) => {
+                let peer = committed.and_then(|c| c.removed.get(&id).filter(|_| ok).cloned());
+                let _ = r.send(peer.ok_or_else(err));
+            }
+            Request::CreateToken(_, r) | Request::RevokeToken(_, r) | Request::Config(_, r) => {
+                let _ = r.send(if ok { Ok(()) } else { Err(err()) });
+            }
+            Request::Tokens(r) => drop(r.send(Err(err()))),
+            Request::PolicyHistory(r) => drop(r.send(Err(err()))),
+            Request::Shutdown(r) => drop(r.send(())),
+        }
+    }
+}
+
+/// Answers a batch that was not committed: refusals as decided, the rest
+/// with an internal error saying why.
+fn answer_failed(batch: Vec<Request>, decided: Vec<Decided>, why: &str) {
+    let decided = decided
+        .into_iter()
+        .map(|d| match d {
+            Decided::Refused(e) => Decided::Refused(e),
+            Decided::Changes { .. } => Decided::Refused(internal(why)),
+        })
+        .collect();
+    answer(batch, decided, None);
+}
