@@ -241,3 +241,49 @@ pub fn compile_views(reg: &Registry, cfg: &ClusterConfig) -> Compiled {
     }
     Compiled { nodes }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+    use weft_proto::policy::Proto;
+
+    fn svc(name: &str, node: &str, node_id: Option<u64>) -> ServiceInfo {
+        ServiceInfo {
+            name: name.into(),
+            node: node.into(),
+            port: 80,
+            proto: Proto::Tcp,
+            addr: None,
+            allow: vec![],
+            public: None,
+            gateway: None,
+            node_id: node_id.map(NodeId),
+            gateway_id: None,
+        }
+    }
+
+    #[test]
+    fn a_removed_node_takes_its_services_not_those_of_its_name_sake() {
+        let mut cfg = ClusterConfig::default();
+        let forwarded = ServiceInfo {
+            public: Some(8443),
+            gateway: Some("a".into()),
+            gateway_id: Some(NodeId(1)),
+            ..svc("fwd", "b", Some(2))
+        };
+        for s in [
+            svc("bound", "a", Some(1)),
+            svc("unbound", "a", None),
+            svc("older-a", "a", Some(7)),
+            svc("other", "b", Some(2)),
+            forwarded,
+        ] {
+            cfg.services.insert(s.name.clone(), s);
+        }
+        let mut gone = cfg.services_of(NodeId(1), "a");
+        gone.sort();
+        assert_eq!(gone, ["bound", "fwd", "unbound"]);
+    }
+}

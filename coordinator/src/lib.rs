@@ -2,11 +2,14 @@
 //!
 //! [`Coordinator::start`] opens (or initialises) a state dir and serves hosts
 //! and admins over QUIC. The pieces: [`state`] (keys, certificate and admin
-//! credential on disk), [`store`] (redb, group-committed by one writer
-//! thread), [`ipam`] (host subnets), [`registry`] (nodes in memory and the
-//! change log netmaps are built from), [`server`] (the QUIC endpoint and one
-//! task per connection) and [`admin`] (the admin credential and the client
-//! side of admin commands, used by the `weft` CLI).
+//! credential on disk), [`store`] (nodes, tokens and configuration: pure
+//! decisions, a backend trait with redb and in-memory backends, and one
+//! group-committing writer thread), [`cluster`] (policy, services, routes
+//! and each host's compiled view), [`ipam`] (host subnets), [`registry`]
+//! (nodes in memory and the change log netmaps are built from), [`server`]
+//! (the QUIC endpoint and one task per connection) and [`admin`] (the admin
+//! credential and the client side of admin commands, used by the `weft`
+//! CLI).
 
 pub mod admin;
 pub mod cluster;

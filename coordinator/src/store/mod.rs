@@ -19,6 +19,11 @@
 //!   any instant, and a single-use token is consumed exactly once however
 //!   many joins race for it. When a backend reports a conflict, the front
 //!   decides the batch again from fresh reads.
+//!
+//! Endpoints and online state are not stored: hosts report them on every
+//! connection, and writing each change durably would put an fsync in the
+//! path of every roaming host. A replicated backend would share them
+//! separately (leases, not the transaction log).
 
 pub mod decide;
 mod handle;
