@@ -93,6 +93,7 @@ pub struct Batch {
     keys: HashSet<WgPublicKey>,
     names: HashSet<String>,
     allocated: Vec<HostSubnet>,
+    removed: HashSet<NodeId>,
 }
 
 impl Batch {
@@ -105,6 +106,7 @@ impl Batch {
             keys: HashSet::new(),
             names: HashSet::new(),
             allocated: Vec::new(),
+            removed: HashSet::new(),
         }
     }
 
@@ -178,6 +180,18 @@ impl Batch {
         })
     }
 
+    /// Decides a node removal: the node must be registered and not removed
+    /// earlier in this batch (an admin and the host leaving at once).
+    pub fn remove_node(&mut self, reg: &Registry, id: NodeId) -> Result<(), ErrorReply> {
+        if reg.get(id).is_none() || !self.removed.insert(id) {
+            return Err(refuse(
+                ErrorCode::NotFound,
+                format!("no node with id {id}; see the nodes with `weft node list`"),
+            ));
+        }
+        Ok(())
+    }
+
     /// A new token; later requests of the batch see it.
     pub fn create_token(&mut self, rec: &TokenRecord) {
         self.tokens.insert(rec.id.clone(), Some(rec.clone()));
@@ -197,17 +211,6 @@ impl Batch {
         };
         self.tokens.insert(id.to_string(), Some(after.clone()));
         Ok((before, after))
-    }
-}
-
-/// Decides a node removal: the node must be registered.
-pub fn remove_node(reg: &Registry, id: NodeId) -> Result<(), ErrorReply> {
-    match reg.get(id) {
-        Some(_) => Ok(()),
-        None => Err(refuse(
-            ErrorCode::NotFound,
-            format!("no node with id {id}; see the nodes with `weft node list`"),
-        )),
     }
 }
 
@@ -340,8 +343,16 @@ mod tests {
         b.create_token(&fresh);
         assert!(b.revoke("t2").is_ok());
         assert_eq!(
-            remove_node(&reg, NodeId(1)).unwrap_err().code,
+            b.remove_node(&reg, NodeId(1)).unwrap_err().code,
             ErrorCode::NotFound
+        );
+        let mut reg = reg;
+        reg.load(j.node.to_peer(), 0);
+        assert!(b.remove_node(&reg, j.node.id).is_ok());
+        assert_eq!(
+            b.remove_node(&reg, j.node.id).unwrap_err().code,
+            ErrorCode::NotFound,
+            "removed twice in one batch"
         );
     }
 }

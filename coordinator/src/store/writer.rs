@@ -16,7 +16,7 @@ use std::time::Duration;
 use weft_proto::msg::ErrorReply;
 use weft_proto::{NodeId, Peer};
 
-use super::decide::{self, Batch};
+use super::decide::Batch;
 use super::handle::{OnCommit, Request};
 use super::{internal, refuse, Change, CommitError, StoreBackend, StoreError, TokenRecord};
 use crate::ipam::Ipam;
@@ -136,9 +136,9 @@ impl<B: StoreBackend> Writer<B> {
                 Request::RevokeToken(id, _) => b
                     .revoke(id)
                     .map(|(before, after)| changes.push(Change::UpdateToken { before, after })),
-                Request::RemoveNode(id, _) => {
-                    decide::remove_node(&reg, *id).map(|()| changes.push(Change::RemoveNode(*id)))
-                }
+                Request::RemoveNode(id, _) => b
+                    .remove_node(&reg, *id)
+                    .map(|()| changes.push(Change::RemoveNode(*id))),
                 Request::Config(c, _) => {
                     changes.extend(c.iter().cloned().map(Change::Config));
                     Ok(())
