@@ -2,8 +2,6 @@
 //! coordinator (`deploy/systemd/`), written with the path of the weft binary
 //! that runs the command.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -71,7 +69,7 @@ pub fn run(args: InstallUnitsArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
     for (name, text) in units {
         let dest = args.dir.join(name);
-        write_atomic(&dest, render(text, &bin)?.as_bytes())?;
+        crate::cni::write_atomic(&dest, render(text, &bin)?.as_bytes(), 0o644)?;
         println!("wrote {}", dest.display());
     }
     println!(
@@ -79,26 +77,6 @@ pub fn run(args: InstallUnitsArgs) -> anyhow::Result<()> {
          join token in /etc/weft/token first, mode 0600), weft-docker-plugin (a host with \
          Docker) or weft-coordinator"
     );
-    Ok(())
-}
-
-fn write_atomic(dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = dest.with_extension("tmp");
-    let written = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dest)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", dest.display()));
-    }
     Ok(())
 }
 

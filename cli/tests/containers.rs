@@ -6,10 +6,10 @@
 //! one fails instead of skipping.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use weft_tests::cluster::{seen_source, Cluster, ClusterSpec};
-use weft_tests::docker::{run_container, start_plugin, Dockerd, NamedNetns, DOCKERD};
+use weft_tests::docker::{run_container, with_weft_network, NamedNetns, DOCKERD};
 use weft_tests::podman::Podman;
 use weft_tests::{require_root, wait_for, Lab};
 
@@ -18,19 +18,10 @@ fn weft() -> PathBuf {
 }
 
 fn require_tools() -> bool {
-    let missing: Vec<&str> = [DOCKERD, "/usr/bin/podman", "/bin/busybox", "/usr/sbin/runc"]
-        .into_iter()
-        .filter(|p| !Path::new(p).exists())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "this test needs {missing:?} in CI (docker.io, podman, runc, busybox-static)"
-    );
-    eprintln!("skipping: {missing:?} not installed");
-    false
+    weft_tests::require_tools(
+        &[DOCKERD, "/usr/bin/podman", "/bin/busybox", "/usr/sbin/runc"],
+        "docker.io podman runc busybox-static",
+    )
 }
 
 #[test]
@@ -43,19 +34,9 @@ fn docker_and_podman_containers_share_the_mesh() {
     let gw = c.host_addr(0).expect("address");
 
     // Host a: Docker and Podman side by side.
-    let d = Dockerd::start(&c.hosts[0].ns, &lab.tempdir().join("docker-a")).expect("dockerd");
-    let _plugin = start_plugin(&lab, &weft(), &c.hosts[0], &d);
-    d.import_busybox(lab.tempdir()).expect("docker image");
-    d.docker(&[
-        "network",
-        "create",
-        "-d",
-        "weft",
-        "--ipam-driver",
-        "weft",
-        "weft",
-    ])
-    .expect("docker network");
+    let (d, _plugin) =
+        with_weft_network(&lab, &weft(), &c.hosts[0], &lab.tempdir().join("docker-a"))
+            .expect("dockerd with the weft network");
     let dk = run_container(&d, "dk", gw);
     let pa = Podman::new(&c.hosts[0], &weft(), &lab.tempdir().join("podman-a")).expect("podman a");
     pa.run("pa", "sleep 3600").expect("podman run on a");

@@ -8,12 +8,13 @@
 //! skipping it.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use weft_tests::cluster::{Cluster, ClusterSpec};
 use weft_tests::docker::{
-    container_addr, exchange, leases, run_container, source_seen, Dockerd, BUSYBOX_IMAGE, DOCKERD,
+    container_addr, exchange, leases, run_container, source_seen, with_weft_network, Dockerd,
+    BUSYBOX_IMAGE, DOCKERD,
 };
 use weft_tests::{require_root, wait_for, Lab, Proc};
 
@@ -21,21 +22,11 @@ fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
 }
 
-/// Whether the tools are installed; in CI their absence fails the test.
 fn require_tools() -> bool {
-    let missing: Vec<&str> = [DOCKERD, "/bin/busybox", "/usr/lib/cni/host-local"]
-        .into_iter()
-        .filter(|p| !Path::new(p).exists())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "the Docker test needs {missing:?} in CI (docker.io, busybox-static, containernetworking-plugins)"
-    );
-    eprintln!("skipping: {missing:?} not installed");
-    false
+    weft_tests::require_tools(
+        &[DOCKERD, "/bin/busybox", "/usr/lib/cni/host-local"],
+        "docker.io busybox-static containernetworking-plugins",
+    )
 }
 
 fn start_plugin(lab: &Lab, c: &Cluster, i: usize, d: &Dockerd) -> Proc {
@@ -54,20 +45,14 @@ fn docker_containers_join_the_mesh_and_survive_restarts() {
     let mut daemons = Vec::new();
     let mut plugins = Vec::new();
     for i in 0..2 {
-        let d = Dockerd::start(&c.hosts[i].ns, &lab.tempdir().join(format!("docker{i}")))
-            .expect("dockerd");
-        plugins.push(start_plugin(&lab, &c, i, &d));
-        d.import_busybox(lab.tempdir()).expect("image");
-        d.docker(&[
-            "network",
-            "create",
-            "-d",
-            "weft",
-            "--ipam-driver",
-            "weft",
-            "weft",
-        ])
-        .unwrap_or_else(|e| panic!("{e}\n{}", plugins[i].stderr()));
+        let (d, p) = with_weft_network(
+            &lab,
+            &weft(),
+            &c.hosts[i],
+            &lab.tempdir().join(format!("docker{i}")),
+        )
+        .expect("dockerd with the weft network");
+        plugins.push(p);
         daemons.push(d);
     }
     // A network made without weft's IPAM is refused with the fix.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 
 use crate::cluster::{seen_source, Cluster, Container};
-use crate::docker::{run_container, start_plugin, Dockerd, NamedNetns, DOCKERD};
+use crate::docker::{run_container, with_weft_network, NamedNetns, DOCKERD};
 use crate::Server;
 
 /// Runs the step; `to` is the CNI container to talk to.
@@ -26,18 +26,7 @@ pub fn run(cluster: &Cluster, to: &Container) -> anyhow::Result<()> {
         std::path::Path::new(DOCKERD).exists(),
         "dockerd is not installed (apt-get install docker.io; scripts/cluster.sh does)"
     );
-    let d = Dockerd::start(&host.ns, &lab.tempdir().join("docker"))?;
-    let _plugin = start_plugin(lab, &cluster.weft, host, &d);
-    d.import_busybox(lab.tempdir())?;
-    d.docker(&[
-        "network",
-        "create",
-        "-d",
-        "weft",
-        "--ipam-driver",
-        "weft",
-        "weft",
-    ])?;
+    let (d, _plugin) = with_weft_network(lab, &cluster.weft, host, &lab.tempdir().join("docker"))?;
     println!("   dockerd + `weft docker-plugin` on {}; docker network create -d weft --ipam-driver weft weft", host.name);
     let gw = cluster.host_addr(0)?;
     let addr = run_container(&d, "demo", gw);

@@ -257,6 +257,31 @@ pub fn start_plugin(
     p
 }
 
+/// A dockerd for lab host `host` (files under `dir`) with its
+/// `weft docker-plugin`, the busybox image, and the network the README
+/// makes: `docker network create -d weft --ipam-driver weft weft`.
+pub fn with_weft_network(
+    lab: &crate::Lab,
+    weft: &Path,
+    host: &crate::cluster::Host,
+    dir: &Path,
+) -> anyhow::Result<(Dockerd, crate::Proc)> {
+    let d = Dockerd::start(&host.ns, dir)?;
+    let plugin = start_plugin(lab, weft, host, &d);
+    d.import_busybox(lab.tempdir())?;
+    d.docker(&[
+        "network",
+        "create",
+        "-d",
+        "weft",
+        "--ipam-driver",
+        "weft",
+        "weft",
+    ])
+    .with_context(|| format!("the plugin said: {}", plugin.stderr()))?;
+    Ok((d, plugin))
+}
+
 /// A container's network namespace, named under `/run/netns` (so lab
 /// helpers such as [`crate::cluster::seen_source`] can enter it) until dropped.
 pub struct NamedNetns {

@@ -57,6 +57,26 @@ pub use traffic::{ping, ping_with, snmp_counter, tcp_transfer, vm_rss_kib};
 
 use std::time::{Duration, Instant};
 
+/// Whether the programs at `paths` are installed. Otherwise prints a note
+/// and returns false so the caller skips, except in CI (`CI` set), where
+/// the test fails, naming the Debian `packages` that provide them.
+pub fn require_tools(paths: &[&str], packages: &str) -> bool {
+    let missing: Vec<&str> = paths
+        .iter()
+        .copied()
+        .filter(|p| !std::path::Path::new(p).exists())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "this test needs {missing:?} in CI (apt-get install {packages})"
+    );
+    eprintln!("skipping: {missing:?} not installed (apt-get install {packages})");
+    false
+}
+
 /// Whether namespace tests can run here: true as root. Otherwise prints a
 /// note and returns false so the caller skips, except in CI (`CI` set), where
 /// a missing privilege must fail the test rather than silently skip it.

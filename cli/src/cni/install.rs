@@ -140,7 +140,7 @@ fn check_file_name(file: &str) -> anyhow::Result<()> {
 
 /// Writes `bytes` to a temporary file beside `dest` with `mode`, then
 /// renames it over `dest` (creating the directory if needed).
-fn write_atomic(dest: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+pub(crate) fn write_atomic(dest: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = dest.file_name().unwrap_or_default().to_string_lossy();

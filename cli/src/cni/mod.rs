@@ -11,6 +11,7 @@ pub(crate) mod config;
 mod delegate;
 pub(crate) mod error;
 mod install;
+pub(crate) use install::write_atomic;
 pub(crate) mod invocation;
 
 use std::io::{IsTerminal as _, Read as _, Write as _};
