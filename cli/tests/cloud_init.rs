@@ -20,6 +20,20 @@ fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
 }
 
+/// `weft token create --cloud-init` for a binary at `url` with `hash`.
+fn document(c: &Cluster, url: &str, hash: &str) -> String {
+    c.admin(&[
+        "token",
+        "create",
+        "--cloud-init",
+        "--binary-url",
+        url,
+        "--binary-sha256",
+        hash,
+    ])
+    .expect("cloud-init document")
+}
+
 #[test]
 fn a_fresh_vm_comes_up_joined_from_its_user_data() {
     if !require_root() {
@@ -56,17 +70,7 @@ fn a_fresh_vm_comes_up_joined_from_its_user_data() {
     .expect("serving");
 
     // A document with the wrong hash installs nothing and joins nothing.
-    let bad = c
-        .admin(&[
-            "token",
-            "create",
-            "--cloud-init",
-            "--binary-url",
-            &url,
-            "--binary-sha256",
-            &"00".repeat(32),
-        ])
-        .expect("cloud-init document");
+    let bad = document(&c, &url, &"00".repeat(32));
     let v = c.fresh_host(1, 2);
     let vm =
         cloud_init::boot(&lab, &c.hosts[v].ns, &bad, &lab.tempdir().join("vm-bad")).expect("boot");
@@ -88,17 +92,7 @@ fn a_fresh_vm_comes_up_joined_from_its_user_data() {
     assert!(!vm.file("/usr/local/bin/weft").exists());
 
     // The real one.
-    let doc = c
-        .admin(&[
-            "token",
-            "create",
-            "--cloud-init",
-            "--binary-url",
-            &url,
-            "--binary-sha256",
-            &sha,
-        ])
-        .expect("cloud-init document");
+    let doc = document(&c, &url, &sha);
     let v = c.fresh_host(1, 3);
     let vm = cloud_init::boot(&lab, &c.hosts[v].ns, &doc, &lab.tempdir().join("vm")).expect("boot");
     let peer = wait_for(Duration::from_secs(30), "the VM to join", || {
