@@ -41,8 +41,13 @@ fn two_clouds(host_mtu: Option<u16>, internet_mtu: Option<u16>) -> ClusterSpec {
 /// container in cloud 1 to one in cloud 2, and back.
 fn transfer_through(lab: &Lab, spec: ClusterSpec, tunnel_mtu: u64) -> Cluster<'_> {
     let c = Cluster::build(lab, &weft(), spec).expect("cluster");
-    for h in &c.hosts {
+    for (i, h) in c.hosts.iter().enumerate() {
         assert_eq!(link_mtu(lab, &h.ns, &h.interface), tunnel_mtu, "{}", h.name);
+        assert_eq!(
+            c.status(i).expect("status")["host"]["mtu"],
+            tunnel_mtu,
+            "weft status shows it"
+        );
     }
     let a = c.hosts[0].containers[0].clone();
     let b = c.hosts[1].containers[0].clone();

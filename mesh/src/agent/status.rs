@@ -52,6 +52,9 @@ pub struct HostStatus {
     pub public_key: String,
     /// UDP endpoints reported to the coordinator.
     pub endpoints: Vec<String>,
+    /// The tunnel's MTU now (picked from the uplinks unless `--mtu`).
+    #[serde(default)]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -136,8 +139,14 @@ impl Status {
         let h = &self.host;
         let _ = writeln!(
             out,
-            "host {} (node {})  address {}  subnet {}  interface {} port {}",
-            h.name, h.node_id, h.address, h.subnet, h.interface, h.listen_port
+            "host {} (node {})  address {}  subnet {}  interface {} port {}{}",
+            h.name,
+            h.node_id,
+            h.address,
+            h.subnet,
+            h.interface,
+            h.listen_port,
+            h.mtu.map_or_else(String::new, |m| format!(" mtu {m}"))
         );
         let c = &self.coordinator;
         let heard = match c.last_heard_ms {
@@ -294,6 +303,9 @@ impl super::Shared {
                 listen_port: snap.listen_port,
                 public_key: self.public_key.public_from_private().to_base64(),
                 endpoints: v.endpoints.iter().map(ToString::to_string).collect(),
+                mtu: std::fs::read_to_string(format!("/sys/class/net/{}/mtu", id.interface))
+                    .ok()
+                    .and_then(|m| m.trim().parse().ok()),
             },
             coordinator: CoordinatorStatus {
                 addrs: id.coordinator.addrs.clone(),
