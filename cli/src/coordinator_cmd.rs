@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use weft_coordinator::{Config, Coordinator};
+use weft_coordinator::store::etcd::EtcdConfig;
+use weft_coordinator::{Config, Coordinator, StoreConfig};
 
 #[derive(Args, Debug)]
 pub struct CoordinatorArgs {
@@ -35,12 +36,56 @@ pub struct CoordinatorArgs {
     /// dropped, with multicast, link-local and overlay addresses).
     #[arg(long)]
     allow_loopback_endpoints: bool,
+    /// Where nodes, tokens and the configuration are kept: `redb` (a file
+    /// in the state dir) or `etcd://HOST:PORT,HOST:PORT,...` (an etcd v3
+    /// cluster several coordinators share). Keys, certificate and admin
+    /// credential stay in the state dir either way.
+    #[arg(long, value_name = "redb|etcd://HOST:PORT,...", default_value = "redb")]
+    store: String,
+    /// Prefix of every key the coordinator writes to etcd.
+    #[arg(long, value_name = "PREFIX", default_value = "/weft")]
+    etcd_prefix: String,
+    /// CA (PEM) that signed the etcd members' certificates; speaks TLS to etcd.
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd, with --etcd-key.
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// Key (PEM) of the client certificate for etcd.
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// How long changes are gathered before they are pushed (milliseconds).
     #[arg(long, default_value_t = 25, hide = true)]
     coalesce_ms: u64,
 }
 
+/// The store `--store` and the `--etcd-*` flags name.
+fn store_config(args: &CoordinatorArgs) -> anyhow::Result<StoreConfig> {
+    if args.store == "redb" {
+        let etcd_flag =
+            args.etcd_ca.is_some() || args.etcd_cert.is_some() || args.etcd_prefix != "/weft";
+        anyhow::ensure!(
+            !etcd_flag,
+            "--etcd-prefix, --etcd-ca, --etcd-cert and --etcd-key apply only with --store etcd://HOST:PORT,..."
+        );
+        return Ok(StoreConfig::Redb);
+    }
+    let mut cfg = EtcdConfig::from_url(&args.store)
+        .map_err(|e| anyhow::anyhow!("--store: {e} (or redb, the default)"))?;
+    anyhow::ensure!(
+        args.etcd_prefix.starts_with('/') && args.etcd_prefix.len() > 1,
+        "--etcd-prefix {} must start with / and name something, like /weft",
+        args.etcd_prefix
+    );
+    cfg.prefix = args.etcd_prefix.clone();
+    cfg.ca = args.etcd_ca.clone();
+    cfg.cert = args.etcd_cert.clone();
+    cfg.key = args.etcd_key.clone();
+    Ok(StoreConfig::Etcd(cfg))
+}
+
 pub fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let store = store_config(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -53,6 +98,7 @@ pub fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
         config.domain = args.domain.trim_end_matches('.').to_ascii_lowercase();
         config.coalesce = Duration::from_millis(args.coalesce_ms.min(50));
         config.allow_loopback_endpoints = args.allow_loopback_endpoints;
+        config.store = store;
         let coordinator = Coordinator::start(config).await?;
         tracing::info!(
             admin = %coordinator.admin_credential_path().display(),

@@ -57,6 +57,20 @@ pub struct Config {
     /// host on one machine); off, they are dropped like other addresses no
     /// peer could reach.
     pub allow_loopback_endpoints: bool,
+    /// Where nodes, tokens and the configuration are kept. The identity
+    /// (keys, certificate, admin credential) stays in `state_dir` either
+    /// way.
+    pub store: StoreConfig,
+}
+
+/// The store's backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// `weft.redb` in the state dir.
+    #[default]
+    Redb,
+    /// An etcd v3 cluster, shared by every coordinator replica.
+    Etcd(store::etcd::EtcdConfig),
 }
 
 impl Config {
@@ -73,6 +87,7 @@ impl Config {
             tcp_port: None,
             domain: weft_proto::msg::DEFAULT_DOMAIN.to_string(),
             allow_loopback_endpoints: false,
+            store: StoreConfig::Redb,
         }
     }
 }

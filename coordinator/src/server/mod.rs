@@ -170,10 +170,18 @@ impl Coordinator {
             })
         };
         let db_path = config.state_dir.join(state::DB_FILE);
-        let opened =
-            tokio::task::spawn_blocking(move || store::open(&db_path, ipam, epoch, on_commit))
-                .await
-                .map_err(|e| CoordinatorError::Tls(format!("store open task failed: {e}")))??;
+        let store_config = config.store.clone();
+        let opened = tokio::task::spawn_blocking(move || match store_config {
+            crate::StoreConfig::Redb => store::open(&db_path, ipam, epoch, on_commit),
+            crate::StoreConfig::Etcd(cfg) => store::open_with(
+                store::etcd::EtcdBackend::connect(&cfg)?,
+                ipam,
+                epoch,
+                on_commit,
+            ),
+        })
+        .await
+        .map_err(|e| CoordinatorError::Tls(format!("store open task failed: {e}")))??;
 
         let socket = bind_udp(config.listen)?;
         let local = socket

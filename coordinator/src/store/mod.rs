@@ -11,7 +11,8 @@
 //!   after checking the preconditions each change was decided under (the
 //!   token as it was read, the subnet still free, ...). It holds no rules
 //!   of its own. [`redb`] is the on-disk backend, [`memory`] its in-memory
-//!   twin for tests.
+//!   twin for tests, [`etcd`] the replicated one (several coordinators on
+//!   one etcd cluster).
 //! - [`StoreHandle`] (the front, [`handle`] and [`writer`]): one thread that drains
 //!   queued requests, decides them, commits them as one batch (group
 //!   commit: one fsync for many joins) and only then updates the in-memory
@@ -26,6 +27,7 @@
 //! separately (leases, not the transaction log).
 
 pub mod decide;
+pub mod etcd;
 mod handle;
 pub mod memory;
 pub mod redb;
@@ -231,6 +233,19 @@ pub trait StoreBackend: Send + 'static {
     /// returns `Ok` every change is on disk (or replicated); otherwise none
     /// is.
     fn commit(&mut self, changes: &[Change]) -> Result<(), CommitError>;
+    /// Whether other processes (coordinator replicas) write to the same
+    /// store. Then a conflict may come from a node, subnet or name another
+    /// replica took, and the writer loads the store again before deciding
+    /// again; otherwise only the tokens are read again.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// The most changes one [`StoreBackend::commit`] takes (etcd bounds the
+    /// operations of a transaction); the writer commits bigger batches in
+    /// several steps, each whole requests.
+    fn max_changes_per_commit(&self) -> usize {
+        usize::MAX
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +255,13 @@ pub enum StoreError {
         path: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The etcd cluster: `reason` says what happened, `hint` what to do.
+    #[error("etcd at {endpoints} {reason}; {hint}")]
+    Etcd {
+        endpoints: String,
+        reason: String,
+        hint: &'static str,
     },
     #[error("stored record is corrupt: {0}; restore the state dir from a backup, or move it away to start a new cluster")]
     Corrupt(String),

@@ -198,3 +198,73 @@ async fn config_writes_removals_and_revocations() {
     assert_eq!(o.handle.tokens().await.unwrap().len(), 1);
     o.handle.shutdown().await;
 }
+
+/// A memory backend other fronts also write to, as etcd is for replicas;
+/// it takes at most 4 changes a commit.
+#[derive(Clone)]
+struct Replicated(MemoryBackend);
+
+impl StoreBackend for Replicated {
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        self.0.load()
+    }
+    fn token(&mut self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.0.token(id)
+    }
+    fn tokens(&mut self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.0.tokens()
+    }
+    fn policy_history(&mut self) -> Result<Vec<AclVersion>, StoreError> {
+        self.0.policy_history()
+    }
+    fn commit(&mut self, changes: &[Change]) -> Result<(), CommitError> {
+        assert!(
+            changes.len() <= 4,
+            "{} changes in one commit",
+            changes.len()
+        );
+        self.0.commit(changes)
+    }
+    fn shared(&self) -> bool {
+        true
+    }
+    fn max_changes_per_commit(&self) -> usize {
+        4
+    }
+}
+
+#[tokio::test]
+async fn three_fronts_on_one_shared_store_converge() {
+    let mem = MemoryBackend::new();
+    let fronts: Vec<_> = (0..3).map(|_| start(Replicated(mem.clone())).0).collect();
+    fronts[0]
+        .handle
+        .create_token(token("t", None))
+        .await
+        .unwrap();
+    let joins: Vec<_> = (1..=60)
+        .map(|k| {
+            let h = fronts[usize::from(k) % 3].handle.clone();
+            tokio::spawn(async move { h.join(join(k)).await })
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for j in joins {
+        nodes.push(j.await.unwrap().unwrap());
+    }
+    let ids: std::collections::HashSet<_> = nodes.iter().map(|n| n.id).collect();
+    let subnets: std::collections::HashSet<_> = nodes.iter().map(|n| n.subnet).collect();
+    assert_eq!((ids.len(), subnets.len()), (60, 60));
+    assert_eq!(mem.nodes().len(), 60);
+    assert!(
+        mem.commits() >= 15,
+        "batches of at most 4: {}",
+        mem.commits()
+    );
+    // Each front learnt the others' nodes when it lost a race: its
+    // registry holds at least its own.
+    for f in &fronts {
+        assert!(f.registry.read().unwrap().len() >= 20);
+        f.handle.shutdown().await;
+    }
+}

@@ -7,11 +7,17 @@
 //! registry, wakes the server and answers. A batch of nothing but refusals
 //! (bogus joins, say) commits nothing: no fsync. A batch the backend finds
 //! in conflict is decided again from fresh reads, up to [`MAX_ATTEMPTS`]
-//! times.
+//! times: the tokens read again, and on a store other replicas write to
+//! ([`StoreBackend::shared`]) the whole store loaded again, since the
+//! node, subnet or name this process chose may be another's now. A batch
+//! with more changes than the backend takes in one commit is committed in
+//! several, each of whole requests.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use rand::Rng as _;
 
 use weft_proto::msg::ErrorReply;
 use weft_proto::{NodeId, Peer};
@@ -27,6 +33,11 @@ const MAX_BATCH: usize = 512;
 /// How often a batch whose preconditions no longer held is decided again
 /// before its requests fail.
 const MAX_ATTEMPTS: usize = 3;
+/// The same on a store other replicas write to, where a batch can lose
+/// the race for the node id counter many times in a row while another
+/// replica drains its queue: bounded by time as well.
+const SHARED_MAX_ATTEMPTS: usize = 200;
+const SHARED_CONFLICT_BUDGET: Duration = Duration::from_secs(15);
 
 pub(super) struct Writer<B> {
     backend: B,
@@ -158,22 +169,61 @@ impl<B: StoreBackend> Writer<B> {
         (b, changes, decided)
     }
 
-    fn apply_batch(&mut self, mut batch: Vec<Request>) {
-        for attempt in 1..=MAX_ATTEMPTS {
+    fn apply_batch(&mut self, batch: Vec<Request>) {
+        let mut pending = batch;
+        while !pending.is_empty() {
+            pending = self.apply_some(pending);
+        }
+    }
+
+    /// Commits the leading requests of `batch` whose changes one commit
+    /// takes ([`StoreBackend::max_changes_per_commit`]; all of them for a
+    /// local backend) and answers them; the requests left over.
+    fn apply_some(&mut self, mut batch: Vec<Request>) -> Vec<Request> {
+        let shared = self.backend.shared();
+        let cap = self.backend.max_changes_per_commit().max(1);
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let tokens = match self.read_tokens(&batch) {
                 Ok(t) => t,
-                Err(e) => return self.fail_all(batch, &e),
+                Err(e) => {
+                    self.fail_all(batch, &e);
+                    return rest;
+                }
             };
             let (b, changes, decided) = self.decide(&batch, tokens);
+            if changes.len() > cap && batch.len() > 1 {
+                // Keep the requests whose changes fit (at least one), and
+                // decide them again alone.
+                let fits = decided
+                    .iter()
+                    .position(|d| matches!(d, Decided::Changes { end, .. } if *end > cap))
+                    .unwrap_or(batch.len())
+                    .max(1);
+                if fits < batch.len() {
+                    for s in b.allocated() {
+                        self.ipam.release(*s);
+                    }
+                    let mut tail = batch.split_off(fits);
+                    tail.append(&mut rest);
+                    rest = tail;
+                    attempt -= 1;
+                    continue;
+                }
+            }
             if changes.is_empty() {
-                return answer(batch, decided, None);
+                answer(batch, decided, None);
+                return rest;
             }
             let result = self.backend.commit(&changes);
             match result {
                 Ok(()) => {
                     self.next_node_id = b.next_node_id();
                     let peers = self.apply_effects(&changes);
-                    return answer(
+                    answer(
                         batch,
                         decided,
                         Some(Committed {
@@ -181,32 +231,89 @@ impl<B: StoreBackend> Writer<B> {
                             removed: &peers,
                         }),
                     );
+                    return rest;
                 }
                 Err(e) => {
                     for s in b.allocated() {
                         self.ipam.release(*s);
                     }
+                    let again = if shared {
+                        attempt < SHARED_MAX_ATTEMPTS && started.elapsed() < SHARED_CONFLICT_BUDGET
+                    } else {
+                        attempt < MAX_ATTEMPTS
+                    };
                     match e {
-                        CommitError::Conflict { index, what } if attempt < MAX_ATTEMPTS => {
-                            tracing::warn!(%what, attempt, "store conflict; deciding the batch again");
+                        CommitError::Conflict { index, what } if again => {
+                            tracing::debug!(%what, attempt, "store conflict; deciding the batch again");
                             // A change the server decided cannot be decided
                             // again here: its requester is told to retry.
                             batch = reject_config_owner(batch, &decided, &changes, index);
+                            if shared {
+                                // Another replica took what this batch
+                                // chose: wait a little (so racing replicas
+                                // spread out), then read what it wrote.
+                                let ms = rand::thread_rng().gen_range(1..=(1u64 << attempt.min(5)));
+                                std::thread::sleep(Duration::from_millis(ms));
+                                if let Err(e) = self.resync() {
+                                    self.fail_all(batch, &e);
+                                    return rest;
+                                }
+                            }
                         }
                         CommitError::Conflict { what, .. } => {
-                            tracing::error!(%what, "store conflict persists; batch failed");
-                            return answer_failed(batch, decided, &what);
+                            tracing::error!(%what, attempt, "store conflict persists; batch failed");
+                            answer_failed(batch, decided, &what);
+                            return rest;
                         }
                         CommitError::Failed(e) => {
                             tracing::error!(error = %e, "commit failed");
                             // Back off so a broken disk does not spin.
                             std::thread::sleep(Duration::from_millis(50));
-                            return answer_failed(batch, decided, "commit failed");
+                            answer_failed(batch, decided, &e.to_string());
+                            return rest;
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Reads the whole store again and brings the registry, the IPAM and
+    /// the node id counter up to it: the nodes other replicas added or
+    /// removed. Sessions are woken for them.
+    fn resync(&mut self) -> Result<(), StoreError> {
+        let loaded = self.backend.load()?;
+        self.next_node_id = loaded.next_node_id;
+        let mut changed = Vec::new();
+        {
+            let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
+            let fresh: HashSet<NodeId> = loaded.nodes.iter().map(|n| n.id).collect();
+            let gone: Vec<NodeId> = reg
+                .peers()
+                .map(|p| p.id)
+                .filter(|id| !fresh.contains(id))
+                .collect();
+            for id in gone {
+                if let Some(peer) = reg.remove(id) {
+                    self.ipam.release(peer.subnet);
+                    changed.push(id);
+                }
+            }
+            for n in &loaded.nodes {
+                if reg.get(n.id).is_some() {
+                    continue;
+                }
+                if let Err(e) = self.ipam.reserve(n.subnet) {
+                    tracing::warn!(node = %n.id, error = %e, "a node another replica added does not fit this coordinator's pool");
+                }
+                reg.insert(n.to_peer(), n.created_at);
+                changed.push(n.id);
+            }
+        }
+        if !changed.is_empty() {
+            (self.on_commit)(&changed);
+        }
+        Ok(())
     }
 
     fn fail_all(&mut self, batch: Vec<Request>, e: &StoreError) {
