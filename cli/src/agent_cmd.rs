@@ -35,6 +35,15 @@ pub struct AgentArgs {
     /// the underlay routes the overlay subnets).
     #[arg(long)]
     pub no_masquerade: bool,
+    /// Serve Prometheus metrics on this address (`GET /metrics`), e.g.
+    /// 127.0.0.1:9586 or the host's overlay address; unauthenticated, so
+    /// not on a public address. `weft metrics` prints the same text.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Add per-peer series (a `peer` label per peer: as many series as the
+    /// cluster has hosts).
+    #[arg(long)]
+    pub metrics_per_peer: bool,
     /// Disable TUN segmentation offloads (for debugging or old kernels).
     #[arg(long)]
     pub no_offload: bool,
@@ -161,6 +170,8 @@ fn run(args: AgentArgs, start: Start) -> anyhow::Result<()> {
     config.bridge = args.bridge;
     config.mtu = args.mtu;
     config.masquerade = !args.no_masquerade;
+    config.metrics_listen = args.metrics_listen;
+    config.metrics_per_peer = args.metrics_per_peer;
     config.offload = !args.no_offload;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

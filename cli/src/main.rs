@@ -54,6 +54,8 @@ enum Command {
     Down(down::DownArgs),
     /// Show this host, its coordinator connection and its peers.
     Status(status::StatusArgs),
+    /// Print this host's Prometheus metrics (what the agent's --metrics-listen serves).
+    Metrics(status::MetricsArgs),
     /// Probe a peer on its current path (lan, direct or relay) and print each RTT.
     Ping(probe::PingArgs),
     /// Report whether UDP works, how this host's NAT maps, and the coordinator RTT.
@@ -136,6 +138,7 @@ fn main() -> anyhow::Result<()> {
         Command::Up(args) => agent_cmd::up(args),
         Command::Down(args) => down::run(args),
         Command::Status(args) => status::run(args),
+        Command::Metrics(args) => status::metrics(args),
         Command::Ping(args) => probe::ping(args),
         Command::Netcheck(args) => probe::netcheck(args),
         Command::Coordinator(args) => coordinator_cmd::run(args),

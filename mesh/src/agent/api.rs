@@ -31,6 +31,8 @@ pub enum ApiRequest {
     /// Leave the cluster (`weft down`): the coordinator removes this node,
     /// the agent forgets its identity and stops.
     Leave,
+    /// The Prometheus metrics text (`weft metrics`).
+    Metrics,
 }
 
 /// A reply from the local API.
@@ -52,6 +54,9 @@ pub enum ApiReply {
     /// The node left the cluster; the agent is stopping.
     Left {
         name: String,
+    },
+    Metrics {
+        text: String,
     },
     Error {
         message: String,
@@ -83,6 +88,9 @@ pub async fn answer(
                 .map(|r| r.as_secs_f64() * 1000.0);
             ApiReply::Netcheck(r)
         }
+        ApiRequest::Metrics => ApiReply::Metrics {
+            text: shared.metrics(handle),
+        },
         ApiRequest::Leave => {
             if !shared.view().connected {
                 return ApiReply::Error {

@@ -13,6 +13,8 @@ pub mod dns;
 pub mod endpoints;
 pub mod host_net;
 pub mod host_nft;
+pub mod metrics;
+mod metrics_http;
 pub mod mtu;
 pub mod netwatch;
 pub mod peers;
@@ -85,6 +87,10 @@ pub struct AgentConfig {
     /// Translate container traffic that leaves for the underlay to the
     /// host's address ([`host_nft`]).
     pub masquerade: bool,
+    /// Serve Prometheus metrics here (`GET /metrics`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Add per-peer series to the metrics.
+    pub metrics_per_peer: bool,
     /// Directory of the UAPI socket (`wg show IFACE` looks in the default).
     pub uapi_dir: PathBuf,
 }
@@ -99,6 +105,8 @@ impl AgentConfig {
             mtu: None,
             offload: true,
             masquerade: true,
+            metrics_listen: None,
+            metrics_per_peer: false,
             uapi_dir: SOCKET_DIR.into(),
         }
     }
@@ -143,6 +151,10 @@ pub struct Shared {
     leave: tokio::sync::mpsc::Sender<control_loop::LeaveReply>,
     /// Set once the node has left: the agent forgets its identity on exit.
     left: std::sync::atomic::AtomicBool,
+    /// Sessions with the coordinator established so far.
+    sessions: std::sync::atomic::AtomicU64,
+    /// Add per-peer series to the metrics.
+    metrics_per_peer: bool,
 }
 
 struct View {
@@ -153,6 +165,8 @@ struct View {
     endpoints: Vec<SocketAddr>,
     /// The live session's last-heard clock and transport.
     heard: Option<(crate::control::Heard, &'static str)>,
+    /// When the netmap in force was applied.
+    netmap_at: Option<Instant>,
 }
 
 impl Shared {
@@ -174,6 +188,17 @@ impl Shared {
 
     fn set_netmap(&self, netmap: Netmap) {
         *lock(&self.netmap) = netmap;
+        self.view().netmap_at = Some(Instant::now());
+    }
+
+    /// The metrics text (`weft metrics`, `--metrics-listen`).
+    fn metrics(&self, handle: &crate::dataplane::DeviceHandle) -> String {
+        let status = self.status(handle);
+        let extra = metrics::Extra {
+            sessions: self.sessions.load(std::sync::atomic::Ordering::Relaxed),
+            netmap_age_secs: self.view().netmap_at.map(|t| t.elapsed().as_secs_f64()),
+        };
+        metrics::render(&status, &handle.traffic(), extra, self.metrics_per_peer)
     }
 
     /// Re-reads the local endpoints, adds the public mapping, and remembers
@@ -213,6 +238,8 @@ impl Shared {
     }
 
     fn set_connected(&self, heard: crate::control::Heard, transport: &'static str) {
+        self.sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut v = self.view();
         v.connected = true;
         v.since = Instant::now();
@@ -463,6 +490,7 @@ pub async fn run(
             heard: None,
             last_error: None,
             endpoints: Vec::new(),
+            netmap_at: None,
         }),
         netmap: netmap_cell,
         reflected,
@@ -472,6 +500,8 @@ pub async fn run(
         services: Mutex::new(services),
         leave: leave_tx,
         left: std::sync::atomic::AtomicBool::new(false),
+        sessions: std::sync::atomic::AtomicU64::new(u64::from(session.is_some())),
+        metrics_per_peer: config.metrics_per_peer,
     });
     shared.scan_endpoints();
     handle.set_local_networks(Some(shared.accepted_networks(&netmap)));
@@ -504,6 +534,19 @@ pub async fn run(
                 Box::pin(async move { api::answer(&shared, &handle, req).await })
             }),
         )?
+    };
+    let metrics_server = match config.metrics_listen {
+        Some(addr) => {
+            let (shared, handle) = (shared.clone(), handle.clone());
+            let scrape: metrics_http::Scrape = Arc::new(move || shared.metrics(&handle));
+            let (_, task) = metrics_http::serve(addr, scrape).await.map_err(|e| {
+                AgentError::Other(format!(
+                    "cannot serve metrics on {addr}: {e}; pick another --metrics-listen address"
+                ))
+            })?;
+            Some(crate::control::AbortOnDrop(task))
+        }
+        None => None,
     };
     tracing::info!(
         interface = %interface,
@@ -563,6 +606,7 @@ pub async fn run(
     netwatch.abort();
     tview.link.set(None);
     drop(api);
+    drop(metrics_server);
     state.clear_network();
     if shared.left.load(std::sync::atomic::Ordering::SeqCst) {
         state.forget_identity();

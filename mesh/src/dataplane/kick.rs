@@ -142,7 +142,7 @@ fn send(shared: &Shared, udp: &UdpEndpoint, peer: &Peer, kick: Kick, buf: &mut [
         _ => return,
     };
     drop(st);
-    peer.add_tx(n);
+    peer.add_tx(n, &shared.traffic);
     if shared.send_wire(udp, endpoint, &buf[..n], None).is_err() {
         super::bump(&shared.counters.tx_send_errors);
     }

@@ -21,6 +21,7 @@ mod kick;
 pub mod peer;
 mod rx;
 mod timers;
+pub mod traffic;
 mod tx;
 pub mod udp;
 pub mod wake;
@@ -169,6 +170,8 @@ pub(crate) struct Shared {
     /// The networks inbound packets may be addressed to; none: any (a bare
     /// WireGuard interface, as with stock WireGuard).
     pub local_nets: ArcSwapOption<Vec<crate::allowed_ips::IpNet>>,
+    /// Wire traffic by path, for metrics.
+    pub traffic: traffic::PathTraffic,
 }
 
 /// A running WireGuard interface. Dropping it stops the threads and removes
@@ -216,6 +219,7 @@ impl Device {
             conntrack: filter::Conntrack::default(),
             kicks: kick::KickQueue::new().map_err(DeviceError::Thread)?,
             local_nets: ArcSwapOption::empty(),
+            traffic: traffic::PathTraffic::default(),
         });
         let mut device = Device {
             shared: shared.clone(),
@@ -353,6 +357,24 @@ impl DeviceHandle {
             }
             None => false,
         }
+    }
+
+    /// Tells the device which kind of path peer `key` takes now, so its
+    /// traffic is counted under that path; false if there is no such peer.
+    pub fn set_path(&self, key: &crate::key::Key, class: traffic::PathClass) -> bool {
+        let table = self.shared.table.load();
+        match table.by_key.get(key) {
+            Some(peer) => {
+                peer.path.store(class as u8, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The device's wire traffic by direction and path.
+    pub fn traffic(&self) -> traffic::TrafficSnapshot {
+        self.shared.traffic.snapshot()
     }
 
     /// Sends every peer a keep-alive (a handshake where there is no

@@ -47,6 +47,9 @@ pub struct Peer {
     pub tx_bytes: AtomicU64,
     /// Handshakes and keep-alives queued or sent on the device's initiative.
     pub kicks: super::kick::KickState,
+    /// The [`super::traffic::PathClass`] of the path this peer's traffic
+    /// takes, as the agent set it.
+    pub path: std::sync::atomic::AtomicU8,
 }
 
 /// Our own identity, needed to recognise handshake initiations.
@@ -68,6 +71,7 @@ impl Peer {
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
             kicks: super::kick::KickState::default(),
+            path: std::sync::atomic::AtomicU8::new(super::traffic::PathClass::Direct as u8),
         }
     }
 
@@ -118,12 +122,20 @@ impl Peer {
         self.state().endpoint
     }
 
-    pub fn add_rx(&self, n: usize) {
-        self.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    fn path_class(&self) -> super::traffic::PathClass {
+        super::traffic::PathClass::from_u8(self.path.load(Ordering::Relaxed))
     }
 
-    pub fn add_tx(&self, n: usize) {
+    /// Counts `n` bytes received from this peer, here and by path.
+    pub fn add_rx(&self, n: usize, traffic: &super::traffic::PathTraffic) {
+        self.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        traffic.add_rx(self.path_class(), n);
+    }
+
+    /// Counts `n` bytes sent to this peer, here and by path.
+    pub fn add_tx(&self, n: usize, traffic: &super::traffic::PathTraffic) {
         self.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        traffic.add_tx(self.path_class(), n);
     }
 }
 

@@ -302,7 +302,7 @@ fn handle_datagram(
             if !is_cookie {
                 roam(&mut st, src);
                 drop(st);
-                peer.add_rx(dgram.len());
+                peer.add_rx(dgram.len(), &shared.traffic);
             }
         }
         TunnResult::Err(e) => {
@@ -326,9 +326,9 @@ fn handle_datagram(
             }
             roam(&mut st, src);
             drop(st);
-            peer.add_rx(dgram.len());
+            peer.add_rx(dgram.len(), &shared.traffic);
             for p in pending {
-                peer.add_tx(p.len());
+                peer.add_tx(p.len(), &shared.traffic);
                 if shared.send_wire(udp, src, &p, None).is_err() {
                     bump(&shared.counters.tx_send_errors);
                 }
@@ -393,7 +393,7 @@ fn accept_inner(
     wire_len: usize,
     tun: &mut TunBatch,
 ) {
-    peer.add_rx(wire_len);
+    peer.add_rx(wire_len, &shared.traffic);
     match table.routes.lookup(src_ip) {
         Some(owner) if Arc::ptr_eq(owner, peer) => {
             let via = |ip| {

@@ -68,7 +68,7 @@ pub(super) fn run(shared: Arc<Shared>) {
             drop(st);
             if out > 0 {
                 if let Some(ep) = endpoint {
-                    peer.add_tx(out);
+                    peer.add_tx(out, &shared.traffic);
                     if shared.send_wire(&udp, ep, &buf[..out], None).is_err() {
                         super::bump(&shared.counters.tx_send_errors);
                     }

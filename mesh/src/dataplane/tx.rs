@@ -185,7 +185,7 @@ pub(super) fn run(shared: Arc<Shared>) {
             };
             drop(st);
             if written > 0 {
-                peer.add_tx(written);
+                peer.add_tx(written, &shared.traffic);
                 batch.commit(endpoint, written, &udp, &shared);
             }
         }

@@ -16,6 +16,7 @@
 pub mod netcheck;
 pub mod relay;
 
+use crate::dataplane::traffic::PathClass;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -564,6 +565,7 @@ impl Engine {
                 // Until a direct path answers, traffic goes through the relay.
                 None => {
                     self.handle.set_endpoint(&key, relay_endpoint(p.id.0));
+                    self.handle.set_path(&key, PathClass::Relay);
                 }
                 // A peer the data plane dropped and added again (a policy
                 // change can do that between two looks at the netmap)
@@ -683,6 +685,14 @@ impl Engine {
                 // choice so the next evaluation tries again.
                 return;
             }
+            self.handle.set_path(
+                &peer.key,
+                match next {
+                    Some(a) if on_link.contains(&a) => PathClass::Lan,
+                    Some(_) => PathClass::Direct,
+                    None => PathClass::Relay,
+                },
+            );
             match next {
                 Some(a) => {
                     if peer.direct_after.is_none() {

@@ -1,0 +1,141 @@
+//! The agent's Prometheus metrics during a lab cluster's traffic, scraped
+//! over HTTP (`--metrics-listen`) and through `weft metrics`, parsed with a
+//! Prometheus text-format parser: relayed bytes grow for a relayed pair,
+//! and drops by reason grow when the policy filter drops. Needs root; in
+//! CI (`CI=true`) a missing privilege fails instead of skipping.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use weft_tests::cluster::{Cluster, ClusterSpec};
+use weft_tests::{in_netns, ping_with, require_root, wait_for, Lab, NatKind};
+
+fn weft() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+}
+
+const LISTEN: &str = "127.0.0.1:9586";
+
+/// `GET /metrics` from inside namespace `ns`.
+fn scrape_http(ns: &str) -> prometheus_parse::Scrape {
+    let body = in_netns(ns, || -> std::io::Result<String> {
+        let mut s = TcpStream::connect(LISTEN)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .join()
+    .expect("scrape thread")
+    .expect("scrape");
+    let (head, text) = body.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    parse(text)
+}
+
+/// `weft metrics` of host `i`.
+fn scrape_cli(c: &Cluster, i: usize) -> prometheus_parse::Scrape {
+    let out = weft_tests::try_run(&[
+        &weft().to_string_lossy(),
+        "metrics",
+        "--state-dir",
+        &c.hosts[i].state_dir.to_string_lossy(),
+    ])
+    .expect("weft metrics");
+    parse(&out)
+}
+
+fn parse(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .unwrap_or_else(|e| panic!("not the Prometheus text format ({e}):\n{text}"))
+}
+
+/// The value of `name` with exactly these labels.
+fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found = s
+        .samples
+        .iter()
+        .find(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)));
+    match found.map(|x| &x.value) {
+        Some(prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v)) => *v,
+        Some(prometheus_parse::Value::Untyped(v)) => *v,
+        other => panic!("{name} {labels:?}: {other:?}"),
+    }
+}
+
+#[test]
+fn counters_move_with_relayed_traffic_and_filter_drops() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::new("met");
+    let spec = ClusterSpec {
+        agent_args: &["--metrics-listen", LISTEN],
+        ..ClusterSpec::hosts_only(2)
+    }
+    .with_nat(&[NatKind::Symmetric, NatKind::Symmetric]);
+    let c = Cluster::build(&lab, &weft(), spec).expect("cluster");
+    wait_for(
+        Duration::from_secs(15),
+        "the pair to settle on the relay",
+        || (c.path(0, "c2-h1")?.0 == "relay").then_some(()),
+    )
+    .expect("two symmetric NATs: relayed");
+    let relay_tx = |s: &prometheus_parse::Scrape| {
+        value(
+            s,
+            "weft_wire_bytes_total",
+            &[("direction", "tx"), ("path", "relay")],
+        )
+    };
+    let before = scrape_http(&c.hosts[0].ns);
+    assert_eq!(value(&before, "weft_peers", &[("path", "relay")]), 1.0);
+    assert_eq!(value(&before, "weft_coordinator_connected", &[]), 1.0);
+    assert!(value(&before, "weft_netmap_version", &[]) > 0.0);
+    let b = c.host_addr(1).expect("address").to_string();
+    ping_with(
+        &c.hosts[0].ns,
+        &["-c", "20", "-i", "0.05", "-s", "1000", "-W", "2", &b],
+    )
+    .expect("pings through the relay");
+    let after = scrape_http(&c.hosts[0].ns);
+    let grew = relay_tx(&after) - relay_tx(&before);
+    assert!(grew >= 20.0 * 1000.0, "relayed bytes grew by only {grew}");
+    let direct = |s: &prometheus_parse::Scrape| {
+        value(
+            s,
+            "weft_wire_bytes_total",
+            &[("direction", "tx"), ("path", "direct")],
+        )
+    };
+    assert!(
+        direct(&after) - direct(&before) < 1000.0,
+        "the relayed pings were counted as direct"
+    );
+
+    // A policy that allows only TCP port 9: the receiver's filter drops
+    // the pings under the default.
+    let file = lab.tempdir().join("policy.yaml");
+    std::fs::write(
+        &file,
+        "default: deny\nrules:\n  - allow: { from: ['*'], to: ['*'], ports: [tcp/9] }\n",
+    )
+    .expect("policy");
+    c.admin(&["acl", "set", &file.to_string_lossy()])
+        .expect("acl set");
+    let drops = |s: &prometheus_parse::Scrape| {
+        value(s, "weft_drops_total", &[("reason", "filter_default")])
+    };
+    let d0 = drops(&scrape_cli(&c, 1));
+    let d1 = wait_for(Duration::from_secs(10), "the filter to drop pings", || {
+        let _ = ping_with(&c.hosts[0].ns, &["-c", "3", "-i", "0.1", "-W", "1", &b]);
+        let d = drops(&scrape_cli(&c, 1));
+        (d >= d0 + 3.0).then_some(d)
+    })
+    .expect("drops by reason grow");
+    assert!(d1 >= d0 + 3.0);
+}
