@@ -117,6 +117,21 @@ fn counters_move_with_relayed_traffic_and_filter_drops() {
         "the relayed pings were counted as direct"
     );
 
+    // DNS: a name the cluster does not have is answered NXDOMAIN.
+    let dns = |s: &prometheus_parse::Scrape| {
+        value(s, "weft_dns_queries_total", &[("result", "nxdomain")])
+    };
+    let n0 = dns(&scrape_cli(&c, 0));
+    let a = c.host_addr(0).expect("address").to_string();
+    let _ = lab.exec(
+        &c.hosts[0].ns,
+        &["busybox", "nslookup", "nosuch.weft.internal", &a],
+    );
+    assert!(
+        dns(&scrape_cli(&c, 0)) >= n0 + 1.0,
+        "the NXDOMAIN was not counted"
+    );
+
     // A policy that allows only TCP port 9: the receiver's filter drops
     // the pings under the default.
     let file = lab.tempdir().join("policy.yaml");

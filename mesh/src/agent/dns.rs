@@ -198,10 +198,14 @@ fn resolve(records: &DnsRecords, request: &Message, response: &mut Message) {
     }
 }
 
+mod stats;
+pub use stats::DnsStats;
+
 /// Serves DNS over UDP and TCP on one address until dropped.
 pub struct DnsServer {
     local_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    stats: Arc<DnsStats>,
 }
 
 impl DnsServer {
@@ -214,11 +218,21 @@ impl DnsServer {
     ) -> io::Result<DnsServer> {
         let (udp, tcp) = bind_pair(addr).await?;
         let local_addr = udp.local_addr()?;
+        let stats = Arc::new(DnsStats::default());
         let tasks = vec![
-            tokio::spawn(serve_udp(udp, records.clone())),
-            tokio::spawn(serve_tcp(tcp, records)),
+            tokio::spawn(serve_udp(udp, records.clone(), stats.clone())),
+            tokio::spawn(serve_tcp(tcp, records, stats.clone())),
         ];
-        Ok(DnsServer { local_addr, tasks })
+        Ok(DnsServer {
+            local_addr,
+            tasks,
+            stats,
+        })
+    }
+
+    /// How queries were answered so far.
+    pub fn stats(&self) -> &DnsStats {
+        &self.stats
     }
 
     /// The address both sockets are bound to.
@@ -249,7 +263,7 @@ async fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
     }
 }
 
-async fn serve_udp(socket: UdpSocket, records: Arc<ArcSwap<DnsRecords>>) {
+async fn serve_udp(socket: UdpSocket, records: Arc<ArcSwap<DnsRecords>>, stats: Arc<DnsStats>) {
     // Queries are small; a longer datagram is cut and then fails to parse.
     let mut buf = vec![0u8; 4096];
     loop {
@@ -261,7 +275,9 @@ async fn serve_udp(socket: UdpSocket, records: Arc<ArcSwap<DnsRecords>>) {
                 continue;
             }
         };
-        let Some(reply) = buf.get(..len).and_then(|q| answer(&records.load(), q)) else {
+        let reply = buf.get(..len).and_then(|q| answer(&records.load(), q));
+        stats.count(reply.as_deref());
+        let Some(reply) = reply else {
             tracing::debug!(%peer, "DNS: dropped a malformed UDP query");
             continue;
         };
@@ -271,7 +287,7 @@ async fn serve_udp(socket: UdpSocket, records: Arc<ArcSwap<DnsRecords>>) {
     }
 }
 
-async fn serve_tcp(listener: TcpListener, records: Arc<ArcSwap<DnsRecords>>) {
+async fn serve_tcp(listener: TcpListener, records: Arc<ArcSwap<DnsRecords>>, stats: Arc<DnsStats>) {
     let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     // Dropped with this task when the server is: that aborts every connection.
     let mut connections = JoinSet::new();
@@ -289,9 +305,12 @@ async fn serve_tcp(listener: TcpListener, records: Arc<ArcSwap<DnsRecords>>) {
             }
         };
         let records = records.clone();
+        let stats = stats.clone();
         connections.spawn(async move {
             let _slot = slot;
-            match tokio::time::timeout(TCP_TIMEOUT, serve_connection(stream, &records)).await {
+            match tokio::time::timeout(TCP_TIMEOUT, serve_connection(stream, &records, &stats))
+                .await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "DNS: TCP connection closed"),
                 Err(_) => tracing::debug!(%peer, "DNS: TCP connection timed out"),
@@ -302,7 +321,11 @@ async fn serve_tcp(listener: TcpListener, records: Arc<ArcSwap<DnsRecords>>) {
 
 /// Answers length-prefixed queries on one connection until the client
 /// closes it; a malformed one closes it from this side.
-async fn serve_connection(mut stream: TcpStream, records: &ArcSwap<DnsRecords>) -> io::Result<()> {
+async fn serve_connection(
+    mut stream: TcpStream,
+    records: &ArcSwap<DnsRecords>,
+    stats: &DnsStats,
+) -> io::Result<()> {
     loop {
         let mut len = [0u8; 2];
         match stream.read_exact(&mut len).await {
@@ -312,7 +335,9 @@ async fn serve_connection(mut stream: TcpStream, records: &ArcSwap<DnsRecords>) 
         }
         let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
         stream.read_exact(&mut query).await?;
-        let reply = respond(&records.load(), &query, true)
+        let reply = respond(&records.load(), &query, true);
+        stats.count(reply.as_deref());
+        let reply = reply
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed DNS query"))?;
         let reply_len = u16::try_from(reply.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "DNS reply over 64 KiB"))?;

@@ -27,6 +27,8 @@ pub struct Extra {
     pub sessions: u64,
     /// Seconds since the last netmap update was applied.
     pub netmap_age_secs: Option<f64>,
+    /// DNS queries by result, if the responder runs.
+    pub dns: Option<[(&'static str, u64); 5]>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -151,6 +153,20 @@ pub fn render(status: &Status, traffic: &TrafficSnapshot, extra: Extra, per_peer
         "Sessions with the coordinator established after the first",
         reconnects,
     );
+
+    if let Some(dns) = extra.dns {
+        let queries = Family::<Labels, Counter>::default();
+        for (result, n) in dns {
+            queries
+                .get_or_create(&labels(&[("result", result)]))
+                .inc_by(n);
+        }
+        reg.register(
+            "dns_queries",
+            "Queries to the host's DNS for services, by result (dropped: malformed, unanswered)",
+            queries,
+        );
+    }
 
     if per_peer {
         let peer_bytes = Family::<Labels, Counter>::default();

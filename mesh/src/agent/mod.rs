@@ -197,6 +197,7 @@ impl Shared {
         let extra = metrics::Extra {
             sessions: self.sessions.load(std::sync::atomic::Ordering::Relaxed),
             netmap_age_secs: self.view().netmap_at.map(|t| t.elapsed().as_secs_f64()),
+            dns: lock(&self.services).dns_stats(),
         };
         metrics::render(&status, &handle.traffic(), extra, self.metrics_per_peer)
     }

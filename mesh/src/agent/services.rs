@@ -69,6 +69,11 @@ impl Services {
         self.dns.is_some()
     }
 
+    /// How the DNS responder answered, by result (none while it is down).
+    pub fn dns_stats(&self) -> Option<[(&'static str, u64); 5]> {
+        self.dns.as_ref().map(|d| d.stats().snapshot())
+    }
+
     /// The services as last applied.
     pub fn entries(&self) -> &[ServiceEntry] {
         &self.applied
