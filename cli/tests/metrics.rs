@@ -117,6 +117,36 @@ fn counters_move_with_relayed_traffic_and_filter_drops() {
         "the relayed pings were counted as direct"
     );
 
+    // Every metric the Grafana dashboard queries exists.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/grafana/weft-agents.json"
+        ))
+        .expect("the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let have: std::collections::BTreeSet<&str> =
+        after.samples.iter().map(|x| x.metric.as_str()).collect();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            for name in expr.split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_')) {
+                if let Some(base) = name.strip_prefix("weft_") {
+                    let base = base.trim_end_matches("_bucket");
+                    let full = format!("weft_{base}");
+                    assert!(
+                        have.contains(full.as_str()),
+                        "the dashboard queries {full}, which no agent exports"
+                    );
+                    queried += 1;
+                }
+            }
+        }
+    }
+    assert!(queried >= 10, "{queried}");
+
     // DNS: a name the cluster does not have is answered NXDOMAIN.
     let dns = |s: &prometheus_parse::Scrape| {
         value(s, "weft_dns_queries_total", &[("result", "nxdomain")])
