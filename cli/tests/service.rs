@@ -163,6 +163,38 @@ fn up_with_a_token_file_joins_once_and_down_leaves_the_cluster() {
     );
     assert_eq!(c.nodes().expect("nodes").len(), 2);
 
+    // On a terminal it asks; anything but yes leaves nothing changed.
+    // (`script` gives the command a pseudo-terminal; the answer comes
+    // through it.)
+    let ask = format!(
+        "ip netns exec {} {} down --state-dir {state}",
+        c.hosts[0].ns,
+        weft().display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &ask, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    {
+        use std::io::Write as _;
+        std::thread::sleep(Duration::from_millis(500));
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"n\n").expect("answer");
+    }
+    let out = child.wait_with_output().expect("script");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("Leave the cluster as node c1-h1"), "{said}");
+    assert!(said.contains("not leaving"), "{said}");
+    assert!(!out.status.success());
+    assert_eq!(
+        c.nodes().expect("nodes").len(),
+        2,
+        "answered no: nothing changed"
+    );
+
     let out = lab.ok(
         &c.hosts[0].ns,
         &[
