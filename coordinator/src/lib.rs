@@ -61,6 +61,10 @@ pub struct Config {
     /// (keys, certificate, admin credential) stays in `state_dir` either
     /// way.
     pub store: StoreConfig,
+    /// With an etcd store: where the other replicas reach this one to
+    /// forward relayed datagrams (`host:port` of its QUIC listener).
+    /// `None`: the first `advertise` address.
+    pub replica_addr: Option<String>,
 }
 
 /// The store's backend.
@@ -88,6 +92,7 @@ impl Config {
             domain: weft_proto::msg::DEFAULT_DOMAIN.to_string(),
             allow_loopback_endpoints: false,
             store: StoreConfig::Redb,
+            replica_addr: None,
         }
     }
 }

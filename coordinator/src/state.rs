@@ -11,6 +11,9 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::CoordinatorError;
 
+/// The files that make a coordinator's identity; replicas share them
+/// (copy them from the first replica's state dir).
+pub const IDENTITY_FILES: [&str; 3] = [TLS_KEY, TLS_CERT, COORDINATOR_KEY];
 const TLS_KEY: &str = "tls-key.der";
 const TLS_CERT: &str = "tls-cert.der";
 const COORDINATOR_KEY: &str = "coordinator.key";
@@ -148,6 +151,15 @@ pub fn reset_key(secret: &StaticSecret) -> ring::hmac::Key {
 pub fn connection_id_key(secret: &StaticSecret) -> u64 {
     let d = derive(secret, b"weft quic connection id key v1");
     u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// The key replicas sharing this identity prove it with on the links
+/// they forward relayed datagrams over (see `server::replica`).
+pub fn replica_link_key(secret: &StaticSecret) -> ring::hmac::Key {
+    ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &derive(secret, b"weft replica link key v1"),
+    )
 }
 
 /// A hash of the secret under its own label: what is derived reveals

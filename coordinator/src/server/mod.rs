@@ -42,6 +42,7 @@ mod conn;
 mod link;
 mod reflector;
 mod relay_budget;
+pub mod replica;
 mod session;
 mod view;
 
@@ -95,6 +96,9 @@ struct Shared {
     gate: Arc<admission::Gate>,
     /// Join attempts per source and per token id.
     joins: admission::JoinLimiter,
+    /// With an etcd store: this replica's share of the state the replicas
+    /// keep together (watch, live keys, relay links).
+    replica: Option<Arc<replica::Replica>>,
 }
 
 impl Shared {
@@ -225,6 +229,22 @@ impl Coordinator {
         };
         cred.save(&admin_path)?;
         let admin_hash = secret_hash(&hex::decode(&admin_secret).unwrap_or_default());
+        let replica = match &config.store {
+            crate::StoreConfig::Etcd(cfg) => Some(Arc::new(
+                replica::Replica::connect(
+                    cfg,
+                    identity.pin,
+                    admin_hash,
+                    state::replica_link_key(&identity.secret),
+                    config
+                        .replica_addr
+                        .clone()
+                        .unwrap_or_else(|| advertise.first().cloned().unwrap_or_default()),
+                )
+                .await?,
+            )),
+            crate::StoreConfig::Redb => None,
+        };
 
         let server_config = server_config(&identity)?;
         let tcp_tls = Arc::new(tls_config(&identity)?);
@@ -275,6 +295,7 @@ impl Coordinator {
             config_change: tokio::sync::Mutex::new(()),
             gate: Arc::default(),
             joins: admission::JoinLimiter::default(),
+            replica,
         });
         // Routes in force are part of each node's netmap record.
         {
@@ -289,6 +310,10 @@ impl Coordinator {
         let coalescer = tokio::spawn(coalesce(shared.clone(), config.coalesce));
         let acceptor = tokio::spawn(accept(shared.clone(), endpoint.clone()));
         let mut tasks = vec![coalescer, acceptor];
+        if let Some(r) = &shared.replica {
+            r.set_endpoint(endpoint.clone());
+            tasks.extend(replica::spawn(&shared));
+        }
         tasks.extend(reflector::spawn(local));
         // Hosts whose UDP is blocked reach the coordinator over TLS on TCP
         // (by default on the QUIC port number).
@@ -361,6 +386,9 @@ impl Coordinator {
         for t in &self.tasks {
             t.abort();
         }
+        if let Some(r) = &self.shared.replica {
+            r.shutdown().await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         self.shared.store.shutdown().await;
     }
@@ -421,7 +449,7 @@ fn tls_config(identity: &state::Identity) -> Result<rustls::ServerConfig, Coordi
         .with_no_client_auth()
         .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())
         .map_err(|e| tls_err(&e))?;
-    tls.alpn_protocols = vec![weft_proto::ALPN.to_vec()];
+    tls.alpn_protocols = vec![weft_proto::ALPN.to_vec(), replica::REPLICA_ALPN.to_vec()];
     Ok(tls)
 }
 
@@ -535,6 +563,11 @@ async fn accept(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                 .await
                 .unwrap_or(Err(quinn::ConnectionError::TimedOut))
             {
+                Ok(conn) if is_replica_link(&conn) => {
+                    if let Err(e) = replica::serve_link(shared, conn, pass).await {
+                        debug!(%remote, error = %e, "replica link ended");
+                    }
+                }
                 Ok(conn) => {
                     if let Err(e) = serve(shared, conn, pass).await {
                         debug!(%remote, error = %e, "connection ended");
@@ -544,4 +577,12 @@ async fn accept(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             }
         });
     }
+}
+
+/// Whether a connection is another replica's link (by its ALPN).
+fn is_replica_link(conn: &quinn::Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .is_some_and(|p| p == replica::REPLICA_ALPN)
 }

@@ -62,6 +62,9 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     if shared.write().set_online(id, true, Some(endpoints)) {
         shared.changed.notify_one();
     }
+    if let Some(r) = &shared.replica {
+        r.live(id, true);
+    }
     debug!("session started");
 
     // What this host may push through the relay (both transports).
@@ -197,6 +200,9 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     if current && shared.write().set_online(id, false, None) {
         shared.changed.notify_one();
     }
+    if let (true, Some(r)) = (current, &shared.replica) {
+        r.live(id, false);
+    }
     debug!("session ended");
     result
 }
@@ -235,6 +241,9 @@ fn set_endpoints(shared: &Shared, id: NodeId, endpoints: Vec<SocketAddr>) -> boo
     let changed = shared.write().update(id, |p| p.endpoints = endpoints);
     if changed {
         shared.changed.notify_one();
+        if let Some(r) = &shared.replica {
+            r.live(id, true);
+        }
     }
     changed
 }
@@ -274,7 +283,7 @@ async fn closed(rx: &mut Option<watch::Receiver<Option<u32>>>) -> u32 {
 /// rewritten to the sender.
 /// Datagrams for hosts without a session are dropped, like packets to an
 /// unreachable address.
-fn forward(shared: &Shared, budget: &Mutex<RelayBudget>, from: NodeId, mut bytes: Vec<u8>) {
+fn forward(shared: &Arc<Shared>, budget: &Mutex<RelayBudget>, from: NodeId, mut bytes: Vec<u8>) {
     let Some(dst) = weft_proto::relay::Datagram::node(&bytes) else {
         return;
     };
@@ -301,6 +310,8 @@ fn forward(shared: &Shared, budget: &Mutex<RelayBudget>, from: NodeId, mut bytes
         return;
     }
     let Some(link) = shared.sessions().get(&dst).map(|(_, l)| l.clone()) else {
+        // Its session may be on another replica.
+        super::replica::forward(shared, from, dst, &bytes);
         return;
     };
     if weft_proto::relay::Datagram::set_node(&mut bytes, from) {
@@ -311,7 +322,7 @@ fn forward(shared: &Shared, budget: &Mutex<RelayBudget>, from: NodeId, mut bytes
 /// Reads a QUIC session's datagrams and forwards them (TCP sessions carry
 /// theirs as frames, handled by the reader).
 async fn relay(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     budget: &Mutex<RelayBudget>,
     conn: Option<quinn::Connection>,
     id: NodeId,

@@ -179,37 +179,7 @@ impl EtcdBackend {
                     "check the coordinator's limits",
                 )
             })?;
-        let mut opts = ConnectOptions::new()
-            .with_timeout(cfg.timeout)
-            .with_connect_timeout(cfg.timeout.min(Duration::from_secs(3)))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_require_leader(true);
-        let ca = read_pem("etcd CA", &cfg.ca)?;
-        let cert = read_pem("etcd client certificate", &cfg.cert)?;
-        let key = read_pem("etcd client key", &cfg.key)?;
-        let mut urls = cfg.endpoints.clone();
-        if ca.is_some() || cert.is_some() {
-            let mut tls = TlsOptions::new();
-            if let Some(ca) = ca {
-                tls = tls.ca_certificate(Certificate::from_pem(ca));
-            }
-            match (cert, key) {
-                (Some(c), Some(k)) => tls = tls.identity(Identity::from_pem(c, k)),
-                (None, None) => {}
-                _ => {
-                    return Err(fail(
-                        "was given only one of --etcd-cert and --etcd-key".into(),
-                        "pass both (the client certificate and its key), or neither",
-                    ))
-                }
-            }
-            opts = opts.with_tls(tls);
-            for u in &mut urls {
-                if !u.contains("://") {
-                    *u = format!("https://{u}");
-                }
-            }
-        }
+        let (urls, opts) = connect_options(cfg)?;
         let connect = Client::connect(urls, Some(opts));
         let client = rt
             .block_on(async { tokio::time::timeout(cfg.timeout, connect).await })
@@ -352,6 +322,67 @@ impl EtcdBackend {
     }
 }
 
+/// The client addresses and options for `cfg` (deadlines, keep-alive, a
+/// leader on every request, TLS).
+pub(crate) fn connect_options(
+    cfg: &EtcdConfig,
+) -> Result<(Vec<String>, ConnectOptions), StoreError> {
+    let endpoints = cfg.describe();
+    let fail = |reason: String, hint: &'static str| StoreError::Etcd {
+        endpoints: endpoints.clone(),
+        reason,
+        hint,
+    };
+    let mut opts = ConnectOptions::new()
+        .with_timeout(cfg.timeout)
+        .with_connect_timeout(cfg.timeout.min(Duration::from_secs(3)))
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_require_leader(true);
+    let ca = read_pem("etcd CA", &cfg.ca)?;
+    let cert = read_pem("etcd client certificate", &cfg.cert)?;
+    let key = read_pem("etcd client key", &cfg.key)?;
+    let mut urls = cfg.endpoints.clone();
+    if ca.is_some() || cert.is_some() {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = ca {
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+        }
+        match (cert, key) {
+            (Some(c), Some(k)) => tls = tls.identity(Identity::from_pem(c, k)),
+            (None, None) => {}
+            _ => {
+                return Err(fail(
+                    "was given only one of --etcd-cert and --etcd-key".into(),
+                    "pass both (the client certificate and its key), or neither",
+                ))
+            }
+        }
+        opts = opts.with_tls(tls);
+        for u in &mut urls {
+            if !u.contains("://") {
+                *u = format!("https://{u}");
+            }
+        }
+    }
+    Ok((urls, opts))
+}
+
+/// An async client on the caller's runtime (the coordinator's watch and
+/// live-state tasks), connected within the deadline.
+pub(crate) async fn connect_async(cfg: &EtcdConfig) -> Result<Client, StoreError> {
+    let (urls, opts) = connect_options(cfg)?;
+    let endpoints = cfg.describe();
+    match tokio::time::timeout(cfg.timeout, Client::connect(urls, Some(opts))).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(classify(&endpoints, &e)),
+        Err(_) => Err(StoreError::Etcd {
+            endpoints,
+            reason: format!("did not answer within {:?}", cfg.timeout),
+            hint: UNREACHABLE_HINT,
+        }),
+    }
+}
+
 pub(crate) const COUNTER: &str = "meta/next_node_id";
 const NO_QUORUM_HINT: &str =
     "writes are refused until a majority of its members is back; check the members with etcdctl endpoint health";
@@ -393,7 +424,7 @@ fn not_sent(e: &etcd_client::Error) -> bool {
 }
 
 /// What an etcd error means for the user.
-fn classify(endpoints: &str, e: &etcd_client::Error) -> StoreError {
+pub(crate) fn classify(endpoints: &str, e: &etcd_client::Error) -> StoreError {
     let text = e.to_string();
     let lower = text.to_ascii_lowercase();
     let any = |words: &[&str]| words.iter().any(|w| lower.contains(w));
@@ -483,6 +514,7 @@ impl StoreBackend for EtcdBackend {
             nodes,
             next_node_id,
             config,
+            revision: rev,
         })
     }
 

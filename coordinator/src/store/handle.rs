@@ -29,6 +29,9 @@ pub(super) enum Request {
     Config(Vec<ConfigChange>, Reply<()>),
     Tokens(Reply<Vec<TokenRecord>>),
     PolicyHistory(Reply<Vec<AclVersion>>),
+    /// Load the whole store again and bring the registry, IPAM and node id
+    /// counter up to it (what other replicas wrote).
+    Resync(Reply<Resynced>),
     /// Close the backend (releasing its file lock) and stop the thread.
     Shutdown(oneshot::Sender<()>),
 }
@@ -37,6 +40,19 @@ pub(super) enum Request {
 /// nodes, with the registry already updated, so the server can wake
 /// sessions.
 pub type OnCommit = Box<dyn Fn(&[NodeId]) + Send>;
+
+/// What [`StoreHandle::resync`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Resynced {
+    /// The revision the store was read at (see [`super::Loaded::revision`]).
+    pub revision: i64,
+    /// The policy, services and routes as stored now.
+    pub config: StoredConfig,
+    /// Nodes another replica removed (gone from the registry now).
+    pub removed: Vec<NodeId>,
+    /// Nodes another replica added (in the registry now).
+    pub added: Vec<NodeId>,
+}
 
 /// Sends requests to the writer thread. Cheap to clone.
 #[derive(Clone)]
@@ -151,6 +167,12 @@ impl StoreHandle {
     /// Every policy version, oldest first, read from the backend.
     pub async fn policy_history(&self) -> Result<Vec<AclVersion>, ErrorReply> {
         self.call(Request::PolicyHistory).await
+    }
+
+    /// Loads the store again (on a shared backend: what other replicas
+    /// wrote) and updates the registry; the configuration as stored.
+    pub async fn resync(&self) -> Result<Resynced, ErrorReply> {
+        self.call(Request::Resync).await
     }
 
     /// Closes the backend once every queued change is written.

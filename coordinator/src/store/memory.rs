@@ -130,6 +130,7 @@ impl StoreBackend for MemoryBackend {
             nodes: s.nodes.values().cloned().collect(),
             next_node_id: s.next_node_id.unwrap_or(1),
             config: s.config.clone(),
+            revision: 0,
         })
     }
 

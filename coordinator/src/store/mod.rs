@@ -43,7 +43,7 @@ use weft_proto::msg::{AclVersion, ErrorCode, ErrorReply, ServiceInfo, TokenInfo}
 use weft_proto::policy::Cidr;
 use weft_proto::{HostSubnet, NodeId, Peer, WgPublicKey};
 
-pub use handle::{open, open_with, OnCommit, Opened, StoreHandle};
+pub use handle::{open, open_with, OnCommit, Opened, Resynced, StoreHandle};
 
 /// A registered node as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +128,9 @@ pub struct Loaded {
     /// The id the next node gets (1 in a new database).
     pub next_node_id: u64,
     pub config: StoredConfig,
+    /// The etcd revision everything was read at (0 for a local backend): a
+    /// watch from `revision + 1` sees every later change.
+    pub revision: i64,
 }
 
 /// A join as the store sees it, after the key proof was checked.

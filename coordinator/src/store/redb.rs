@@ -284,6 +284,7 @@ impl StoreBackend for RedbBackend {
             nodes: self.nodes()?,
             next_node_id,
             config,
+            revision: 0,
         })
     }
 

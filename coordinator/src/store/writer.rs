@@ -23,7 +23,7 @@ use weft_proto::msg::ErrorReply;
 use weft_proto::{NodeId, Peer};
 
 use super::decide::Batch;
-use super::handle::{OnCommit, Request};
+use super::handle::{OnCommit, Request, Resynced};
 use super::{internal, refuse, Change, CommitError, StoreBackend, StoreError, TokenRecord};
 use crate::ipam::Ipam;
 use crate::registry::Registry;
@@ -82,6 +82,13 @@ impl<B: StoreBackend> Writer<B> {
                     Request::Tokens(r) => drop(r.send(self.backend.tokens().map_err(internal))),
                     Request::PolicyHistory(r) => {
                         drop(r.send(self.backend.policy_history().map_err(internal)))
+                    }
+                    Request::Resync(r) => {
+                        let out = self.resync();
+                        if let Err(e) = &out {
+                            tracing::warn!(error = %e, "cannot read the store again");
+                        }
+                        drop(r.send(out.map_err(internal)))
                     }
                     Request::Shutdown(r) => stop = Some(r),
                     req => batch.push(req),
@@ -154,9 +161,10 @@ impl<B: StoreBackend> Writer<B> {
                     changes.extend(c.iter().cloned().map(Change::Config));
                     Ok(())
                 }
-                Request::Tokens(_) | Request::PolicyHistory(_) | Request::Shutdown(_) => {
-                    Err(internal("not a write request"))
-                }
+                Request::Tokens(_)
+                | Request::PolicyHistory(_)
+                | Request::Resync(_)
+                | Request::Shutdown(_) => Err(internal("not a write request")),
             };
             decided.push(match outcome {
                 Ok(()) => Decided::Changes {
@@ -281,10 +289,12 @@ impl<B: StoreBackend> Writer<B> {
     /// Reads the whole store again and brings the registry, the IPAM and
     /// the node id counter up to it: the nodes other replicas added or
     /// removed. Sessions are woken for them.
-    fn resync(&mut self) -> Result<(), StoreError> {
+    fn resync(&mut self) -> Result<Resynced, StoreError> {
         let loaded = self.backend.load()?;
         self.next_node_id = loaded.next_node_id;
         let mut changed = Vec::new();
+        let mut removed = Vec::new();
+        let mut added = Vec::new();
         {
             let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
             let fresh: HashSet<NodeId> = loaded.nodes.iter().map(|n| n.id).collect();
@@ -297,6 +307,7 @@ impl<B: StoreBackend> Writer<B> {
                 if let Some(peer) = reg.remove(id) {
                     self.ipam.release(peer.subnet);
                     changed.push(id);
+                    removed.push(id);
                 }
             }
             for n in &loaded.nodes {
@@ -308,12 +319,18 @@ impl<B: StoreBackend> Writer<B> {
                 }
                 reg.insert(n.to_peer(), n.created_at);
                 changed.push(n.id);
+                added.push(n.id);
             }
         }
         if !changed.is_empty() {
             (self.on_commit)(&changed);
         }
-        Ok(())
+        Ok(Resynced {
+            revision: loaded.revision,
+            config: loaded.config,
+            removed,
+            added,
+        })
     }
 
     fn fail_all(&mut self, batch: Vec<Request>, e: &StoreError) {
@@ -413,6 +430,7 @@ fn answer(batch: Vec<Request>, decided: Vec<Decided>, committed: Option<Committe
             }
             Request::Tokens(r) => drop(r.send(Err(err()))),
             Request::PolicyHistory(r) => drop(r.send(Err(err()))),
+            Request::Resync(r) => drop(r.send(Err(err()))),
             Request::Shutdown(r) => drop(r.send(())),
         }
     }

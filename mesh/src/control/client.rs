@@ -22,6 +22,8 @@ use super::transport::{DatagramLink, DatagramSource, FrameReader, FrameWriter};
 use super::ControlError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The same for an address with others after it in the list.
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a host keeps to reconnect to its coordinator without a token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -408,7 +410,15 @@ where
     F: std::future::Future<Output = Result<T, String>>,
 {
     let mut last = String::from("the token names no address");
-    for addr in &info.addrs {
+    for (i, addr) in info.addrs.iter().enumerate() {
+        // With more addresses to try (coordinator replicas), one that does
+        // not answer soon is given up for the next: a dead replica costs a
+        // failing-over host FAILOVER_TIMEOUT, not CONNECT_TIMEOUT.
+        let within = if i + 1 < info.addrs.len() {
+            FAILOVER_TIMEOUT
+        } else {
+            CONNECT_TIMEOUT
+        };
         let sa = match resolve(addr).await {
             Ok(sa) => sa,
             Err(e) => {
@@ -416,7 +426,7 @@ where
                 continue;
             }
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, connect(sa)).await {
+        match tokio::time::timeout(within, connect(sa)).await {
             Ok(Ok(c)) => return Ok(c),
             Ok(Err(e)) => {
                 if let Some(presented) = outcome.mismatched_pin() {
@@ -428,7 +438,7 @@ where
                 }
                 last = format!("{addr}{via}: {e}");
             }
-            Err(_) => last = format!("{addr}{via}: no answer within {CONNECT_TIMEOUT:?}"),
+            Err(_) => last = format!("{addr}{via}: no answer within {within:?}"),
         }
     }
     Err(ControlError::Unreachable {
