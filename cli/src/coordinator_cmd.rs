@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Subcommand};
 use weft_coordinator::store::etcd::EtcdConfig;
 use weft_coordinator::{Config, Coordinator, StoreConfig};
 
@@ -54,9 +54,107 @@ pub struct CoordinatorArgs {
     /// Key (PEM) of the client certificate for etcd.
     #[arg(long, value_name = "FILE", requires = "etcd_cert")]
     etcd_key: Option<PathBuf>,
+    /// With --store etcd: where the other replicas reach this one to
+    /// forward relayed traffic (HOST:PORT of --listen); default: the first
+    /// --advertise.
+    #[arg(long, value_name = "HOST:PORT")]
+    replica_addr: Option<String>,
     /// How long changes are gathered before they are pushed (milliseconds).
     #[arg(long, default_value_t = 25, hide = true)]
     coalesce_ms: u64,
+    #[command(subcommand)]
+    action: Option<CoordinatorAction>,
+}
+
+#[derive(Subcommand, Debug)]
+enum CoordinatorAction {
+    /// Move a stopped coordinator's store (redb, in its state dir) into
+    /// etcd: nodes, tokens, policy history, services and routes, so hosts
+    /// reconnect without joining again. Then start the coordinator (and
+    /// its replicas, with copies of the state dir's identity files) with
+    /// --store etcd://...
+    Migrate(Box<MigrateArgs>),
+}
+
+#[derive(Args, Debug)]
+struct MigrateArgs {
+    /// The coordinator's state dir (its weft.redb is read, not changed).
+    #[arg(long, value_name = "STATE_DIR")]
+    from: PathBuf,
+    /// The etcd cluster: etcd://HOST:PORT,HOST:PORT,...
+    #[arg(long, value_name = "etcd://HOST:PORT,...")]
+    to: String,
+    /// Prefix of the keys written.
+    #[arg(long, value_name = "PREFIX", default_value = "/weft")]
+    etcd_prefix: String,
+    /// CA (PEM) that signed the etcd members' certificates.
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd, with --etcd-key.
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// Key (PEM) of the client certificate for etcd.
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// Replace whatever the prefix holds (it is deleted first).
+    #[arg(long)]
+    force: bool,
+}
+
+fn etcd_config(
+    url: &str,
+    prefix: &str,
+    ca: &Option<PathBuf>,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+) -> anyhow::Result<EtcdConfig> {
+    let mut cfg = EtcdConfig::from_url(url).map_err(|e| anyhow::anyhow!("{e}"))?;
+    anyhow::ensure!(
+        prefix.starts_with('/') && prefix.len() > 1,
+        "--etcd-prefix {prefix} must start with / and name something, like /weft"
+    );
+    cfg.prefix = prefix.to_string();
+    cfg.ca = ca.clone();
+    cfg.cert = cert.clone();
+    cfg.key = key.clone();
+    Ok(cfg)
+}
+
+#[expect(clippy::print_stdout, reason = "the command's output")]
+fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let cfg = etcd_config(
+        &args.to,
+        &args.etcd_prefix,
+        &args.etcd_ca,
+        &args.etcd_cert,
+        &args.etcd_key,
+    )
+    .map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+    let db = args.from.join(weft_coordinator::state::DB_FILE);
+    let m = weft_coordinator::store::etcd::migrate(&db, &cfg, args.force)?;
+    println!(
+        "moved {} nodes, {} tokens, {} policy versions, {} services and {} route records from {} to {} under {}",
+        m.nodes,
+        m.tokens,
+        m.policy_versions,
+        m.services,
+        m.routes,
+        db.display(),
+        args.to,
+        cfg.prefix
+    );
+    println!(
+        "start the coordinator with --state-dir {} --store {}{}; {} is left as it was",
+        args.from.display(),
+        args.to,
+        if cfg.prefix == "/weft" {
+            String::new()
+        } else {
+            format!(" --etcd-prefix {}", cfg.prefix)
+        },
+        db.display()
+    );
+    Ok(())
 }
 
 /// The store `--store` and the `--etcd-*` flags name.
@@ -70,21 +168,21 @@ fn store_config(args: &CoordinatorArgs) -> anyhow::Result<StoreConfig> {
         );
         return Ok(StoreConfig::Redb);
     }
-    let mut cfg = EtcdConfig::from_url(&args.store)
-        .map_err(|e| anyhow::anyhow!("--store: {e} (or redb, the default)"))?;
-    anyhow::ensure!(
-        args.etcd_prefix.starts_with('/') && args.etcd_prefix.len() > 1,
-        "--etcd-prefix {} must start with / and name something, like /weft",
-        args.etcd_prefix
-    );
-    cfg.prefix = args.etcd_prefix.clone();
-    cfg.ca = args.etcd_ca.clone();
-    cfg.cert = args.etcd_cert.clone();
-    cfg.key = args.etcd_key.clone();
+    let cfg = etcd_config(
+        &args.store,
+        &args.etcd_prefix,
+        &args.etcd_ca,
+        &args.etcd_cert,
+        &args.etcd_key,
+    )
+    .map_err(|e| anyhow::anyhow!("--store: {e} (or redb, the default)"))?;
     Ok(StoreConfig::Etcd(cfg))
 }
 
-pub fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
+pub fn run(mut args: CoordinatorArgs) -> anyhow::Result<()> {
+    if let Some(CoordinatorAction::Migrate(m)) = args.action.take() {
+        return migrate(*m);
+    }
     let store = store_config(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -99,6 +197,7 @@ pub fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
         config.coalesce = Duration::from_millis(args.coalesce_ms.min(50));
         config.allow_loopback_endpoints = args.allow_loopback_endpoints;
         config.store = store;
+        config.replica_addr = args.replica_addr;
         let coordinator = Coordinator::start(config).await?;
         tracing::info!(
             admin = %coordinator.admin_credential_path().display(),

@@ -65,6 +65,9 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The largest live record read (a few endpoints and two addresses).
 const MAX_LIVE_RECORD: usize = 4096;
+/// Live records kept for nodes beyond those in the registry (hosts that
+/// came online on another replica before this one loaded their join).
+const MAX_UNKNOWN_REMOTE: usize = 4096;
 /// Links to other replicas kept at most (their addresses come from etcd).
 const MAX_LINKS: usize = 64;
 /// How long after a failed dial a link is not tried again.
@@ -468,6 +471,7 @@ async fn load_live(shared: &Shared, r: &Replica, rev: i64) -> Result<(), StoreEr
     let prefix = r.key("live/");
     let resp = r.call(kv.get(prefix.clone(), Some(opts))).await?;
     let mut fresh = HashMap::new();
+    let room = shared.read().len() + MAX_UNKNOWN_REMOTE;
     for kv in resp.kvs() {
         let Some(id) = kv
             .key()
@@ -482,7 +486,7 @@ async fn load_live(shared: &Shared, r: &Replica, rev: i64) -> Result<(), StoreEr
             warn!(node = %id, "unreadable live record in etcd; ignored");
             continue;
         };
-        if rec.replica != r.id {
+        if rec.replica != r.id && fresh.len() < room {
             fresh.insert(id, remote_of(shared, rec));
         }
     }
@@ -534,7 +538,16 @@ fn apply_live(
         Some(rec) => {
             let rem = remote_of(shared, rec);
             let eps = rem.endpoints.clone();
-            lock(&r.remote).insert(id, rem);
+            // Bounded whatever etcd holds: a record for a node this replica
+            // does not know (yet) is kept only while there is room.
+            let room = shared.read().len() + MAX_UNKNOWN_REMOTE;
+            {
+                let mut remote = lock(&r.remote);
+                if remote.len() >= room && !remote.contains_key(&id) {
+                    return;
+                }
+                remote.insert(id, rem);
+            }
             shared.write().set_online(id, true, Some(eps))
         }
         None => {

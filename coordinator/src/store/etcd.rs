@@ -473,6 +473,135 @@ pub(crate) fn classify(endpoints: &str, e: &etcd_client::Error) -> StoreError {
     }
 }
 
+/// Everything a store holds, for [`migrate`]: what [`StoreBackend::load`]
+/// reads, with every token and the whole policy history.
+#[derive(Debug, Clone, Default)]
+pub struct Export {
+    pub loaded: Loaded,
+    pub tokens: Vec<TokenRecord>,
+    pub policy_history: Vec<AclVersion>,
+}
+
+impl Export {
+    /// Reads everything `backend` holds.
+    pub fn read(backend: &mut impl StoreBackend) -> Result<Self, StoreError> {
+        Ok(Self {
+            loaded: backend.load()?,
+            tokens: backend.tokens()?,
+            policy_history: backend.policy_history()?,
+        })
+    }
+}
+
+/// What [`migrate`] moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    pub nodes: usize,
+    pub tokens: usize,
+    pub policy_versions: usize,
+    pub services: usize,
+    pub routes: usize,
+}
+
+/// Copies the redb store at `db` into etcd under `to`'s prefix: the same
+/// nodes (ids, keys, subnets, names), tokens, node id counter, policy
+/// history, services and routes, so hosts reconnect to the coordinator on
+/// etcd without joining again. Refuses a prefix that holds keys unless
+/// `force` (which deletes them first). Blocks; the coordinator must be
+/// stopped (redb's lock on the file says so otherwise).
+pub fn migrate(db: &std::path::Path, to: &EtcdConfig, force: bool) -> Result<Migrated, StoreError> {
+    if !db.exists() {
+        return Err(StoreError::Db {
+            path: db.display().to_string(),
+            source: "no such file: is --from the coordinator's state dir?".into(),
+        });
+    }
+    let mut from = super::redb::RedbBackend::open(db)?;
+    let data = Export::read(&mut from)?;
+    drop(from);
+    let mut be = EtcdBackend::connect(to)?;
+    let held = be.get("", Some(GetOptions::new().with_prefix().with_count_only()))?;
+    if held.count() > 0 {
+        if !force {
+            return Err(StoreError::Etcd {
+                endpoints: be.endpoints.clone(),
+                reason: format!(
+                    "already holds {} keys under {}",
+                    held.count(),
+                    be.prefix
+                ),
+                hint: "migrate into an empty prefix (--etcd-prefix), or pass --force to replace what it holds",
+            });
+        }
+        let key = be.key("");
+        be.call(|| {
+            let mut kv = be.kv.clone();
+            let key = key.clone();
+            async move {
+                kv.delete(key, Some(etcd_client::DeleteOptions::new().with_prefix()))
+                    .await
+            }
+        })?;
+    }
+    be.import(&data)?;
+    Ok(Migrated {
+        nodes: data.loaded.nodes.len(),
+        tokens: data.tokens.len(),
+        policy_versions: data.policy_history.len(),
+        services: data.loaded.config.services.len(),
+        routes: data.loaded.config.routes.len(),
+    })
+}
+
+impl EtcdBackend {
+    /// Writes `data` as this backend lays it out, in transactions of at
+    /// most `max_txn_ops` puts.
+    pub fn import(&mut self, data: &Export) -> Result<(), StoreError> {
+        let mut puts: Vec<(String, Vec<u8>)> = Vec::new();
+        for n in &data.loaded.nodes {
+            puts.push((node_key(n.id), encode(n)?));
+            for k in index_keys(n) {
+                puts.push((k, n.id.0.to_string().into_bytes()));
+            }
+        }
+        for t in &data.tokens {
+            puts.push((token_key(&t.id), encode(t)?));
+        }
+        puts.push((
+            COUNTER.to_string(),
+            data.loaded.next_node_id.to_string().into_bytes(),
+        ));
+        let mut history = data.policy_history.clone();
+        if let Some(p) = &data.loaded.config.policy {
+            if !history.iter().any(|h| h.version == p.version) {
+                history.push(p.clone());
+            }
+        }
+        for v in &history {
+            puts.push((policy_key(v.version), encode(v)?));
+        }
+        for s in data.loaded.config.services.values() {
+            puts.push((service_key(&s.name), encode(s)?));
+        }
+        for (id, r) in &data.loaded.config.routes {
+            puts.push((routes_key(*id), encode(r)?));
+        }
+        for chunk in puts.chunks(self.max_txn_ops.max(1)) {
+            let ops: Vec<etcd_client::TxnOp> = chunk
+                .iter()
+                .map(|(k, v)| etcd_client::TxnOp::put(self.key(k), v.clone(), None))
+                .collect();
+            self.call(|| {
+                let mut kv = self.kv.clone();
+                let txn = etcd_client::Txn::new().and_then(ops.clone());
+                async move { kv.txn(txn).await }
+            })?;
+        }
+        self.token_revs.clear();
+        Ok(())
+    }
+}
+
 impl StoreBackend for EtcdBackend {
     fn load(&mut self) -> Result<Loaded, StoreError> {
         // Everything at one revision: the nodes' read fixes it.
