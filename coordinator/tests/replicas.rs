@@ -190,6 +190,21 @@ async fn changes_on_one_replica_reach_hosts_on_the_others_within_a_second() {
     })
     .await;
 
+    // A host that joined on A and moves to C at once (before C's watch
+    // may have brought its join) is known there.
+    let (kq, q) = join(&token_a, "q").await;
+    let mut on_c = q.coordinator.clone();
+    on_c.addrs = vec![addrs[2].to_string()];
+    let q_id = q.node_id;
+    drop(q);
+    let moved = ControlClient::new()
+        .unwrap()
+        .connect(&on_c, &kq, vec![], None)
+        .await
+        .unwrap();
+    assert_eq!(moved.welcome().node_id, q_id);
+    drop(moved);
+
     // The relay between hosts on different replicas: z (A) to x (B), and
     // y (C) to z (A).
     let mut x_in = x.session.take_datagrams().unwrap();
@@ -534,4 +549,82 @@ async fn a_killed_replica_loses_no_acknowledged_join_and_its_hosts_fail_over() {
     eprintln!("relay from a failed-over host after {took:?}");
     b.shutdown().await;
     c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_ride_out_an_etcd_outage_and_catch_up() {
+    init_tracing();
+    let Some(mut etcd) = etcd_cluster::start() else {
+        return;
+    };
+    let cfg = etcd_config(&etcd, "/outage");
+    let root = tempfile::tempdir().unwrap();
+    let dirs = shared_identity_dirs(root.path(), 2);
+    let addrs = free_ports(2);
+    let a = Coordinator::start(replica_config(&dirs[0], &addrs, 0, &cfg))
+        .await
+        .unwrap();
+    let b = Coordinator::start(replica_config(&dirs[1], &addrs, 1, &cfg))
+        .await
+        .unwrap();
+    let token_a = a.create_token(None, None, vec![]).await.unwrap();
+    let (_kx, mut x) = join(&b.create_token(None, None, vec![]).await.unwrap(), "x").await;
+    let (_ky, y) = join(&token_a, "y").await;
+    wait_for(&mut x.session, Duration::from_secs(2), |s| {
+        has_peer_online(s, "y")
+    })
+    .await;
+
+    // Quorum lost: sessions stay up, the relay between replicas still
+    // works (it does not need etcd), joins are refused.
+    etcd.kill(1);
+    etcd.kill(2);
+    let mut x_in = x.session.take_datagrams().unwrap();
+    relayed(&y.session, &mut x_in, y.node_id, x.node_id).await;
+    let refused = ControlClient::new()
+        .unwrap()
+        .join(&token_a, &key(), "z", vec![])
+        .await;
+    assert!(refused.is_err(), "no join without quorum");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        has_peer_online(&x.session, "y"),
+        "a host stays online while etcd is out"
+    );
+
+    // Back: the watches are set up again and changes flow again.
+    etcd.start_member(1);
+    etcd.start_member(2);
+    etcd.wait_healthy(&[0, 1, 2], Duration::from_secs(30));
+    let t = Instant::now();
+    let (_kz, _z) = loop {
+        match ControlClient::new()
+            .unwrap()
+            .join(
+                &token_a,
+                &key(),
+                "z",
+                vec!["192.0.2.10:51820".parse().unwrap()],
+            )
+            .await
+        {
+            Ok(out) => break (key(), out),
+            Err(e) => {
+                assert!(t.elapsed() < Duration::from_secs(20), "{e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let t = Instant::now();
+    wait_for(&mut x.session, Duration::from_secs(10), |s| {
+        has_peer_online(s, "z")
+    })
+    .await;
+    eprintln!(
+        "after the outage, a join on A reached B in {:?}",
+        t.elapsed()
+    );
+    drop(y);
+    a.shutdown().await;
+    b.shutdown().await;
 }

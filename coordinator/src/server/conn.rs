@@ -248,7 +248,14 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
             ) {
                 return Err(refuse_and_close(send, proof_failed()).await);
             }
-            let Some(id) = shared.read().by_key(&req.public_key) else {
+            let mut id = shared.read().by_key(&req.public_key);
+            if id.is_none() && shared.replica.is_some() {
+                // A host that joined on another replica a moment ago, and
+                // failed over before this replica's watch brought it here.
+                super::replica::catch_up(&shared).await;
+                id = shared.read().by_key(&req.public_key);
+            }
+            let Some(id) = id else {
                 return Err(refuse_and_close(send, not_registered()).await);
             };
             let have = (req.have_epoch, req.have_version, req.have_view);

@@ -72,6 +72,8 @@ const MAX_UNKNOWN_REMOTE: usize = 4096;
 const MAX_LINKS: usize = 64;
 /// How long after a failed dial a link is not tried again.
 const REDIAL_AFTER: Duration = Duration::from_secs(1);
+/// The least time between two loads for unknown hosts ([`catch_up`]).
+const CATCH_UP_EVERY: Duration = Duration::from_millis(250);
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-weft-replica-link-v1";
 
 /// `P/live/<node>`: a host with a session on `replica`.
@@ -117,6 +119,8 @@ pub(super) struct Replica {
     link_key: ring::hmac::Key,
     pin: [u8; 32],
     endpoint: Mutex<Option<quinn::Endpoint>>,
+    /// When [`catch_up`] last loaded the store.
+    caught_up: tokio::sync::Mutex<Option<Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -154,6 +158,7 @@ impl Replica {
             link_key,
             pin,
             endpoint: Mutex::new(None),
+            caught_up: tokio::sync::Mutex::new(None),
         };
         me.check_meta(
             "identity_pin",
@@ -399,6 +404,22 @@ fn decode_live(v: &[u8]) -> Option<LiveRecord> {
         return None;
     }
     rmp_serde::from_slice(v).ok()
+}
+
+/// Loads the store again now, unless that was done less than
+/// [`CATCH_UP_EVERY`] ago: for a host this replica does not know, which
+/// may have joined on another replica a moment ago. Bounded, since any
+/// stranger can ask for it with a fresh key.
+pub(super) async fn catch_up(shared: &Arc<Shared>) {
+    let Some(r) = replica(shared) else { return };
+    let mut last = r.caught_up.lock().await;
+    if last.is_some_and(|t| t.elapsed() < CATCH_UP_EVERY) {
+        return;
+    }
+    if let Err(e) = resync(shared).await {
+        debug!(error = %e, "cannot catch up with the store");
+    }
+    *last = Some(Instant::now());
 }
 
 /// Loads the store again and brings this replica's registry and

@@ -88,7 +88,12 @@ impl<B: StoreBackend> Writer<B> {
                         if let Err(e) = &out {
                             tracing::warn!(error = %e, "cannot read the store again");
                         }
-                        drop(r.send(out.map_err(internal)))
+                        drop(r.send(out.map_err(|e| {
+                            refuse(
+                                weft_proto::msg::ErrorCode::Internal,
+                                format!("cannot read the store ({e})"),
+                            )
+                        })))
                     }
                     Request::Shutdown(r) => stop = Some(r),
                     req => batch.push(req),
