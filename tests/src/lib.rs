@@ -39,6 +39,7 @@ pub mod nat;
 mod pinger;
 pub mod podman;
 mod registry;
+pub mod replicas;
 mod service;
 mod sniff;
 mod stream;
