@@ -573,6 +573,13 @@ impl Engine {
                 // One that has an endpoint keeps it (it may have roamed).
                 Some(ep) => {
                     self.handle.set_endpoint_if_unset(&key, ep);
+                    // A re-added peer starts as direct in the data plane.
+                    let class = if self.on_link(ep.ip()) {
+                        PathClass::Lan
+                    } else {
+                        PathClass::Direct
+                    };
+                    self.handle.set_path(&key, class);
                 }
             }
         }
