@@ -175,10 +175,12 @@ impl Coordinator {
         };
         let db_path = config.state_dir.join(state::DB_FILE);
         let store_config = config.store.clone();
+        let commit_log = store::etcd::CommitLog::default();
+        let log = commit_log.clone();
         let opened = tokio::task::spawn_blocking(move || match store_config {
             crate::StoreConfig::Redb => store::open(&db_path, ipam, epoch, on_commit),
             crate::StoreConfig::Etcd(cfg) => store::open_with(
-                store::etcd::EtcdBackend::connect(&cfg)?,
+                store::etcd::EtcdBackend::connect(&cfg)?.with_commit_log(log),
                 ipam,
                 epoch,
                 on_commit,
@@ -236,6 +238,7 @@ impl Coordinator {
                     identity.pin,
                     admin_hash,
                     state::replica_link_key(&identity.secret),
+                    commit_log,
                     config
                         .replica_addr
                         .clone()

@@ -9,7 +9,8 @@
 //!   conflict path uses); the registry, IPAM and configuration are brought up
 //!   to it and sessions are woken exactly as after a local commit (the same
 //!   coalescer, the same per-host views). One load is in flight at a time,
-//!   so a burst of remote changes costs a few loads, not one each. A watch
+//!   so a burst of remote changes costs a few loads, not one each; events of
+//!   this replica's own commits (their revisions are noted) cost none. A watch
 //!   that is cancelled (compaction, a member that lost its leader) or fails
 //!   is started again after a fresh load; while etcd is out the replica
 //!   retries with backoff and its hosts keep their sessions and data plane.
@@ -61,6 +62,8 @@ pub const REPLICA_ALPN: &[u8] = b"weft-replica/1";
 /// A replica's lease: how long its hosts stay `online` to the other
 /// replicas after it died.
 pub const LEASE_TTL: i64 = 5;
+/// Live puts per transaction (etcd's default --max-txn-ops is 128).
+const PUTS_PER_TXN: usize = 64;
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The largest live record read (a few endpoints and two addresses).
@@ -121,6 +124,9 @@ pub(super) struct Replica {
     endpoint: Mutex<Option<quinn::Endpoint>>,
     /// When [`catch_up`] last loaded the store.
     caught_up: tokio::sync::Mutex<Option<Instant>>,
+    /// The revisions this replica's store writer committed: their events
+    /// are in its memory already and need no load.
+    commits: crate::store::etcd::CommitLog,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -137,6 +143,7 @@ impl Replica {
         pin: [u8; 32],
         admin_hash: [u8; 32],
         link_key: ring::hmac::Key,
+        commits: crate::store::etcd::CommitLog,
         relay_addr: String,
     ) -> Result<Self, StoreError> {
         let client = crate::store::etcd::connect_async(cfg).await?;
@@ -159,6 +166,7 @@ impl Replica {
             pin,
             endpoint: Mutex::new(None),
             caught_up: tokio::sync::Mutex::new(None),
+            commits,
         };
         me.check_meta(
             "identity_pin",
@@ -387,7 +395,10 @@ async fn watch_once(shared: &Arc<Shared>, backoff: &mut Duration) -> Result<Stri
                     let prev = ev.prev_kv().and_then(|p| decode_live(p.value()));
                     live.push((id, rec, prev));
                 }
-                None => log_changed = true,
+                None => {
+                    let own = lock(&r.commits).contains(&kv.mod_revision());
+                    log_changed |= !own;
+                }
             }
         }
         if log_changed {
@@ -600,12 +611,31 @@ async fn live_writer(shared: Arc<Shared>) {
                 break;
             }
             let mut failed = None;
-            for (i, (id, online)) in batch.iter().enumerate() {
-                if let Err(e) = write_live(&shared, r, *id, *online).await {
-                    failed = Some((i, e));
+            // Puts go PUTS_PER_TXN to a transaction (many hosts come
+            // online at once when a replica fails over to this one);
+            // deletes one by one, each compared with this lease.
+            let (puts, dels): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .partition(|(_, online): &(NodeId, bool)| *online);
+            let mut done = 0;
+            for chunk in puts.chunks(PUTS_PER_TXN) {
+                let ids: Vec<NodeId> = chunk.iter().map(|(id, _)| *id).collect();
+                if let Err(e) = put_live(&shared, r, &ids).await {
+                    failed = Some((done, e));
                     break;
                 }
+                done += chunk.len();
             }
+            if failed.is_none() {
+                for (id, _) in &dels {
+                    if let Err(e) = delete_live(&shared, r, *id).await {
+                        failed = Some((done, e));
+                        break;
+                    }
+                    done += 1;
+                }
+            }
+            let batch: Vec<(NodeId, bool)> = puts.into_iter().chain(dels).collect();
             if let Some((i, e)) = failed {
                 warn!(error = %e, retry_in = ?backoff, "cannot write hosts' live state to etcd; other replicas see it late");
                 // Keep what was not written, unless newer news arrived.
@@ -624,52 +654,61 @@ async fn live_writer(shared: Arc<Shared>) {
     }
 }
 
-async fn write_live(
-    shared: &Shared,
-    r: &Replica,
-    id: NodeId,
-    online: bool,
-) -> Result<(), StoreError> {
-    let key = r.live_key(id);
-    let mut kv = r.client.kv_client();
-    let local = shared.sessions().contains_key(&id);
-    if online && local {
-        let endpoints = match shared.read().get(id) {
-            Some(p) => p.endpoints.clone(),
-            None => return Ok(()),
-        };
-        if r.ensure_lease().await? {
-            requeue_all(shared, r);
+/// Puts the live keys of `ids` (those with a session here) in one
+/// transaction, on this replica's lease.
+async fn put_live(shared: &Shared, r: &Replica, ids: &[NodeId]) -> Result<(), StoreError> {
+    let mut ops = Vec::with_capacity(ids.len());
+    if r.ensure_lease().await? {
+        requeue_all(shared, r);
+    }
+    let lease = r.lease.load(Ordering::Acquire);
+    for id in ids {
+        if !shared.sessions().contains_key(id) {
+            continue;
         }
-        let lease = r.lease.load(Ordering::Acquire);
+        let Some(endpoints) = shared.read().get(*id).map(|p| p.endpoints.clone()) else {
+            continue;
+        };
         let rec = LiveRecord {
             replica: r.id.clone(),
             relay: r.relay_addr.clone(),
             endpoints,
         };
         let value = crate::store::etcd::encode(&rec)?;
-        let put = kv.put(key, value, Some(PutOptions::new().with_lease(lease)));
-        match r.call(put).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                if e.to_string().contains("lease not found") {
-                    r.lease.store(0, Ordering::Release);
-                }
-                Err(e)
-            }
-        }
-    } else if !local {
-        let lease = r.lease.load(Ordering::Acquire);
-        if lease == 0 {
-            return Ok(());
-        }
-        let txn = Txn::new()
-            .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
-            .and_then([TxnOp::delete(key, None)]);
-        r.call(kv.txn(txn)).await.map(|_| ())
-    } else {
-        Ok(())
+        ops.push(TxnOp::put(
+            r.live_key(*id),
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        ));
     }
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let mut kv = r.client.kv_client();
+    match r.call(kv.txn(Txn::new().and_then(ops))).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            if e.to_string().contains("lease not found") {
+                r.lease.store(0, Ordering::Release);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Deletes host `id`'s live key if it has no session here and the key is
+/// still on this replica's lease.
+async fn delete_live(shared: &Shared, r: &Replica, id: NodeId) -> Result<(), StoreError> {
+    let lease = r.lease.load(Ordering::Acquire);
+    if lease == 0 || shared.sessions().contains_key(&id) {
+        return Ok(());
+    }
+    let key = r.live_key(id);
+    let txn = Txn::new()
+        .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+        .and_then([TxnOp::delete(key, None)]);
+    let mut kv = r.client.kv_client();
+    r.call(kv.txn(txn)).await.map(|_| ())
 }
 
 /// Every host with a session here is written again (a new lease).

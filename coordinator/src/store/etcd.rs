@@ -138,7 +138,16 @@ pub struct EtcdBackend {
     /// Each token as last read or written, with its `mod_revision`: a
     /// join's "the token is still as read" is a compare on that revision.
     token_revs: HashMap<String, (i64, TokenRecord)>,
+    /// The revisions of this backend's latest commits, shared with the
+    /// coordinator's watch: events at these revisions are this replica's
+    /// own writes, already in its memory.
+    commits: Option<CommitLog>,
 }
+
+/// The revisions of a backend's latest commits (at most
+/// [`COMMIT_LOG_LEN`]).
+pub type CommitLog = std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<i64>>>;
+pub const COMMIT_LOG_LEN: usize = 1024;
 
 impl Drop for EtcdBackend {
     fn drop(&mut self) {
@@ -204,11 +213,28 @@ impl EtcdBackend {
             timeout: cfg.timeout,
             max_txn_ops: cfg.max_txn_ops.max(OPS_PER_CHANGE),
             token_revs: HashMap::new(),
+            commits: None,
         };
         // The client connects lazily: ask once, so a wrong address fails
         // here rather than at the first join.
         me.get("meta/next_node_id", None)?;
         Ok(me)
+    }
+
+    /// Records the revision of each commit in `log`.
+    pub fn with_commit_log(mut self, log: CommitLog) -> Self {
+        self.commits = Some(log);
+        self
+    }
+
+    pub(crate) fn note_commit(&self, revision: i64) {
+        if let Some(log) = &self.commits {
+            let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
+            if l.len() >= COMMIT_LOG_LEN {
+                l.pop_front();
+            }
+            l.push_back(revision);
+        }
     }
 
     pub(crate) fn key(&self, rest: &str) -> Vec<u8> {

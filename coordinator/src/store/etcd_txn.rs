@@ -298,6 +298,9 @@ pub(super) fn commit(be: &EtcdBackend, changes: &[Change]) -> Result<(), CommitE
         async move { kv.txn(txn).await }
     })?;
     if resp.succeeded() {
+        if let Some(h) = resp.header() {
+            be.note_commit(h.revision());
+        }
         return Ok(());
     }
     let mut seen: HashMap<&str, Option<etcd_client::proto::PbKeyValue>> = HashMap::new();

@@ -23,8 +23,8 @@
 //!
 //! Endpoints and online state are not stored: hosts report them on every
 //! connection, and writing each change durably would put an fsync in the
-//! path of every roaming host. A replicated backend would share them
-//! separately (leases, not the transaction log).
+//! path of every roaming host. Replicas on etcd share them separately, on
+//! a lease per replica, not in the transaction log (`server::replica`).
 
 pub mod decide;
 pub mod etcd;
