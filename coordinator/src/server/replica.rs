@@ -66,6 +66,8 @@ pub const LEASE_TTL: i64 = 5;
 const PUTS_PER_TXN: usize = 64;
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The largest answer read from etcd.
+const MAX_MESSAGE: usize = 64 << 20;
 /// The largest live record read (a few endpoints and two addresses).
 const MAX_LIVE_RECORD: usize = 4096;
 /// Live records kept for nodes beyond those in the registry (hosts that
@@ -190,6 +192,15 @@ impl Replica {
         *lock(&self.endpoint) = Some(endpoint);
     }
 
+    /// A KV client that reads answers as large as the store's (every live
+    /// key of a big cluster at once).
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
     fn key(&self, rest: &str) -> Vec<u8> {
         format!("{}{rest}", self.prefix).into_bytes()
     }
@@ -237,7 +248,7 @@ impl Replica {
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.clone(), value, None)])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = self.call(kv.txn(txn)).await?;
         if resp.succeeded() {
             info!(%name, "recorded this coordinator's {what} in etcd for the other replicas");
@@ -495,7 +506,7 @@ async fn resync(shared: &Arc<Shared>) -> Result<i64, String> {
 /// Every live key at `rev`: hosts on other replicas online, the rest (but
 /// this replica's own sessions) offline.
 async fn load_live(shared: &Shared, r: &Replica, rev: i64) -> Result<(), StoreError> {
-    let mut kv = r.client.kv_client();
+    let mut kv = r.kv();
     let mut opts = GetOptions::new().with_prefix();
     if rev > 0 {
         opts = opts.with_revision(rev);
@@ -684,7 +695,7 @@ async fn put_live(shared: &Shared, r: &Replica, ids: &[NodeId]) -> Result<(), St
     if ops.is_empty() {
         return Ok(());
     }
-    let mut kv = r.client.kv_client();
+    let mut kv = r.kv();
     match r.call(kv.txn(Txn::new().and_then(ops))).await {
         Ok(_) => Ok(()),
         Err(e) => {
@@ -707,7 +718,7 @@ async fn delete_live(shared: &Shared, r: &Replica, id: NodeId) -> Result<(), Sto
     let txn = Txn::new()
         .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
         .and_then([TxnOp::delete(key, None)]);
-    let mut kv = r.client.kv_client();
+    let mut kv = r.kv();
     r.call(kv.txn(txn)).await.map(|_| ())
 }
 
