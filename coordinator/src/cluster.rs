@@ -134,7 +134,7 @@ pub struct Compiled {
 /// and the services whose node exists.
 pub fn snapshot(reg: &Registry, cfg: &ClusterConfig) -> Cluster {
     let pins = cfg.policy.as_ref().map(|(v, _)| &v.hosts);
-    let nodes: Vec<ClusterNode> = reg
+    let mut nodes: Vec<ClusterNode> = reg
         .peers()
         .map(|p| {
             let mut n = cluster_node(p);
@@ -149,6 +149,9 @@ pub fn snapshot(reg: &Registry, cfg: &ClusterConfig) -> Cluster {
             n
         })
         .collect();
+    // In id order, whatever the registry's: every replica compiles the
+    // same views (with the same ids) from the same cluster.
+    nodes.sort_by_key(|n| n.id);
     let services = cfg
         .services
         .values()

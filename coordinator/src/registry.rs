@@ -51,6 +51,29 @@ pub struct Registry {
     log_capacity: usize,
     /// Deltas can be computed from any version >= this.
     log_floor: u64,
+    /// On a replica (see `server::replica`): the etcd revision of each
+    /// node's latest logged change ([`LOCAL`] until this replica's own
+    /// write of it is seen), so a host that failed over from another
+    /// replica, which had applied everything up to some revision, gets
+    /// exactly what changed after it. `None` on a lone coordinator.
+    revs: Option<Revisions>,
+}
+
+/// A change this replica made that etcd has not shown back yet.
+pub const LOCAL: u64 = u64::MAX;
+
+#[derive(Debug, Default)]
+struct Revisions {
+    /// Per logged node: the version of its latest entry and that entry's
+    /// revision (the highest of its entries').
+    latest: HashMap<NodeId, (u64, u64)>,
+    /// The revision changes being applied now carry.
+    tag: u64,
+    /// Deltas by revision can be computed from any revision >= this.
+    floor: u64,
+    /// Nodes whose latest change fell off the log while still [`LOCAL`]:
+    /// in every delta by revision until etcd shows it.
+    dropped_local: HashSet<NodeId>,
 }
 
 impl Registry {
@@ -68,7 +91,105 @@ impl Registry {
             log: VecDeque::new(),
             log_capacity: log_capacity.max(1),
             log_floor: 1,
+            revs: None,
         }
+    }
+
+    /// Tracks revisions (a replica's registry): deltas by revision from
+    /// `floor` on, the revision everything was loaded at.
+    pub fn track_revisions(&mut self, epoch: u64, floor: u64) {
+        self.epoch = epoch;
+        self.revs = Some(Revisions {
+            latest: HashMap::new(),
+            tag: LOCAL,
+            floor,
+            dropped_local: HashSet::new(),
+        });
+    }
+
+    /// Moves the version forward to at least `version` without logging a
+    /// change.
+    pub fn advance_to(&mut self, version: u64) {
+        self.version = self.version.max(version);
+    }
+
+    /// Changes from now on carry etcd revision `rev` (on a registry that
+    /// tracks revisions); the revision they carried before.
+    pub fn tag_with(&mut self, rev: u64) -> u64 {
+        self.revs
+            .as_mut()
+            .map_or(LOCAL, |r| std::mem::replace(&mut r.tag, rev))
+    }
+
+    /// Runs `f` with the changes it makes carrying etcd revision `rev`.
+    pub fn at_revision<T>(&mut self, rev: u64, f: impl FnOnce(&mut Self) -> T) -> T {
+        let before = self
+            .revs
+            .as_mut()
+            .map(|r| std::mem::replace(&mut r.tag, rev));
+        let out = f(self);
+        if let (Some(r), Some(b)) = (self.revs.as_mut(), before) {
+            r.tag = b;
+        }
+        out
+    }
+
+    /// Etcd showed this replica's own write of node `id`'s state at `rev`:
+    /// if the node's latest change is still [`LOCAL`] and `matches` its
+    /// record, it now carries `rev`.
+    pub fn written(&mut self, id: NodeId, rev: u64, matches: impl FnOnce(&Peer) -> bool) {
+        let Some(peer) = self.nodes.get(&id).map(|e| e.peer.clone()) else {
+            return;
+        };
+        if let Some(r) = self.revs.as_mut() {
+            if !matches(&peer) {
+                return;
+            }
+            if let Some(latest) = r.latest.get_mut(&id) {
+                if latest.1 == LOCAL {
+                    latest.1 = rev;
+                }
+            }
+            r.dropped_local.remove(&id);
+        }
+    }
+
+    /// What changed after etcd revision `rev`, for a host whose netmap
+    /// (epoch `epoch`) reflects every change up to it: the latest state of
+    /// each node changed since, leaving out `me`. `None` when the log
+    /// cannot tell (another epoch, older than the log).
+    pub fn changes_after_revision(
+        &self,
+        epoch: u64,
+        rev: u64,
+        me: NodeId,
+    ) -> Option<(Vec<Arc<Peer>>, Vec<NodeId>)> {
+        let r = self.revs.as_ref()?;
+        if epoch != self.epoch || rev < r.floor {
+            return None;
+        }
+        let mut upserts = Vec::new();
+        let mut removed = Vec::new();
+        let dropped = r
+            .dropped_local
+            .iter()
+            .filter(|id| !r.latest.contains_key(id));
+        let changed = r
+            .latest
+            .iter()
+            .filter(|(_, (_, at))| *at > rev)
+            .map(|(id, _)| id)
+            .chain(dropped);
+        for id in changed {
+            if *id == me {
+                continue;
+            }
+            match self.nodes.get(id) {
+                Some(e) => upserts.push(e.peer.clone()),
+                None => removed.push(*id),
+            }
+        }
+        Some((upserts, removed))
     }
 
     pub fn epoch(&self) -> u64 {
@@ -115,8 +236,39 @@ impl Registry {
         self.version += 1;
         self.log.push_back((self.version, id));
         while self.log.len() > self.log_capacity {
-            if let Some((v, _)) = self.log.pop_front() {
+            if let Some((v, old)) = self.log.pop_front() {
                 self.log_floor = v;
+                if let Some(r) = self.revs.as_mut() {
+                    // Fallen off the log: deltas by revision no longer
+                    // reach back past its change.
+                    if let Some((latest, at)) = r.latest.get(&old).copied() {
+                        if latest == v {
+                            r.latest.remove(&old);
+                            if at == LOCAL {
+                                r.dropped_local.insert(old);
+                            } else {
+                                r.floor = r.floor.max(at);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(r) = self.revs.as_mut() {
+            let version = self.version;
+            let tag = r.tag;
+            // The highest revision of the node's changes; a revision
+            // replaces a local change (etcd's order wins over this
+            // replica's for a node whose session moved away).
+            r.latest
+                .entry(id)
+                .and_modify(|e| {
+                    let at = if e.1 == LOCAL { tag } else { e.1.max(tag) };
+                    *e = (version, at);
+                })
+                .or_insert((version, tag));
+            if tag != LOCAL {
+                r.dropped_local.remove(&id);
             }
         }
     }
@@ -313,5 +465,43 @@ mod tests {
             reg.changes_since(8, reg.version(), me),
             Changes::Full { .. }
         ));
+    }
+
+    #[test]
+    fn deltas_by_revision_hold_what_changed_after_it() {
+        let me = NodeId(100);
+        let mut reg = Registry::new(9);
+        reg.track_revisions(9, 10);
+        reg.at_revision(11, |r| r.insert(peer(1), 0));
+        reg.at_revision(12, |r| r.insert(peer(2), 0));
+        // A local change (not in etcd yet), then a removal at 14.
+        reg.insert(peer(3), 0);
+        reg.at_revision(14, |r| r.remove(NodeId(2)));
+        let ids = |c: Option<(Vec<Arc<Peer>>, Vec<NodeId>)>| {
+            let (u, r) = c.unwrap();
+            let mut u: Vec<u64> = u.iter().map(|p| p.id.0).collect();
+            u.sort();
+            (u, r)
+        };
+        assert_eq!(
+            ids(reg.changes_after_revision(9, 10, me)),
+            (vec![1, 3], vec![NodeId(2)])
+        );
+        assert_eq!(
+            ids(reg.changes_after_revision(9, 12, me)),
+            (vec![3], vec![NodeId(2)])
+        );
+        // Etcd showed the local change at 15: a host at 15 needs nothing.
+        reg.written(NodeId(3), 15, |_| true);
+        assert_eq!(
+            ids(reg.changes_after_revision(9, 14, me)),
+            (vec![3], vec![])
+        );
+        assert_eq!(ids(reg.changes_after_revision(9, 15, me)), (vec![], vec![]));
+        // Before the floor, or another epoch: no delta.
+        assert!(reg.changes_after_revision(9, 9, me).is_none());
+        assert!(reg.changes_after_revision(8, 15, me).is_none());
+        // A lone coordinator's registry has none.
+        assert!(Registry::new(9).changes_after_revision(9, 15, me).is_none());
     }
 }

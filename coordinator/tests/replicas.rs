@@ -213,6 +213,51 @@ async fn changes_on_one_replica_reach_hosts_on_the_others_within_a_second() {
     let took2 = relayed(&y.session, &mut z_in, y.node_id, z.node_id).await;
     eprintln!("relayed across replicas after {took:?} and {took2:?}");
 
+    // x leaves B; while it is away y (on C) moves; x comes back on A with
+    // its cached netmap and resumes with a delta that has y's move.
+    wait_for(&mut x.session, Duration::from_secs(2), |s| {
+        s.netmap().peer(q_id).is_some()
+    })
+    .await;
+    let x_map = x.session.netmap().clone();
+    let x_info = x.coordinator.clone();
+    let x_id = x.node_id;
+    drop(x_in);
+    drop(x);
+    let moved_to: SocketAddr = "192.0.2.77:4242".parse().unwrap();
+    y.session.set_endpoints(vec![moved_to]).await.unwrap();
+    wait_for(&mut z.session, Duration::from_secs(2), |s| {
+        s.netmap()
+            .peers()
+            .any(|p| p.name == "y" && p.endpoints == [moved_to])
+    })
+    .await;
+    let mut on_a = x_info.clone();
+    on_a.addrs = vec![addrs[0].to_string()];
+    let mut x2 = ControlClient::new()
+        .unwrap()
+        .connect(
+            &on_a,
+            &_kx,
+            vec!["192.0.2.10:51820".parse().unwrap()],
+            Some(x_map),
+        )
+        .await
+        .unwrap();
+    assert_eq!(x2.welcome().node_id, x_id);
+    assert!(
+        x2.resumed(),
+        "a host moving to another replica resumes with a delta"
+    );
+    wait_for(&mut x2, Duration::from_secs(1), |s| {
+        s.netmap()
+            .peers()
+            .any(|p| p.name == "y" && p.endpoints == [moved_to])
+            && has_peer_online(s, "z")
+    })
+    .await;
+    let mut x = x2;
+
     // A policy set through B is in force for y on C: y may reach nobody.
     let policy = "default: deny\nrules:\n  - allow: { from: [host:x], to: [host:z] }\n";
     let t = Instant::now();
@@ -253,18 +298,15 @@ async fn changes_on_one_replica_reach_hosts_on_the_others_within_a_second() {
         "the policy holds across replicas"
     );
 
-    // A node removed through C is gone for B's host and its session on A
-    // is closed.
+    // A node removed through C is gone for x (now on A) and its session
+    // on A is closed.
     let t = Instant::now();
     match admin(&dirs[2], AdminCommand::NodeRemove { node: "z".into() }).await {
         AdminReply::NodeRemoved { .. } => {}
         other => panic!("{other:?}"),
     }
-    wait_for(&mut x.session, Duration::from_secs(1), |s| {
-        s.netmap().is_empty()
-    })
-    .await;
-    eprintln!("removal via C seen on B after {:?}", t.elapsed());
+    wait_for(&mut x, Duration::from_secs(1), |s| s.netmap().is_empty()).await;
+    eprintln!("removal via C seen by x on A after {:?}", t.elapsed());
     let ended = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
             if z.session.next_change().await.is_err() {
@@ -503,7 +545,10 @@ async fn a_killed_replica_loses_no_acknowledged_join_and_its_hosts_fail_over() {
     let mut sessions = Vec::new();
     for f in failovers {
         let (id, took, s) = f.await.unwrap();
-        eprintln!("host {id} failed over after {took:?}");
+        eprintln!(
+            "host {id} failed over after {took:?} ({})",
+            if s.resumed() { "delta" } else { "full netmap" }
+        );
         assert!(took < Duration::from_secs(10), "host {id} took {took:?}");
         sessions.push((id, s));
     }

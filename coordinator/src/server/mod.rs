@@ -274,6 +274,17 @@ impl Coordinator {
         })?;
 
         let (published, _) = watch::channel(0u64);
+        let epoch = match &replica {
+            Some(r) => {
+                // Replicas share the epoch and log the etcd revision of
+                // each change: a host failing over resumes with a delta
+                // (see `replica`).
+                let mut reg = opened.registry.write().unwrap_or_else(|p| p.into_inner());
+                reg.track_revisions(r.epoch, u64::try_from(opened.revision).unwrap_or(0));
+                r.epoch
+            }
+            None => epoch,
+        };
         let shared = Arc::new(Shared {
             epoch,
             registry: opened.registry,

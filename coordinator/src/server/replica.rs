@@ -35,6 +35,13 @@
 //!   replica checks again that the two hosts are peers and applies a relay
 //!   budget per link, so a broken replica cannot make it forward unbounded.
 //!   The sender's budget was applied on its own replica.
+//! - **Resume.** The replicas share one netmap epoch (`P/meta/epoch`),
+//!   their registries log the etcd revision of each node's latest change
+//!   (local changes until etcd shows them back), and a version says up to
+//!   which revision everything was applied (`crate::store::REVISION_SHIFT`).
+//!   A host that fails over with the view in force resumes with what
+//!   changed after its version's revision; with another view (a node
+//!   joined meanwhile, say) it gets a snapshot, as on one coordinator.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -95,6 +102,8 @@ pub struct LiveRecord {
 struct Remote {
     relay: String,
     endpoints: Vec<SocketAddr>,
+    /// The revision of its live key.
+    rev: u64,
 }
 
 struct LinkSlot {
@@ -106,6 +115,8 @@ struct LinkSlot {
 pub(super) struct Replica {
     /// Random, per process: names this replica in live records.
     pub id: String,
+    /// The netmap epoch shared by the replicas.
+    pub epoch: u64,
     client: Client,
     /// The prefix with one trailing `/`.
     prefix: String,
@@ -151,8 +162,9 @@ impl Replica {
         let client = crate::store::etcd::connect_async(cfg).await?;
         let mut id = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
-        let me = Self {
+        let mut me = Self {
             id: hex::encode(id),
+            epoch: 0,
             client,
             prefix: format!("{}/", cfg.prefix.trim_end_matches('/')),
             endpoints: cfg.describe(),
@@ -184,6 +196,7 @@ impl Replica {
             "admin credential",
         )
         .await?;
+        me.epoch = me.shared_epoch().await?;
         me.ensure_lease().await?;
         Ok(me)
     }
@@ -235,14 +248,8 @@ impl Replica {
         }
     }
 
-    /// `P/meta/<name>` must be `value`; the first replica writes it.
-    async fn check_meta(
-        &self,
-        name: &str,
-        value: &str,
-        hint: &'static str,
-        what: &str,
-    ) -> Result<(), StoreError> {
+    /// `P/meta/<name>`, written as `value` by the first replica to ask.
+    async fn shared_meta(&self, name: &str, value: &str) -> Result<(bool, Vec<u8>), StoreError> {
         let key = self.key(&format!("meta/{name}"));
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
@@ -251,8 +258,7 @@ impl Replica {
         let mut kv = self.kv();
         let resp = self.call(kv.txn(txn)).await?;
         if resp.succeeded() {
-            info!(%name, "recorded this coordinator's {what} in etcd for the other replicas");
-            return Ok(());
+            return Ok((true, value.as_bytes().to_vec()));
         }
         let stored = resp
             .op_responses()
@@ -262,18 +268,49 @@ impl Replica {
                 _ => None,
             })
             .unwrap_or_default();
+        Ok((false, stored))
+    }
+
+    /// `P/meta/<name>` must be `value`; the first replica writes it.
+    async fn check_meta(
+        &self,
+        name: &str,
+        value: &str,
+        hint: &'static str,
+        what: &str,
+    ) -> Result<(), StoreError> {
+        let (first, stored) = self.shared_meta(name, value).await?;
+        if first {
+            info!(%name, "recorded this coordinator's {what} in etcd for the other replicas");
+            return Ok(());
+        }
         if stored == value.as_bytes() {
             return Ok(());
         }
         Err(StoreError::Etcd {
             endpoints: self.endpoints.clone(),
             reason: format!(
-                "records another {what} for this cluster ({}: {}, this replica: {value})",
-                String::from_utf8_lossy(&key),
+                "records another {what} for this cluster ({}meta/{name}: {}, this replica: {value})",
+                self.prefix,
                 String::from_utf8_lossy(&stored),
             ),
             hint,
         })
+    }
+
+    /// The netmap epoch every replica uses (so a host failing over to
+    /// another replica resumes with a delta), recorded by the first.
+    async fn shared_epoch(&self) -> Result<u64, StoreError> {
+        let mine = rand::RngCore::next_u64(&mut rand::rngs::OsRng) | 1;
+        let (_, stored) = self.shared_meta("epoch", &mine.to_string()).await?;
+        std::str::from_utf8(&stored)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| StoreError::Etcd {
+                endpoints: self.endpoints.clone(),
+                reason: format!("holds a corrupt record at {}meta/epoch", self.prefix),
+                hint: "remove that key with etcdctl del (hosts then get full netmaps once)",
+            })
     }
 
     /// A lease, granted if there is none. Whether a new one was granted
@@ -404,7 +441,7 @@ async fn watch_once(shared: &Arc<Shared>, backoff: &mut Duration) -> Result<Stri
                         EventType::Delete => None,
                     };
                     let prev = ev.prev_kv().and_then(|p| decode_live(p.value()));
-                    live.push((id, rec, prev));
+                    live.push((id, rec, prev, kv.mod_revision()));
                 }
                 None => {
                     let own = lock(&r.commits).contains(&kv.mod_revision());
@@ -412,11 +449,23 @@ async fn watch_once(shared: &Arc<Shared>, backoff: &mut Duration) -> Result<Stri
                 }
             }
         }
+        let last = msg
+            .events()
+            .iter()
+            .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
+            .max();
         if log_changed {
             resync(shared).await?;
         }
-        for (id, rec, prev) in live {
-            apply_live(shared, r, id, rec, prev);
+        for (id, rec, prev, rev) in live {
+            apply_live(shared, r, id, rec, prev, rev);
+        }
+        // Every event up to `last` is applied: versions from now on say so
+        // (see `crate::store::REVISION_SHIFT`).
+        if let Some(last) = last {
+            shared
+                .write()
+                .advance_to(crate::store::revision_version(last));
         }
     }
 }
@@ -467,7 +516,8 @@ async fn resync(shared: &Arc<Shared>) -> Result<i64, String> {
         let mut reg = shared.write();
         for id in &rs.added {
             if let Some(rem) = remote.get(id) {
-                woke |= reg.set_online(*id, true, Some(rem.endpoints.clone()));
+                let eps = rem.endpoints.clone();
+                woke |= reg.at_revision(rem.rev, |reg| reg.set_online(*id, true, Some(eps)));
             }
         }
         drop(reg);
@@ -530,7 +580,7 @@ async fn load_live(shared: &Shared, r: &Replica, rev: i64) -> Result<(), StoreEr
             continue;
         };
         if rec.replica != r.id && fresh.len() < room {
-            fresh.insert(id, remote_of(shared, rec));
+            fresh.insert(id, remote_of(shared, rec, kv.mod_revision()));
         }
     }
     let local: std::collections::HashSet<NodeId> = shared.sessions().keys().copied().collect();
@@ -538,15 +588,21 @@ async fn load_live(shared: &Shared, r: &Replica, rev: i64) -> Result<(), StoreEr
     let mut woke = false;
     {
         let mut reg = shared.write();
-        for id in ids {
-            if local.contains(&id) {
-                continue;
+        let at = u64::try_from(rev).unwrap_or(0);
+        reg.at_revision(at, |reg| {
+            for id in ids {
+                if local.contains(&id) {
+                    continue;
+                }
+                woke |= match fresh.get(&id) {
+                    Some(rem) => reg.set_online(id, true, Some(rem.endpoints.clone())),
+                    None => reg.set_online(id, false, None),
+                };
             }
-            woke |= match fresh.get(&id) {
-                Some(rem) => reg.set_online(id, true, Some(rem.endpoints.clone())),
-                None => reg.set_online(id, false, None),
-            };
-        }
+        });
+        // Everything up to `rev` is applied now (the store was loaded at
+        // it just before).
+        reg.advance_to(crate::store::revision_version(rev));
     }
     *lock(&r.remote) = fresh;
     if woke {
@@ -555,31 +611,47 @@ async fn load_live(shared: &Shared, r: &Replica, rev: i64) -> Result<(), StoreEr
     Ok(())
 }
 
-fn remote_of(shared: &Shared, rec: LiveRecord) -> Remote {
+fn remote_of(shared: &Shared, rec: LiveRecord, rev: i64) -> Remote {
     Remote {
+        rev: u64::try_from(rev).unwrap_or(0),
         relay: rec.relay,
         endpoints: checked_endpoints(&rec.endpoints, shared.pool, shared.allow_loopback_endpoints),
     }
 }
 
-/// One live key changed: `rec` as it is now (`None`: deleted), `prev` as
-/// it was.
+/// One live key changed at revision `rev`: `rec` as it is now (`None`:
+/// deleted), `prev` as it was.
 fn apply_live(
     shared: &Shared,
     r: &Replica,
     id: NodeId,
     rec: Option<LiveRecord>,
     prev: Option<LiveRecord>,
+    rev: i64,
 ) {
-    // This replica's own writes, and hosts with a session here (a host that
-    // moved here before its old replica noticed): the local session wins.
+    let at = u64::try_from(rev).unwrap_or(0);
+    let own = match &rec {
+        Some(rec) => rec.replica == r.id,
+        None => prev.is_some_and(|p| p.replica == r.id),
+    };
+    // This replica's own writes: its change now has a revision (if the
+    // registry still holds what was written). Hosts with a session here
+    // (a host that moved here before its old replica noticed): the local
+    // session wins.
+    if own {
+        let online = rec.is_some();
+        let eps = rec.map(|r| r.endpoints);
+        shared.write().written(id, at, |p| {
+            p.online == online && eps.as_ref().is_none_or(|e| *e == p.endpoints)
+        });
+        return;
+    }
     if shared.sessions().contains_key(&id) {
         return;
     }
     let changed = match rec {
-        Some(rec) if rec.replica == r.id => return,
         Some(rec) => {
-            let rem = remote_of(shared, rec);
+            let rem = remote_of(shared, rec, rev);
             let eps = rem.endpoints.clone();
             // Bounded whatever etcd holds: a record for a node this replica
             // does not know (yet) is kept only while there is room.
@@ -591,14 +663,15 @@ fn apply_live(
                 }
                 remote.insert(id, rem);
             }
-            shared.write().set_online(id, true, Some(eps))
+            shared
+                .write()
+                .at_revision(at, |reg| reg.set_online(id, true, Some(eps)))
         }
         None => {
-            if prev.is_some_and(|p| p.replica == r.id) {
-                return;
-            }
             lock(&r.remote).remove(&id);
-            shared.write().set_online(id, false, None)
+            shared
+                .write()
+                .at_revision(at, |reg| reg.set_online(id, false, None))
         }
     };
     if changed {

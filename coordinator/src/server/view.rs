@@ -62,6 +62,9 @@ pub(super) struct HostView {
     id: NodeId,
     epoch: u64,
     version: u64,
+    /// A replica's resume: the version the host has, to be answered from
+    /// the revision it stands for.
+    claim: Option<u64>,
     /// The peers the host has.
     visible: HashSet<NodeId>,
     /// The view (filter, services, peer set) the host has.
@@ -75,11 +78,17 @@ impl HostView {
     pub(super) fn new(shared: &Shared, id: NodeId, have: (u64, u64, u64)) -> HostView {
         let (epoch, version, view) = have;
         let current = shared.compiled().nodes.get(&id).cloned();
+        // On replicas the version may be another replica's: it says up to
+        // which etcd revision the host has every change (see
+        // `crate::store::REVISION_SHIFT`), and the first update is what
+        // changed after that revision.
+        let claim = shared.replica.is_some().then_some(version);
         match current {
             Some(v) if epoch == shared.epoch && view == v.id => HostView {
                 id,
                 epoch,
                 version,
+                claim,
                 visible: v.peers.iter().copied().collect(),
                 sent: Some(v),
             },
@@ -87,6 +96,7 @@ impl HostView {
                 id,
                 epoch: 0,
                 version: 0,
+                claim: None,
                 visible: HashSet::new(),
                 sent: None,
             },
@@ -121,7 +131,29 @@ impl HostView {
             return None;
         };
         let reg = shared.read();
-        let changes = reg.changes_since(self.epoch, self.version, self.id);
+        let changes = match self.claim.take() {
+            Some(v) => {
+                let rev = v >> crate::store::REVISION_SHIFT;
+                match reg.changes_after_revision(self.epoch, rev, self.id) {
+                    Some((upserts, removed)) if reg.version() >= v => {
+                        if upserts.is_empty() && removed.is_empty() && reg.version() == v {
+                            Changes::None
+                        } else {
+                            Changes::Delta {
+                                from: v,
+                                to: reg.version(),
+                                upserts,
+                                removed,
+                            }
+                        }
+                    }
+                    // Another epoch or log, or a host ahead of this
+                    // replica: a snapshot.
+                    _ => reg.changes_since(0, 0, self.id),
+                }
+            }
+            None => reg.changes_since(self.epoch, self.version, self.id),
+        };
         let view_changed = !self
             .sent
             .as_ref()

@@ -142,6 +142,7 @@ pub struct EtcdBackend {
     /// coordinator's watch: events at these revisions are this replica's
     /// own writes, already in its memory.
     commits: Option<CommitLog>,
+    last_commit: std::sync::atomic::AtomicI64,
 }
 
 /// The revisions of a backend's latest commits (at most
@@ -214,6 +215,7 @@ impl EtcdBackend {
             max_txn_ops: cfg.max_txn_ops.max(OPS_PER_CHANGE),
             token_revs: HashMap::new(),
             commits: None,
+            last_commit: std::sync::atomic::AtomicI64::new(0),
         };
         // The client connects lazily: ask once, so a wrong address fails
         // here rather than at the first join.
@@ -228,6 +230,8 @@ impl EtcdBackend {
     }
 
     pub(crate) fn note_commit(&self, revision: i64) {
+        self.last_commit
+            .fetch_max(revision, std::sync::atomic::Ordering::AcqRel);
         if let Some(log) = &self.commits {
             let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
             if l.len() >= COMMIT_LOG_LEN {
@@ -703,6 +707,10 @@ impl StoreBackend for EtcdBackend {
 
     fn max_changes_per_commit(&self) -> usize {
         self.max_txn_ops / OPS_PER_CHANGE
+    }
+
+    fn last_revision(&self) -> i64 {
+        self.last_commit.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

@@ -66,6 +66,8 @@ pub struct Opened {
     pub ipam_pool: HostSubnet,
     /// The policy, services and routes, as stored.
     pub config: StoredConfig,
+    /// The revision everything was read at ([`super::Loaded::revision`]).
+    pub revision: i64,
 }
 
 /// Opens (or creates) the redb database at `path` and starts the writer.
@@ -125,6 +127,7 @@ pub fn open_with<B: StoreBackend>(
         registry,
         ipam_pool: pool,
         config: loaded.config,
+        revision: loaded.revision,
     })
 }
 

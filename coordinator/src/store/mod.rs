@@ -249,6 +249,25 @@ pub trait StoreBackend: Send + 'static {
     fn max_changes_per_commit(&self) -> usize {
         usize::MAX
     }
+    /// The revision of the last commit, on a backend that has revisions
+    /// (etcd); 0 otherwise.
+    fn last_revision(&self) -> i64 {
+        0
+    }
+}
+
+/// How a replica's registry versions follow etcd revisions: once every
+/// watched event up to revision `r` is applied, the version moves to at
+/// least `r << REVISION_SHIFT`. So any replica's version `v` tells up to
+/// which revision (`v >> REVISION_SHIFT`) a host that has it holds every
+/// change, and another replica can send it what changed after that
+/// revision (`Registry::changes_after_revision`): a host failing over
+/// resumes with a delta.
+pub const REVISION_SHIFT: u32 = 20;
+
+/// The registry version a change at etcd revision `r` is logged after.
+pub fn revision_version(r: i64) -> u64 {
+    u64::try_from(r.max(0)).unwrap_or(0) << REVISION_SHIFT
 }
 
 #[derive(Debug, thiserror::Error)]

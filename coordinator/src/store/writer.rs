@@ -235,7 +235,13 @@ impl<B: StoreBackend> Writer<B> {
             match result {
                 Ok(()) => {
                     self.next_node_id = b.next_node_id();
-                    let peers = self.apply_effects(&changes);
+                    // On etcd the registry logs each change's revision.
+                    let at = if shared {
+                        u64::try_from(self.backend.last_revision()).unwrap_or(0)
+                    } else {
+                        crate::registry::LOCAL
+                    };
+                    let peers = self.apply_effects(&changes, at);
                     answer(
                         batch,
                         decided,
@@ -302,6 +308,9 @@ impl<B: StoreBackend> Writer<B> {
         let mut added = Vec::new();
         {
             let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
+            // What this load finds carries its revision (at least that of
+            // each change).
+            let before = reg.tag_with(u64::try_from(loaded.revision).unwrap_or(0));
             let fresh: HashSet<NodeId> = loaded.nodes.iter().map(|n| n.id).collect();
             let gone: Vec<NodeId> = reg
                 .peers()
@@ -326,6 +335,7 @@ impl<B: StoreBackend> Writer<B> {
                 changed.push(n.id);
                 added.push(n.id);
             }
+            reg.tag_with(before);
         }
         if !changed.is_empty() {
             (self.on_commit)(&changed);
@@ -350,11 +360,13 @@ impl<B: StoreBackend> Writer<B> {
 
     /// Puts committed node changes into the registry and IPAM; the removed
     /// nodes as they were, by id.
-    fn apply_effects(&mut self, changes: &[Change]) -> HashMap<NodeId, Arc<Peer>> {
+    fn apply_effects(&mut self, changes: &[Change], at: u64) -> HashMap<NodeId, Arc<Peer>> {
         let mut changed = Vec::new();
         let mut removed = HashMap::new();
         {
-            let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
+            let mut guard = self.registry.write().unwrap_or_else(|p| p.into_inner());
+            let reg = &mut *guard;
+            let before = reg.tag_with(at);
             for c in changes {
                 match c {
                     Change::Register(r) => {
@@ -371,6 +383,7 @@ impl<B: StoreBackend> Writer<B> {
                     _ => {}
                 }
             }
+            reg.tag_with(before);
         }
         if !changed.is_empty() {
             (self.on_commit)(&changed);
