@@ -11,6 +11,11 @@
 //! cargo run --release -p weft-coordinator --example bench -- 100 1000 5000
 //! ```
 //!
+//! `BENCH_STORES` lists the stores to run every size on, space-separated:
+//! `redb` (the default) and `etcd://HOST:PORT,...` (each run under a fresh
+//! key prefix); `scripts/bench-coordinator-etcd.sh` starts a 3-member etcd
+//! on loopback and runs both side by side.
+//!
 //! See `coordinator/BENCH.md` for results.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, reason = "a benchmark tool")]
@@ -43,9 +48,18 @@ const IDLE_SECS: u64 = 10;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("serve") {
-        serve(PathBuf::from(&args[2]), args[3].parse().unwrap());
+        serve(
+            PathBuf::from(&args[2]),
+            args[3].parse().unwrap(),
+            args.get(4).cloned().unwrap_or_else(|| "redb".into()),
+        );
         return;
     }
+    let stores: Vec<String> = std::env::var("BENCH_STORES")
+        .unwrap_or_else(|_| "redb".into())
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
     let sizes: Vec<usize> = if args.len() > 1 {
         args[1..].iter().map(|a| a.parse().unwrap()).collect()
     } else {
@@ -57,23 +71,36 @@ fn main() {
         .unwrap();
     let mut rows = Vec::new();
     for n in sizes {
-        let r = rt.block_on(run(n));
-        println!("{}", r.describe());
-        rows.push(r);
+        for store in &stores {
+            let mut r = rt.block_on(run(n, store));
+            r.store = if store == "redb" {
+                "redb".into()
+            } else {
+                "etcd".into()
+            };
+            println!("{}", r.describe());
+            rows.push(r);
+        }
     }
     println!();
-    println!("| hosts | join rate (joins/s) | endpoint change to all hosts p50 / p99 / max (ms) | new node at all hosts p50 / p99 / max (ms) | coord CPU during joins (core-s) | coord CPU idle (% of a core) | coord RSS (MB) | RSS per host (KB) | idle control traffic per host, sent / received (B/min) |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| store | hosts | join rate (joins/s) | endpoint change to all hosts p50 / p99 / max (ms) | new node at all hosts p50 / p99 / max (ms) | coord CPU during joins (core-s) | coord CPU idle (% of a core) | coord RSS (MB) | RSS per host (KB) | idle control traffic per host, sent / received (B/min) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!("{}", r.row());
     }
 }
 
-/// The child process: just a coordinator.
-fn serve(dir: PathBuf, listen: SocketAddr) {
+/// The child process: just a coordinator, on `store`.
+fn serve(dir: PathBuf, listen: SocketAddr, store: String) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
-        let config = Config::new(dir, listen);
+        let mut config = Config::new(dir, listen);
+        if store != "redb" {
+            let mut etcd = weft_coordinator::store::etcd::EtcdConfig::from_url(&store).unwrap();
+            // A fresh prefix per run: earlier runs' keys do not count.
+            etcd.prefix = format!("/weft-bench-{}", std::process::id());
+            config.store = weft_coordinator::StoreConfig::Etcd(etcd);
+        }
         let _c = Coordinator::start(config).await.unwrap();
         std::future::pending::<()>().await;
     });
@@ -121,6 +148,7 @@ async fn admin(dir: &Path, cmd: AdminCommand) -> Option<AdminReply> {
 
 #[derive(Default)]
 struct Report {
+    store: String,
     n: usize,
     join_secs: f64,
     converge_secs: f64,
@@ -139,8 +167,8 @@ struct Report {
 impl Report {
     fn describe(&self) -> String {
         format!(
-            "N={}: {} joins in {:.2}s ({:.0}/s, {} retried), all netmaps complete after {:.2}s; endpoint change p50 {:.1} ms p99 {:.1} ms max {:.1} ms; new node p50 {:.1} p99 {:.1} max {:.1} ms; join CPU {:.2} core-s; idle CPU {:.1}%; RSS {:.1} MB ({:.1} KB/host); idle traffic per host {:.0} B/min sent, {:.0} B/min received",
-            self.n, self.n, self.join_secs, self.n as f64 / self.join_secs, self.retries, self.converge_secs,
+            "{} N={}: {} joins in {:.2}s ({:.0}/s, {} retried), all netmaps complete after {:.2}s; endpoint change p50 {:.1} ms p99 {:.1} ms max {:.1} ms; new node p50 {:.1} p99 {:.1} max {:.1} ms; join CPU {:.2} core-s; idle CPU {:.1}%; RSS {:.1} MB ({:.1} KB/host); idle traffic per host {:.0} B/min sent, {:.0} B/min received",
+            self.store, self.n, self.n, self.join_secs, self.n as f64 / self.join_secs, self.retries, self.converge_secs,
             self.endpoint.0, self.endpoint.1, self.endpoint.2,
             self.newcomer.0, self.newcomer.1, self.newcomer.2,
             self.join_cpu, self.idle_cpu_pct, self.rss_kb as f64 / 1024.0, self.rss_per_host_kb,
@@ -149,8 +177,8 @@ impl Report {
     }
     fn row(&self) -> String {
         format!(
-            "| {} | {:.0} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} |",
-            self.n, self.n as f64 / self.join_secs,
+            "| {} | {} | {:.0} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} |",
+            self.store, self.n, self.n as f64 / self.join_secs,
             self.endpoint.0, self.endpoint.1, self.endpoint.2,
             self.newcomer.0, self.newcomer.1, self.newcomer.2,
             self.join_cpu, self.idle_cpu_pct, self.rss_kb as f64 / 1024.0, self.rss_per_host_kb,
@@ -226,7 +254,7 @@ fn client_socket() -> ControlClient {
     ControlClient::with_endpoint(endpoint)
 }
 
-async fn run(n: usize) -> Report {
+async fn run(n: usize, store: &str) -> Report {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("state");
     let listen = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -235,7 +263,7 @@ async fn run(n: usize) -> Report {
         .unwrap();
     let child = Proc(
         Command::new(std::env::current_exe().unwrap())
-            .args(["serve", dir.to_str().unwrap(), &listen.to_string()])
+            .args(["serve", dir.to_str().unwrap(), &listen.to_string(), store])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -432,5 +460,6 @@ async fn run(n: usize) -> Report {
         rss_kb: rss,
         rss_per_host_kb: (rss.saturating_sub(rss0)) as f64 / n as f64,
         idle_bytes_per_min,
+        store: String::new(),
     }
 }
