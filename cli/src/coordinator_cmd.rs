@@ -42,6 +42,23 @@ pub struct CoordinatorArgs {
     /// credential stay in the state dir either way.
     #[arg(long, value_name = "redb|etcd://HOST:PORT,...", default_value = "redb")]
     store: String,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// With --store etcd: where the other replicas reach this one to
+    /// forward relayed traffic (HOST:PORT of --listen); default: the first
+    /// --advertise.
+    #[arg(long, value_name = "HOST:PORT")]
+    replica_addr: Option<String>,
+    /// How long changes are gathered before they are pushed (milliseconds).
+    #[arg(long, default_value_t = 25, hide = true)]
+    coalesce_ms: u64,
+    #[command(subcommand)]
+    action: Option<CoordinatorAction>,
+}
+
+/// How to reach etcd: shared by the coordinator and `migrate`.
+#[derive(Args, Debug)]
+struct EtcdArgs {
     /// Prefix of every key the coordinator writes to etcd.
     #[arg(long, value_name = "PREFIX", default_value = "/weft")]
     etcd_prefix: String,
@@ -54,16 +71,6 @@ pub struct CoordinatorArgs {
     /// Key (PEM) of the client certificate for etcd.
     #[arg(long, value_name = "FILE", requires = "etcd_cert")]
     etcd_key: Option<PathBuf>,
-    /// With --store etcd: where the other replicas reach this one to
-    /// forward relayed traffic (HOST:PORT of --listen); default: the first
-    /// --advertise.
-    #[arg(long, value_name = "HOST:PORT")]
-    replica_addr: Option<String>,
-    /// How long changes are gathered before they are pushed (milliseconds).
-    #[arg(long, default_value_t = 25, hide = true)]
-    coalesce_ms: u64,
-    #[command(subcommand)]
-    action: Option<CoordinatorAction>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,52 +91,30 @@ struct MigrateArgs {
     /// The etcd cluster: etcd://HOST:PORT,HOST:PORT,...
     #[arg(long, value_name = "etcd://HOST:PORT,...")]
     to: String,
-    /// Prefix of the keys written.
-    #[arg(long, value_name = "PREFIX", default_value = "/weft")]
-    etcd_prefix: String,
-    /// CA (PEM) that signed the etcd members' certificates.
-    #[arg(long, value_name = "FILE")]
-    etcd_ca: Option<PathBuf>,
-    /// Client certificate (PEM) for etcd, with --etcd-key.
-    #[arg(long, value_name = "FILE", requires = "etcd_key")]
-    etcd_cert: Option<PathBuf>,
-    /// Key (PEM) of the client certificate for etcd.
-    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
-    etcd_key: Option<PathBuf>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// Replace whatever the prefix holds (it is deleted first).
     #[arg(long)]
     force: bool,
 }
 
-fn etcd_config(
-    url: &str,
-    prefix: &str,
-    ca: &Option<PathBuf>,
-    cert: &Option<PathBuf>,
-    key: &Option<PathBuf>,
-) -> anyhow::Result<EtcdConfig> {
+fn etcd_config(url: &str, etcd: &EtcdArgs) -> anyhow::Result<EtcdConfig> {
     let mut cfg = EtcdConfig::from_url(url).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let prefix = &etcd.etcd_prefix;
     anyhow::ensure!(
         prefix.starts_with('/') && prefix.len() > 1,
         "--etcd-prefix {prefix} must start with / and name something, like /weft"
     );
     cfg.prefix = prefix.to_string();
-    cfg.ca = ca.clone();
-    cfg.cert = cert.clone();
-    cfg.key = key.clone();
+    cfg.ca = etcd.etcd_ca.clone();
+    cfg.cert = etcd.etcd_cert.clone();
+    cfg.key = etcd.etcd_key.clone();
     Ok(cfg)
 }
 
 #[expect(clippy::print_stdout, reason = "the command's output")]
 fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    let cfg = etcd_config(
-        &args.to,
-        &args.etcd_prefix,
-        &args.etcd_ca,
-        &args.etcd_cert,
-        &args.etcd_key,
-    )
-    .map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+    let cfg = etcd_config(&args.to, &args.etcd).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
     let db = args.from.join(weft_coordinator::state::DB_FILE);
     let m = weft_coordinator::store::etcd::migrate(&db, &cfg, args.force)?;
     println!(
@@ -160,22 +145,17 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 /// The store `--store` and the `--etcd-*` flags name.
 fn store_config(args: &CoordinatorArgs) -> anyhow::Result<StoreConfig> {
     if args.store == "redb" {
-        let etcd_flag =
-            args.etcd_ca.is_some() || args.etcd_cert.is_some() || args.etcd_prefix != "/weft";
+        let etcd_flag = args.etcd.etcd_ca.is_some()
+            || args.etcd.etcd_cert.is_some()
+            || args.etcd.etcd_prefix != "/weft";
         anyhow::ensure!(
             !etcd_flag,
             "--etcd-prefix, --etcd-ca, --etcd-cert and --etcd-key apply only with --store etcd://HOST:PORT,..."
         );
         return Ok(StoreConfig::Redb);
     }
-    let cfg = etcd_config(
-        &args.store,
-        &args.etcd_prefix,
-        &args.etcd_ca,
-        &args.etcd_cert,
-        &args.etcd_key,
-    )
-    .map_err(|e| anyhow::anyhow!("--store: {e} (or redb, the default)"))?;
+    let cfg = etcd_config(&args.store, &args.etcd)
+        .map_err(|e| anyhow::anyhow!("--store: {e} (or redb, the default)"))?;
     Ok(StoreConfig::Etcd(cfg))
 }
 
