@@ -49,6 +49,16 @@ pub struct CoordinatorArgs {
     /// --advertise.
     #[arg(long, value_name = "HOST:PORT")]
     replica_addr: Option<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (sessions, joins,
+    /// netmap fan-out, store commits, relay, refusals). Unauthenticated:
+    /// use a private address such as 127.0.0.1:9090. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Serve the cluster's live web page (nodes, the path matrix, policy,
+    /// services, routes) on http://ADDR/, behind the admin credential:
+    /// `weft web-url` prints the login link. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    web_listen: Option<SocketAddr>,
     /// How long changes are gathered before they are pushed (milliseconds).
     #[arg(long, default_value_t = 25, hide = true)]
     coalesce_ms: u64,
@@ -178,6 +188,8 @@ pub fn run(mut args: CoordinatorArgs) -> anyhow::Result<()> {
         config.allow_loopback_endpoints = args.allow_loopback_endpoints;
         config.store = store;
         config.replica_addr = args.replica_addr;
+        config.metrics_listen = args.metrics_listen;
+        config.web_listen = args.web_listen;
         let coordinator = Coordinator::start(config).await?;
         tracing::info!(
             admin = %coordinator.admin_credential_path().display(),

@@ -14,6 +14,7 @@ mod service;
 mod status;
 mod token;
 mod units;
+mod web_url;
 mod wg;
 
 use clap::{Parser, Subcommand};
@@ -81,6 +82,9 @@ enum Command {
     DockerPlugin(docker::DockerPluginArgs),
     /// Write the systemd units for the agent and the coordinator (to /etc/systemd/system).
     InstallUnits(units::InstallUnitsArgs),
+    /// Print the login link of the coordinator's web page (--web-listen); anyone with it can
+    /// see the cluster, so treat it like the admin credential.
+    WebUrl(web_url::WebUrlArgs),
     /// Print a shell completion script: `weft completions bash > /etc/bash_completion.d/weft`.
     Completions {
         #[arg(value_enum)]
@@ -150,6 +154,7 @@ fn main() -> anyhow::Result<()> {
         Command::Cni(args) => cni::run(args),
         Command::DockerPlugin(args) => docker::run(args),
         Command::InstallUnits(args) => units::run(args),
+        Command::WebUrl(args) => web_url::run(args),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

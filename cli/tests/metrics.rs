@@ -1,8 +1,9 @@
-//! The agent's Prometheus metrics during a lab cluster's traffic, scraped
-//! over HTTP (`--metrics-listen`) and through `weft metrics`, parsed with a
-//! Prometheus text-format parser: relayed bytes grow for a relayed pair,
-//! and drops by reason grow when the policy filter drops. Needs root; in
-//! CI (`CI=true`) a missing privilege fails instead of skipping.
+//! The agents' and the coordinator's Prometheus metrics during a lab
+//! cluster's traffic, scraped over HTTP (`--metrics-listen`) and through
+//! `weft metrics`, parsed with a Prometheus text-format parser: relayed
+//! bytes grow for a relayed pair (at the agent and at the coordinator's
+//! relay), and drops by reason grow when the policy filter drops. Needs
+//! root; in CI (`CI=true`) a missing privilege fails instead of skipping.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -17,11 +18,18 @@ fn weft() -> PathBuf {
 }
 
 const LISTEN: &str = "127.0.0.1:9586";
+/// The coordinator's, in its namespace.
+const COORDINATOR_LISTEN: &str = "127.0.0.1:9587";
 
-/// `GET /metrics` from inside namespace `ns`.
+/// `GET /metrics` of an agent, from inside its namespace `ns`.
 fn scrape_http(ns: &str) -> prometheus_parse::Scrape {
-    let body = in_netns(ns, || -> std::io::Result<String> {
-        let mut s = TcpStream::connect(LISTEN)?;
+    scrape_at(ns, LISTEN)
+}
+
+/// `GET /metrics` from `addr` inside namespace `ns`.
+fn scrape_at(ns: &str, addr: &'static str) -> prometheus_parse::Scrape {
+    let body = in_netns(ns, move || -> std::io::Result<String> {
+        let mut s = TcpStream::connect(addr)?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
         let mut out = String::new();
@@ -75,6 +83,7 @@ fn counters_move_with_relayed_traffic_and_filter_drops() {
     let lab = Lab::new("met");
     let spec = ClusterSpec {
         agent_args: &["--metrics-listen", LISTEN],
+        coordinator_args: &["--metrics-listen", COORDINATOR_LISTEN],
         ..ClusterSpec::hosts_only(2)
     }
     .with_nat(&[NatKind::Symmetric, NatKind::Symmetric]);
@@ -93,6 +102,15 @@ fn counters_move_with_relayed_traffic_and_filter_drops() {
         )
     };
     let before = scrape_http(&c.hosts[0].ns);
+    let coord = |c: &Cluster| scrape_at(&c.coordinator_ns, COORDINATOR_LISTEN);
+    let forwarded = |s: &prometheus_parse::Scrape| {
+        value(
+            s,
+            "weft_coordinator_relay_bytes_total",
+            &[("result", "forwarded")],
+        )
+    };
+    let coord_before = coord(&c);
     assert_eq!(value(&before, "weft_peers", &[("path", "relay")]), 1.0);
     assert_eq!(value(&before, "weft_coordinator_connected", &[]), 1.0);
     assert!(value(&before, "weft_netmap_version", &[]) > 0.0);
@@ -117,35 +135,53 @@ fn counters_move_with_relayed_traffic_and_filter_drops() {
         "the relayed pings were counted as direct"
     );
 
-    // Every metric the Grafana dashboard queries exists.
-    let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/grafana/weft-agents.json"
-        ))
-        .expect("the dashboard"),
-    )
-    .expect("the dashboard is JSON");
-    let have: std::collections::BTreeSet<&str> =
-        after.samples.iter().map(|x| x.metric.as_str()).collect();
-    let mut queried = 0;
-    for panel in dashboard["panels"].as_array().expect("panels") {
-        for t in panel["targets"].as_array().expect("targets") {
-            let expr = t["expr"].as_str().expect("expr");
-            for name in expr.split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_')) {
-                if let Some(base) = name.strip_prefix("weft_") {
-                    let base = base.trim_end_matches("_bucket");
-                    let full = format!("weft_{base}");
-                    assert!(
-                        have.contains(full.as_str()),
-                        "the dashboard queries {full}, which no agent exports"
-                    );
-                    queried += 1;
-                }
-            }
-        }
+    // The coordinator relayed them, and saw the joins, sessions, commits,
+    // netmap fan-out and reflector requests that built the cluster.
+    let coord_after = coord(&c);
+    let relayed = forwarded(&coord_after) - forwarded(&coord_before);
+    assert!(
+        relayed >= 2.0 * 20.0 * 1000.0,
+        "the coordinator relayed only {relayed} bytes of 20 pings and their replies"
+    );
+    assert_eq!(
+        value(
+            &coord_after,
+            "weft_coordinator_sessions",
+            &[("transport", "quic")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &coord_after,
+            "weft_coordinator_joins_total",
+            &[("result", "ok")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(&coord_after, "weft_coordinator_nodes_online", &[]),
+        2.0
+    );
+    assert!(value(&coord_after, "weft_coordinator_netmap_updates_total", &[]) >= 2.0);
+    assert!(
+        value(
+            &coord_after,
+            "weft_coordinator_reflector_requests_total",
+            &[]
+        ) >= 2.0
+    );
+    for h in [
+        "weft_coordinator_store_commit_seconds",
+        "weft_coordinator_netmap_fanout_seconds",
+    ] {
+        let count = histogram_count(&coord_after, h);
+        assert!(count >= 1, "{h} observed nothing");
     }
-    assert!(queried >= 10, "{queried}");
+    check_dashboard(&coord_after, "weft-coordinator.json", 8);
+
+    // Every metric the Grafana dashboard queries exists.
+    check_dashboard(&after, "weft-agents.json", 10);
 
     // DNS: a name the cluster does not have is answered NXDOMAIN.
     let dns = |s: &prometheus_parse::Scrape| {
@@ -183,4 +219,51 @@ fn counters_move_with_relayed_traffic_and_filter_drops() {
     })
     .expect("drops by reason grow");
     assert!(d1 >= d0 + 3.0);
+}
+
+/// The sample count of histogram `name`.
+fn histogram_count(s: &prometheus_parse::Scrape, name: &str) -> u64 {
+    match s
+        .samples
+        .iter()
+        .find(|x| x.metric == name)
+        .map(|x| &x.value)
+    {
+        Some(prometheus_parse::Value::Histogram(h)) => {
+            h.iter().map(|b| b.count).fold(0.0, f64::max) as u64
+        }
+        other => panic!("{name} is not a histogram: {other:?}"),
+    }
+}
+
+/// Every `weft_*` metric the dashboard `file` in deploy/grafana queries is
+/// in `scrape`, and it queries at least `min` of them.
+fn check_dashboard(scrape: &prometheus_parse::Scrape, file: &str, min: usize) {
+    let path = format!("{}/../deploy/grafana/{file}", env!("CARGO_MANIFEST_DIR"));
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("the dashboard"))
+            .expect("the dashboard is JSON");
+    let have: std::collections::BTreeSet<&str> =
+        scrape.samples.iter().map(|x| x.metric.as_str()).collect();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            for name in expr.split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_')) {
+                if let Some(base) = name.strip_prefix("weft_") {
+                    let base = base
+                        .trim_end_matches("_bucket")
+                        .trim_end_matches("_count")
+                        .trim_end_matches("_sum");
+                    let full = format!("weft_{base}");
+                    assert!(
+                        have.contains(full.as_str()),
+                        "{file} queries {full}, which is not exported"
+                    );
+                    queried += 1;
+                }
+            }
+        }
+    }
+    assert!(queried >= min, "{file} queries only {queried} metrics");
 }

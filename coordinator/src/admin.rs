@@ -25,6 +25,10 @@ pub struct AdminCredential {
     pub pin: String,
     /// Hex admin secret.
     pub secret: String,
+    /// `host:port` of the coordinator's web page, when it serves one
+    /// (`--web-listen`); `weft web-url` links there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<String>,
 }
 
 impl std::fmt::Debug for AdminCredential {

@@ -7,19 +7,21 @@
 //! group-committing writer thread), [`cluster`] (policy, services, routes
 //! and each host's compiled view), [`ipam`] (host subnets), [`registry`]
 //! (nodes in memory and the change log netmaps are built from), [`server`]
-//! (the QUIC endpoint and one task per connection) and [`admin`] (the admin
+//! (the QUIC endpoint and one task per connection), [`admin`] (the admin
 //! credential and the client side of admin commands, used by the `weft`
-//! CLI).
+//! CLI), [`metrics`] (Prometheus) and [`web`] (the cluster's web page).
 
 pub mod admin;
 pub mod cluster;
 pub mod endpoints;
 pub mod ipam;
+pub mod metrics;
 pub mod names;
 pub mod registry;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,6 +67,12 @@ pub struct Config {
     /// forward relayed datagrams (`host:port` of its QUIC listener).
     /// `None`: the first `advertise` address.
     pub replica_addr: Option<String>,
+    /// Where to serve Prometheus metrics (`GET /metrics`, no
+    /// authentication); `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve the web page of the cluster (behind the admin
+    /// credential, see [`web`]); `None`: not served.
+    pub web_listen: Option<SocketAddr>,
 }
 
 /// The store's backend.
@@ -93,6 +101,8 @@ impl Config {
             allow_loopback_endpoints: false,
             store: StoreConfig::Redb,
             replica_addr: None,
+            metrics_listen: None,
+            web_listen: None,
         }
     }
 }
@@ -120,6 +130,13 @@ pub enum CoordinatorError {
     },
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    #[error("cannot serve {what} on {addr}: {source}; is something else listening there? pick another address")]
+    Http {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Seconds since the Unix epoch.

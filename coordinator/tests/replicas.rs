@@ -58,6 +58,7 @@ fn shared_identity_dirs(root: &Path, n: usize) -> Vec<PathBuf> {
         coordinator: vec![],
         pin: hex::encode(id.pin),
         secret: hex::encode(secret),
+        web: None,
     }
     .save(&weft_coordinator::state::admin_path(&dirs[0]))
     .unwrap();

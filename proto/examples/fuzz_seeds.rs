@@ -54,6 +54,7 @@ fn main() {
         domain: "weft.internal".into(),
         keepalive_ms: 1000,
         accepts_leave: true,
+        accepts_paths: true,
     });
     let peer = |i: u8| Peer {
         id: NodeId(u64::from(i)),

@@ -101,6 +101,55 @@ pub enum ClientMsg {
     /// the removed code. Sent only to a coordinator whose welcome sets
     /// `accepts_leave`.
     Leave,
+    /// The path this host's traffic takes to each of its peers (the whole
+    /// list, latest wins), for the coordinator's web page. Sent when a path
+    /// changes, at most once a second, and only to a coordinator whose
+    /// welcome sets `accepts_paths`. The coordinator keeps at most
+    /// [`MAX_PATH_REPORTS`] entries and [`MAX_PATH_REASON`] bytes of each
+    /// reason. Added 2026-12-01.
+    ReportPaths { paths: Vec<PathReport> },
+}
+
+/// Most entries of a [`ClientMsg::ReportPaths`] the coordinator keeps.
+pub const MAX_PATH_REPORTS: usize = 4096;
+/// Longest reason of a [`PathReport`] the coordinator keeps, in bytes.
+pub const MAX_PATH_REASON: usize = 160;
+
+/// One peer's path as the reporting host sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathReport {
+    pub peer: NodeId,
+    pub path: PathClassReport,
+    /// Why the peer is relayed, in words (only for `Relay`).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The kind of path in a [`PathReport`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum PathClassReport {
+    /// Directly to an address on one of the host's own networks.
+    Lan,
+    /// Directly to an address elsewhere (through NATs).
+    Direct,
+    /// Through the coordinator's relay.
+    Relay,
+    /// A kind from a newer host.
+    #[serde(other)]
+    Unknown,
+}
+
+impl PathClassReport {
+    pub fn name(self) -> &'static str {
+        match self {
+            PathClassReport::Lan => "lan",
+            PathClassReport::Direct => "direct",
+            PathClassReport::Relay => "relay",
+            PathClassReport::Unknown => "unknown",
+        }
+    }
 }
 
 /// Sent by the coordinator.
@@ -137,6 +186,9 @@ pub struct Welcome {
     /// Whether the coordinator understands [`ClientMsg::Leave`].
     #[serde(default)]
     pub accepts_leave: bool,
+    /// Whether the coordinator understands [`ClientMsg::ReportPaths`].
+    #[serde(default)]
+    pub accepts_paths: bool,
 }
 
 /// The DNS domain of a cluster that did not choose one.

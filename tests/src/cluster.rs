@@ -55,6 +55,8 @@ pub struct ClusterSpec {
     pub internet_mtu: Option<u16>,
     /// Extra arguments for every agent (`weft join` and `weft up`).
     pub agent_args: &'static [&'static str],
+    /// Extra arguments for the coordinator (`weft coordinator`).
+    pub coordinator_args: &'static [&'static str],
 }
 
 impl Default for ClusterSpec {
@@ -69,6 +71,7 @@ impl Default for ClusterSpec {
             host_mtu: None,
             internet_mtu: None,
             agent_args: &[],
+            coordinator_args: &[],
         }
     }
 }
@@ -269,18 +272,20 @@ impl<'a> Cluster<'a> {
     /// Starts (or restarts) the coordinator.
     pub fn start_coordinator(&mut self) -> anyhow::Result<()> {
         let dir = self.coordinator_dir.to_string_lossy().into_owned();
+        let mut args = vec![
+            "coordinator",
+            "--state-dir",
+            &dir,
+            "--listen",
+            COORDINATOR_ADDR,
+            "--advertise",
+            COORDINATOR_ADDR,
+        ];
+        args.extend(self.spec.coordinator_args);
         let p = self.lab.spawn(
             &self.coordinator_ns,
             &self.weft.to_string_lossy(),
-            &[
-                "coordinator",
-                "--state-dir",
-                &dir,
-                "--listen",
-                COORDINATOR_ADDR,
-                "--advertise",
-                COORDINATOR_ADDR,
-            ],
+            &args,
             &[],
         );
         let admin = self.coordinator_dir.join("admin.json");

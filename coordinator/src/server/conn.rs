@@ -79,9 +79,7 @@ pub(super) async fn serve(
     let (send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
         .await
         .map_err(|_| ConnError::Timeout)??;
-    let hello: Hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame_within(&mut recv, MAX_HELLO))
-        .await
-        .map_err(|_| ConnError::Timeout)??;
+    let hello: Hello = read_hello(&shared, &mut recv).await?;
     drop(pass);
     let remote = conn.remote_address().ip();
     let exporter = |key: &WgPublicKey| quic_exporter(&conn, key);
@@ -100,6 +98,26 @@ pub(super) async fn serve(
     .await
 }
 
+/// The hello, within [`HELLO_TIMEOUT`] and [`MAX_HELLO`] bytes; a late or
+/// malformed one is counted as refused.
+async fn read_hello<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    recv: &mut R,
+) -> Result<Hello, ConnError> {
+    let read = tokio::time::timeout(HELLO_TIMEOUT, read_frame_within(recv, MAX_HELLO)).await;
+    match read {
+        Ok(Ok(h)) => Ok(h),
+        Ok(Err(e)) => {
+            shared.metrics.refused(Refusal::BadFrame);
+            Err(e)
+        }
+        Err(_) => {
+            shared.metrics.refused(Refusal::Handshake);
+            Err(ConnError::Timeout)
+        }
+    }
+}
+
 /// Serves one TLS-over-TCP connection: a host whose UDP is blocked.
 pub(super) async fn serve_tcp(
     shared: Arc<Shared>,
@@ -107,9 +125,7 @@ pub(super) async fn serve_tcp(
     pass: super::admission::Pass,
     remote: SocketAddr,
 ) -> Result<(), ConnError> {
-    let hello: Hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame_within(&mut tls, MAX_HELLO))
-        .await
-        .map_err(|_| ConnError::Timeout)??;
+    let hello: Hello = read_hello(&shared, &mut tls).await?;
     drop(pass);
     // The exporter needs the TLS session, so take it before splitting.
     let exported = match &hello.request {
@@ -165,6 +181,9 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
     exporter: impl Fn(&WgPublicKey) -> Option<[u8; 32]>,
 ) -> Result<(), ConnError> {
     if hello.protocol_version != PROTOCOL_VERSION {
+        shared
+            .metrics
+            .refused(Refusal::Code(ErrorCode::VersionMismatch));
         return Err(refuse_and_close(
             send,
             refuse(
@@ -184,6 +203,7 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
                 .allow(remote, &req.token_id, std::time::Instant::now())
             {
                 debug!(%remote, token = %loggable(&req.token_id), "join rate-limited");
+                shared.metrics.join(Err(ErrorCode::RateLimited));
                 return Err(refuse_and_close(
                     send,
                     refuse(
@@ -202,6 +222,7 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
                 shared
                     .joins
                     .failed(remote, &req.token_id, std::time::Instant::now());
+                shared.metrics.join(Err(ErrorCode::ProofFailed));
                 return Err(refuse_and_close(send, proof_failed()).await);
             }
             let args = JoinArgs {
@@ -213,6 +234,7 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
             };
             match shared.store.join(args).await {
                 Ok(rec) => {
+                    shared.metrics.join(Ok(()));
                     info!(node = %rec.id, name = %rec.name, subnet = %rec.subnet, token = %rec.token_id, "node joined");
                     session(
                         shared,
@@ -235,6 +257,7 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
                             .failed(remote, &req.token_id, std::time::Instant::now());
                     }
                     info!(token = %loggable(&req.token_id), code = ?e.code, "join refused");
+                    shared.metrics.join(Err(e.code));
                     Err(refuse_and_close(send, e).await)
                 }
             }
@@ -246,6 +269,9 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
                 &req.public_key,
                 &req.proof,
             ) {
+                shared
+                    .metrics
+                    .refused(Refusal::Code(ErrorCode::ProofFailed));
                 return Err(refuse_and_close(send, proof_failed()).await);
             }
             let mut id = shared.read().by_key(&req.public_key);
@@ -256,6 +282,9 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
                 id = shared.read().by_key(&req.public_key);
             }
             let Some(id) = id else {
+                shared
+                    .metrics
+                    .refused(Refusal::Code(ErrorCode::NotRegistered));
                 return Err(refuse_and_close(send, not_registered()).await);
             };
             let have = (req.have_epoch, req.have_version, req.have_view);

@@ -15,6 +15,8 @@ use weft_proto::queue::ByteBudget;
 pub(super) const TCP_DATAGRAM_QUEUE: usize = 1024;
 /// Bytes of datagrams queued for a TCP session, at most.
 pub(super) const TCP_DATAGRAM_BYTES: usize = 1 << 20;
+/// The QUIC datagram send buffer of a session (see `server_config`).
+pub(super) const DATAGRAM_SEND_BUFFER: usize = 1 << 20;
 
 /// One host's connection, as other sessions and admin commands see it.
 #[derive(Clone)]
@@ -67,6 +69,14 @@ impl Link {
             Link::Tcp(t) => {
                 let _ = t.close.send(Some(code));
             }
+        }
+    }
+
+    /// Bytes of datagrams queued for the host and not yet sent.
+    pub(super) fn queued_bytes(&self) -> usize {
+        match self {
+            Link::Quic(c) => DATAGRAM_SEND_BUFFER.saturating_sub(c.datagram_send_buffer_space()),
+            Link::Tcp(t) => t.budget.queued(),
         }
     }
 

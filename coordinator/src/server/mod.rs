@@ -29,6 +29,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use crate::admin::AdminCredential;
 use crate::cluster::{compile_views, refresh_routes, ClusterConfig, Compiled};
 use crate::ipam::Ipam;
+use crate::metrics::{CoordinatorMetrics, Refusal};
 use crate::registry::Registry;
 use crate::store::{self, refuse, JoinArgs, StoreHandle, TokenRecord};
 use crate::{now_unix, state, Config, CoordinatorError};
@@ -39,7 +40,10 @@ mod admin_ops;
 mod admission;
 mod config_ops;
 mod conn;
+mod fanout;
 mod link;
+mod overview;
+mod path_reports;
 mod reflector;
 mod relay_budget;
 pub mod replica;
@@ -99,6 +103,10 @@ struct Shared {
     /// With an etcd store: this replica's share of the state the replicas
     /// keep together (watch, live keys, relay links).
     replica: Option<Arc<replica::Replica>>,
+    metrics: CoordinatorMetrics,
+    fanout: fanout::Fanout,
+    /// Each connected host's report of its paths (for the web page).
+    paths: path_reports::PathReports,
 }
 
 impl Shared {
@@ -228,6 +236,7 @@ impl Coordinator {
             coordinator: admin_addrs,
             pin: hex::encode(identity.pin),
             secret: admin_secret.clone(),
+            web: config.web_listen.map(|w| web_addr(w, &advertise)),
         };
         cred.save(&admin_path)?;
         let admin_hash = secret_hash(&hex::decode(&admin_secret).unwrap_or_default());
@@ -274,6 +283,7 @@ impl Coordinator {
         })?;
 
         let (published, _) = watch::channel(0u64);
+        let metrics = CoordinatorMetrics::new(opened.commit_seconds.clone());
         let epoch = match &replica {
             Some(r) => {
                 // Replicas share the epoch and log the etcd revision of
@@ -300,6 +310,9 @@ impl Coordinator {
             advertise,
             pool: opened.ipam_pool,
             tcp_port: config.tcp_port,
+            fanout: fanout::Fanout::new(metrics.fanout.clone()),
+            metrics,
+            paths: path_reports::PathReports::default(),
             domain: config.domain.clone(),
             allow_loopback_endpoints: config.allow_loopback_endpoints,
             cluster: RwLock::new(ClusterConfig::from_stored(opened.config)?),
@@ -328,7 +341,8 @@ impl Coordinator {
             r.set_endpoint(endpoint.clone());
             tasks.extend(replica::spawn(&shared));
         }
-        tasks.extend(reflector::spawn(local));
+        tasks.extend(reflector::spawn(local, shared.metrics.reflector.clone()));
+        tasks.extend(start_http(&shared, &config).await?);
         // Hosts whose UDP is blocked reach the coordinator over TLS on TCP
         // (by default on the QUIC port number).
         let tcp_addr = SocketAddr::new(local.ip(), config.tcp_port.unwrap_or(local.port()));
@@ -484,7 +498,7 @@ fn server_config(identity: &state::Identity) -> Result<quinn::ServerConfig, Coor
         .send_window(96 * 1024)
         // Relayed WireGuard datagrams and punch requests (see session.rs).
         .datagram_receive_buffer_size(Some(1 << 20))
-        .datagram_send_buffer_size(1 << 20);
+        .datagram_send_buffer_size(link::DATAGRAM_SEND_BUFFER);
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
@@ -502,6 +516,7 @@ async fn coalesce(shared: Arc<Shared>, window: Duration) {
     let mut compile_took = Duration::ZERO;
     loop {
         shared.changed.notified().await;
+        let changed_at = std::time::Instant::now();
         let sessions = shared.sessions().len() as u64;
         let scaled = window.max(Duration::from_micros(sessions * 10));
         tokio::time::sleep(scaled.min(MAX_COALESCE.max(window))).await;
@@ -516,6 +531,11 @@ async fn coalesce(shared: Arc<Shared>, window: Duration) {
             compiled_at = std::time::Instant::now();
         }
         let v = shared.read().version();
+        if *shared.published.borrow() != v {
+            shared.metrics.netmap_publishes.inc();
+            let open = shared.sessions().len();
+            shared.fanout.start(v, changed_at, open);
+        }
         shared.published.send_replace(v);
     }
 }
@@ -536,6 +556,7 @@ async fn accept_tcp(
             }
         };
         let Some(pass) = shared.gate.enter(remote.ip()) else {
+            shared.metrics.refused(Refusal::HelloGate);
             debug!(%remote, "TCP connection refused: too many connections in their hello");
             continue;
         };
@@ -549,8 +570,14 @@ async fn accept_tcp(
                         debug!(%remote, error = %e, "TCP connection ended");
                     }
                 }
-                Ok(Err(e)) => debug!(%remote, error = %e, "TLS handshake over TCP failed"),
-                Err(_) => debug!(%remote, "TLS handshake over TCP timed out"),
+                Ok(Err(e)) => {
+                    shared.metrics.refused(Refusal::Handshake);
+                    debug!(%remote, error = %e, "TLS handshake over TCP failed")
+                }
+                Err(_) => {
+                    shared.metrics.refused(Refusal::Handshake);
+                    debug!(%remote, "TLS handshake over TCP timed out")
+                }
             }
         });
     }
@@ -566,6 +593,7 @@ async fn accept(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             continue;
         }
         let Some(pass) = shared.gate.enter(remote.ip()) else {
+            shared.metrics.refused(Refusal::HelloGate);
             debug!(%remote, "QUIC connection refused: too many connections in their hello");
             incoming.refuse();
             continue;
@@ -587,7 +615,10 @@ async fn accept(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                         debug!(%remote, error = %e, "connection ended");
                     }
                 }
-                Err(e) => debug!(%remote, error = %e, "handshake failed"),
+                Err(e) => {
+                    shared.metrics.refused(Refusal::Handshake);
+                    debug!(%remote, error = %e, "handshake failed")
+                }
             }
         });
     }
@@ -599,4 +630,86 @@ fn is_replica_link(conn: &quinn::Connection) -> bool {
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol)
         .is_some_and(|p| p == replica::REPLICA_ALPN)
+}
+
+/// The address `weft web-url` puts in its link: the web listen address, or
+/// for a wildcard listen the host of the first advertised address.
+fn web_addr(listen: SocketAddr, advertise: &[String]) -> String {
+    if !listen.ip().is_unspecified() {
+        return listen.to_string();
+    }
+    let host = advertise
+        .first()
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .map_or_else(|| admin_local_addr(listen).ip(), |a| a.ip());
+    SocketAddr::new(host, listen.port()).to_string()
+}
+
+/// Starts `--metrics-listen` and `--web-listen`, where set.
+async fn start_http(
+    shared: &Arc<Shared>,
+    config: &Config,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, CoordinatorError> {
+    use crate::web::{serve, JsonFuture, PageSite, Site};
+    let mut tasks = Vec::new();
+    if let Some(addr) = config.metrics_listen {
+        let s = shared.clone();
+        let site = Site::Metrics(Arc::new(move || s.scrape()));
+        let (local, task) = serve(addr, site)
+            .await
+            .map_err(|source| CoordinatorError::Http {
+                what: "metrics",
+                addr,
+                source,
+            })?;
+        info!(addr = %local, "metrics on http://{local}/metrics");
+        tasks.push(task);
+    }
+    if let Some(addr) = config.web_listen {
+        let s = shared.clone();
+        let cluster = Arc::new(move || -> JsonFuture {
+            let s = s.clone();
+            Box::pin(async move { overview::cluster_json(&s).await })
+        });
+        let site = Site::Page(Arc::new(PageSite {
+            key: shared.admin_hash,
+            cluster,
+        }));
+        let (local, task) = serve(addr, site)
+            .await
+            .map_err(|source| CoordinatorError::Http {
+                what: "the web page",
+                addr,
+                source,
+            })?;
+        info!(addr = %local, "web page on http://{local}/ (open the link `weft web-url` prints)");
+        tasks.push(task);
+    }
+    Ok(tasks)
+}
+
+impl Shared {
+    /// The metrics text, with the gauges of the current state set first.
+    fn scrape(&self) -> String {
+        let m = &self.metrics;
+        let (mut quic, mut tcp, mut deepest) = (0i64, 0i64, 0usize);
+        for (_, link) in self.sessions().values() {
+            match link {
+                link::Link::Quic(_) => quic += 1,
+                link::Link::Tcp(_) => tcp += 1,
+            }
+            deepest = deepest.max(link.queued_bytes());
+        }
+        m.sessions.get_or_create(&[("transport", "quic")]).set(quic);
+        m.sessions.get_or_create(&[("transport", "tcp")]).set(tcp);
+        m.queue_max.set(i64::try_from(deepest).unwrap_or(i64::MAX));
+        let (nodes, online) = {
+            let reg = self.read();
+            (reg.len(), reg.peers().filter(|p| p.online).count())
+        };
+        m.nodes.set(i64::try_from(nodes).unwrap_or(i64::MAX));
+        m.nodes_online
+            .set(i64::try_from(online).unwrap_or(i64::MAX));
+        m.render()
+    }
 }

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 use weft_proto::disco::{DiscoMsg, REFLECT_REQUEST_LEN};
@@ -15,7 +16,7 @@ pub const PORTS: u16 = 2;
 
 /// Binds the reflector ports after `quic` (skipped when `quic` has port 0:
 /// an ephemeral test coordinator has no well-known reflector).
-pub fn spawn(quic: SocketAddr) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn(quic: SocketAddr, answered: Counter) -> Vec<tokio::task::JoinHandle<()>> {
     if quic.port() == 0 {
         return Vec::new();
     }
@@ -32,12 +33,12 @@ pub fn spawn(quic: SocketAddr) -> Vec<tokio::task::JoinHandle<()>> {
                 }
             };
             let sock = UdpSocket::from_std(std).ok()?;
-            Some(tokio::spawn(serve(sock)))
+            Some(tokio::spawn(serve(sock, answered.clone())))
         })
         .collect()
 }
 
-async fn serve(sock: UdpSocket) {
+async fn serve(sock: UdpSocket, answered: Counter) {
     let mut buf = [0u8; 64];
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
@@ -61,7 +62,9 @@ async fn serve(sock: UdpSocket) {
                 observed: from,
             }
             .encode(None);
-            let _ = sock.send_to(&reply, from).await;
+            if sock.send_to(&reply, from).await.is_ok() {
+                answered.inc();
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use super::relay_budget::RelayBudget;
 use super::view::{send_update, HostView};
 use super::*;
 use crate::endpoints::checked_endpoints;
+use crate::metrics::RelayResult;
 
 #[instrument(skip_all, fields(node = %id))]
 #[expect(
@@ -40,6 +41,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
         domain: shared.domain.clone(),
         keepalive_ms: u32::try_from(weft_proto::KEEPALIVE.as_millis()).unwrap_or(u32::MAX),
         accepts_leave: true,
+        accepts_paths: true,
     };
     write_msg(&mut send, &ServerMsg::Welcome(welcome)).await?;
 
@@ -47,6 +49,8 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     if let Some((_, old)) = shared.sessions().insert(id, (sid, link.clone())) {
         old.close(CLOSE_REPLACED, b"replaced by a newer session of this node");
     }
+    // Every session speaks this version: `dispatch` refuses any other.
+    shared.paths.started(id, sid, PROTOCOL_VERSION);
     // The node may have been removed while this session was starting.
     if shared.read().get(id).is_none() {
         link.close(CLOSE_REMOVED, b"node removed by an admin");
@@ -54,6 +58,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
         if sessions.get(&id).is_some_and(|(s, _)| *s == sid) {
             sessions.remove(&id);
         }
+        shared.paths.ended(id, sid);
         return Ok(());
     }
     // Subscribe before going online so our own change is not missed.
@@ -120,6 +125,12 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
                         super::config_ops::advertise_routes(&shared, id, routes).await
                     }
                     ClientMsg::Datagram(bytes) => forward(&shared, &budget, id, bytes.into_vec()),
+                    ClientMsg::ReportPaths { paths } => {
+                        let view = shared.compiled().nodes.get(&id).cloned();
+                        shared.paths.report(id, sid, paths, |peer| {
+                            view.as_ref().is_some_and(|v| v.peers.contains(&peer))
+                        });
+                    }
                     ClientMsg::Leave => {
                         // Closes this session with the removed code.
                         let _ =
@@ -138,19 +149,26 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
         let mut host = HostView::new(&shared, id, have);
         let mut first = true;
         loop {
-            match host.next(&shared) {
+            let version = *published.borrow_and_update();
+            let wrote = match host.next(&shared) {
                 Some(update) => {
                     send_update(&mut send, shared.epoch, &update).await?;
                     first = false;
+                    true
                 }
                 // The host waits for one update to finish connecting: a
                 // resume that is current gets an empty one.
                 None if first && host.ready(&shared) => {
                     send_update(&mut send, shared.epoch, &host.nothing()).await?;
                     first = false;
+                    true
                 }
-                None => {}
+                None => false,
+            };
+            if wrote {
+                shared.metrics.netmap_updates.inc();
             }
+            shared.fanout.handled(version, wrote);
             loop {
                 tokio::select! {
                     r = published.changed() => {
@@ -197,6 +215,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
             _ => false,
         }
     };
+    shared.paths.ended(id, sid);
     if current && shared.write().set_online(id, false, None) {
         shared.changed.notify_one();
     }
@@ -283,9 +302,20 @@ async fn closed(rx: &mut Option<watch::Receiver<Option<u32>>>) -> u32 {
 /// rewritten to the sender.
 /// Datagrams for hosts without a session are dropped, like packets to an
 /// unreachable address.
-fn forward(shared: &Arc<Shared>, budget: &Mutex<RelayBudget>, from: NodeId, mut bytes: Vec<u8>) {
+fn forward(shared: &Arc<Shared>, budget: &Mutex<RelayBudget>, from: NodeId, bytes: Vec<u8>) {
+    let len = bytes.len();
+    let result = forward_one(shared, budget, from, bytes);
+    shared.metrics.relayed(result, len);
+}
+
+fn forward_one(
+    shared: &Arc<Shared>,
+    budget: &Mutex<RelayBudget>,
+    from: NodeId,
+    mut bytes: Vec<u8>,
+) -> RelayResult {
     let Some(dst) = weft_proto::relay::Datagram::node(&bytes) else {
-        return;
+        return RelayResult::Malformed;
     };
     let now = std::time::Instant::now();
     let allowed = {
@@ -297,7 +327,7 @@ fn forward(shared: &Arc<Shared>, budget: &Mutex<RelayBudget>, from: NodeId, mut 
         }
     };
     if !allowed {
-        return;
+        return RelayResult::OverBudget;
     }
     // The relay carries nothing between hosts the policy keeps apart (they
     // are not each other's peers).
@@ -307,15 +337,21 @@ fn forward(shared: &Arc<Shared>, budget: &Mutex<RelayBudget>, from: NodeId, mut 
         .get(&from)
         .is_some_and(|v| v.peers.contains(&dst));
     if !peers {
-        return;
+        return RelayResult::NotPeers;
     }
     let Some(link) = shared.sessions().get(&dst).map(|(_, l)| l.clone()) else {
         // Its session may be on another replica.
-        super::replica::forward(shared, from, dst, &bytes);
-        return;
+        return if super::replica::forward(shared, from, dst, &bytes) {
+            RelayResult::Forwarded
+        } else {
+            RelayResult::NoSession
+        };
     };
     if weft_proto::relay::Datagram::set_node(&mut bytes, from) {
         link.send_datagram(bytes);
+        RelayResult::Forwarded
+    } else {
+        RelayResult::Malformed
     }
 }
 

@@ -68,6 +68,9 @@ pub struct Opened {
     pub config: StoredConfig,
     /// The revision everything was read at ([`super::Loaded::revision`]).
     pub revision: i64,
+    /// Seconds per commit, observed by the writer thread (for the
+    /// coordinator's metrics).
+    pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Opens (or creates) the redb database at `path` and starts the writer.
@@ -108,13 +111,15 @@ pub fn open_with<B: StoreBackend>(
     let registry = Arc::new(RwLock::new(registry));
     let (tx, rx) = std::sync::mpsc::channel();
     let pool = ipam.pool_subnet();
+    let commit_seconds = crate::metrics::commit_histogram();
     let writer = Writer::new(
         backend,
         registry.clone(),
         ipam,
         loaded.next_node_id,
         on_commit,
-    );
+    )
+    .observing(commit_seconds.clone());
     std::thread::Builder::new()
         .name("weft-store".into())
         .spawn(move || writer.run(rx))
@@ -128,6 +133,7 @@ pub fn open_with<B: StoreBackend>(
         ipam_pool: pool,
         config: loaded.config,
         revision: loaded.revision,
+        commit_seconds,
     })
 }
 

@@ -45,6 +45,8 @@ pub(super) struct Writer<B> {
     ipam: Ipam,
     next_node_id: u64,
     on_commit: OnCommit,
+    /// Seconds per successful commit.
+    commit_seconds: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 /// A write request's decision in the current attempt.
@@ -69,7 +71,14 @@ impl<B: StoreBackend> Writer<B> {
             ipam,
             next_node_id,
             on_commit,
+            commit_seconds: None,
         }
+    }
+
+    /// Observes each successful commit's duration into `h`.
+    pub(super) fn observing(mut self, h: prometheus_client::metrics::histogram::Histogram) -> Self {
+        self.commit_seconds = Some(h);
+        self
     }
 
     pub(super) fn run(mut self, rx: std::sync::mpsc::Receiver<Request>) {
@@ -231,9 +240,13 @@ impl<B: StoreBackend> Writer<B> {
                 answer(batch, decided, None);
                 return rest;
             }
+            let commit_began = Instant::now();
             let result = self.backend.commit(&changes);
             match result {
                 Ok(()) => {
+                    if let Some(h) = &self.commit_seconds {
+                        h.observe(commit_began.elapsed().as_secs_f64());
+                    }
                     self.next_node_id = b.next_node_id();
                     // On etcd the registry logs each change's revision.
                     let at = if shared {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng as _;
 use tokio::sync::watch;
-use weft_proto::msg::ErrorCode;
+use weft_proto::msg::{ErrorCode, PathClassReport, PathReport};
 use weft_proto::Netmap;
 use x25519_dalek::StaticSecret;
 
@@ -147,6 +147,31 @@ pub struct ControlLoop {
     pub leave: tokio::sync::mpsc::Receiver<LeaveReply>,
 }
 
+/// How often the path report is checked for changes (and sent if it
+/// changed): a path change reaches the coordinator's page within this.
+const PATH_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// This host's path to each peer, as the traversal engine sees it.
+fn path_report(traversal: &super::traversal::TraversalView) -> Vec<PathReport> {
+    use super::traversal::PathKind;
+    let paths = traversal.paths.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out: Vec<PathReport> = paths
+        .iter()
+        .take(weft_proto::msg::MAX_PATH_REPORTS)
+        .map(|(id, info)| PathReport {
+            peer: *id,
+            path: match info.kind {
+                PathKind::Lan => PathClassReport::Lan,
+                PathKind::Direct => PathClassReport::Direct,
+                PathKind::Relay => PathClassReport::Relay,
+            },
+            reason: info.reason.clone(),
+        })
+        .collect();
+    out.sort_by_key(|p| p.peer);
+    out
+}
+
 /// Tells the coordinator this node leaves, and waits for it to close the
 /// session as removed.
 async fn leave(s: &mut Session) -> Result<(), String> {
@@ -239,6 +264,10 @@ impl ControlLoop {
                 tracing::warn!(error = %e, "cannot advertise routes");
             }
             let mut reported: Vec<SocketAddr> = self.shared.endpoints();
+            // Paths go to a coordinator that reads them, when they change.
+            let mut paths_sent: Option<Vec<PathReport>> = None;
+            let mut paths_tick = tokio::time::interval(PATH_REPORT_EVERY);
+            paths_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut scan = tokio::time::interval(ENDPOINT_SCAN);
             scan.tick().await;
             let changed = self.shared.endpoints_changed.clone();
@@ -263,6 +292,15 @@ impl ControlLoop {
                                 break e;
                             }
                             reported = now;
+                        }
+                    }
+                    _ = paths_tick.tick(), if s.welcome().accepts_paths => {
+                        let now = path_report(&self.shared.traversal);
+                        if paths_sent.as_ref() != Some(&now) {
+                            if let Err(e) = s.updater().report_paths(now.clone()).await {
+                                break e;
+                            }
+                            paths_sent = Some(now);
                         }
                     }
                     Some(reply) = self.leave.recv() => match leave(&mut s).await {

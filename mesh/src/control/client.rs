@@ -663,6 +663,14 @@ impl EndpointUpdater {
         self.send(&ClientMsg::Leave).await
     }
 
+    /// Reports the path to each peer (the whole list).
+    pub async fn report_paths(
+        &self,
+        paths: Vec<weft_proto::msg::PathReport>,
+    ) -> Result<(), ControlError> {
+        self.send(&ClientMsg::ReportPaths { paths }).await
+    }
+
     pub async fn advertise_routes(
         &self,
         routes: Vec<weft_proto::policy::Cidr>,

@@ -6,12 +6,21 @@ use super::*;
 /// Forwards a datagram host `from` sent for `dst` (already checked: peers,
 /// within `from`'s budget) to the replica holding `dst`'s session. Dropped
 /// when there is none or its link is not up yet, like a packet to an
-/// unreachable address.
-pub(in crate::server) fn forward(shared: &Arc<Shared>, from: NodeId, dst: NodeId, bytes: &[u8]) {
-    let Some(r) = replica(shared) else { return };
-    let Some(addr) = r.holder(dst) else { return };
+/// unreachable address. Whether it was sent.
+pub(in crate::server) fn forward(
+    shared: &Arc<Shared>,
+    from: NodeId,
+    dst: NodeId,
+    bytes: &[u8],
+) -> bool {
+    let Some(r) = replica(shared) else {
+        return false;
+    };
+    let Some(addr) = r.holder(dst) else {
+        return false;
+    };
     if addr == r.relay_addr {
-        return;
+        return false;
     }
     let conn = {
         let mut links = lock(&r.links);
@@ -23,7 +32,7 @@ pub(in crate::server) fn forward(shared: &Arc<Shared>, from: NodeId, dst: NodeId
                     links
                         .retain(|_, s| s.conn.as_ref().is_some_and(|c| c.close_reason().is_none()));
                     if links.len() >= MAX_LINKS {
-                        return;
+                        return false;
                     }
                 }
                 links.insert(
@@ -38,11 +47,13 @@ pub(in crate::server) fn forward(shared: &Arc<Shared>, from: NodeId, dst: NodeId
             }
         }
     };
-    let Some(conn) = conn else { return };
+    let Some(conn) = conn else {
+        return false;
+    };
     let mut out = Vec::with_capacity(8 + bytes.len());
     out.extend_from_slice(&from.0.to_be_bytes());
     out.extend_from_slice(bytes);
-    let _ = conn.send_datagram(out.into());
+    conn.send_datagram(out.into()).is_ok()
 }
 
 pub(super) async fn dial(shared: Arc<Shared>, addr: String) {
