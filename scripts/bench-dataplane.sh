@@ -24,7 +24,10 @@
 #   BT_THREADS=$(nproc)  thread count of the "N threads" boringtun-cli run
 #   IMPLS="raw wireguard-go boringtun-1 boringtun-N weft"   what to measure;
 #                     add "weft-filter" for weft with a policy's stateful inbound
-#                     filter in force (default deny, 32 rules; the cost of policy)
+#                     filter in force (default deny, 32 rules; the cost of policy);
+#                     add "weft-metrics" for weft with --metrics-listen (the per-path
+#                     counters on) scraped every second on both sides during the run
+#                     (the cost of metrics: plain "weft" runs with them off)
 #   BORINGTUN_ROOT=target/bench-tools   where `cargo install boringtun-cli` goes
 #   WEFT_BIN=         use this weft binary instead of `cargo build --release -p weft`
 set -euo pipefail
@@ -46,7 +49,7 @@ UDP_WINDOW="${UDP_WINDOW:-4M}"   # iperf3 -w for UDP: socket buffers that absorb
 
 # --- tools -------------------------------------------------------------------
 need=()
-for pair in iperf3:iperf3 wireguard-go:wireguard-go wg:wireguard-tools ip:iproute2 ping:iputils-ping python3:python3; do
+for pair in iperf3:iperf3 wireguard-go:wireguard-go wg:wireguard-tools ip:iproute2 ping:iputils-ping python3:python3 curl:curl; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -67,7 +70,7 @@ esac
 if [ -n "${WEFT_BIN:-}" ]; then
   WEFT="$WEFT_BIN"
 else
-  case " $IMPLS " in *" weft "*|*" weft-filter "*)
+  case " $IMPLS " in *" weft "*|*" weft-filter "*|*" weft-metrics "*)
     echo "== cargo build --release -p weft"
     cargo build --release -q -p weft;;
   esac
@@ -141,6 +144,7 @@ start_impl() {
     case "$impl" in
       weft)         ip netns exec "$ns" "$WEFT" wg "$i" 2>"$log" >&2 & ;;
       weft-filter)  ip netns exec "$ns" "$WEFT" wg "$i" --filter-json "$WORK/filter.json" 2>"$log" >&2 & ;;
+      weft-metrics) ip netns exec "$ns" "$WEFT" wg "$i" --metrics-listen 127.0.0.1:9586 2>"$log" >&2 & ;;
       wireguard-go) WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 LOG_LEVEL=error \
                       ip netns exec "$ns" wireguard-go -f "$i" >"$log" 2>&1 & ;;
       boringtun-1)  ip netns exec "$ns" "$BORINGTUN" "$i" --foreground --disable-drop-privileges \
@@ -161,12 +165,35 @@ start_impl() {
   ip -n "$A" link set "$ia" mtu 1420; ip -n "$B" link set "$ib" mtu 1420
   ip -n "$A" addr add 100.64.0.1/24 dev "$ia"; ip -n "$A" link set "$ia" up
   ip -n "$B" addr add 100.64.0.2/24 dev "$ib"; ip -n "$B" link set "$ib" up
-  for _ in $(seq 20); do ip netns exec "$A" ping -c 1 -W 1 -q 100.64.0.2 >/dev/null 2>&1 && return 0; done
+  for _ in $(seq 20); do
+    if ip netns exec "$A" ping -c 1 -W 1 -q 100.64.0.2 >/dev/null 2>&1; then
+      [ "$impl" = weft-metrics ] && start_scraper
+      return 0
+    fi
+  done
   echo "   $impl: no ping across the tunnel" >&2; return 1
 }
 
+# weft-metrics: scrape both sides every second (what a Prometheus server at a
+# 1 s interval would cost), until stop_impl. A failed scrape ends the run.
+SCRAPER=""
+start_scraper() {
+  local ns
+  for ns in "$A" "$B"; do
+    ip netns exec "$ns" curl -fsS -o /dev/null http://127.0.0.1:9586/metrics ||
+      { echo "   weft-metrics: no metrics on $ns" >&2; return 1; }
+  done
+  ( while :; do
+      for ns in "$A" "$B"; do ip netns exec "$ns" curl -fsS -o /dev/null http://127.0.0.1:9586/metrics || true; done
+      sleep 1
+    done ) &
+  SCRAPER=$!; pids+=("$SCRAPER")
+}
+
 stop_impl() {
-  local p; for p in "${DPIDS[@]}"; do stop_pid "$p"; done
+  local p
+  if [ -n "$SCRAPER" ]; then stop_pid "$SCRAPER"; SCRAPER=""; fi
+  for p in "${DPIDS[@]}"; do stop_pid "$p"; done
   ip -n "$A" link del "$1" 2>/dev/null || true
   ip -n "$B" link del "$2" 2>/dev/null || true
   rm -f "/var/run/wireguard/$1.sock" "/var/run/wireguard/$2.sock"
@@ -304,7 +331,8 @@ def med(impl, m):
     xs = vals.get((impl, m)); return statistics.median(xs) if xs else None
 names = {"raw": "raw veth", "wireguard-go": "wireguard-go", "boringtun-1": "boringtun-cli, 1 thread",
          "boringtun-N": f"boringtun-cli, {bt_n} threads", "weft": "weft",
-         "weft-filter": "weft, policy filter in force"}
+         "weft-filter": "weft, policy filter in force",
+         "weft-metrics": "weft, metrics on and scraped every second"}
 metrics = [("tcp1", "TCP 1 stream (Gbit/s)", "{:.2f}"), ("tcp4", "TCP 4 streams (Gbit/s)", "{:.2f}"),
            ("udp", "UDP loss-free (Gbit/s)", "{:.2f}"), ("ping_idle", "ping idle (ms)", "{:.3f}"),
            ("ping_load", "ping under 1 TCP stream (ms)", "{:.3f}"),
@@ -327,6 +355,8 @@ for label, ref in refs:
     print(f"| *{label}* | " + " | ".join(cell(ratio(med("weft", m), ref(m)), "{:.2f}") for m, _, _ in metrics) + " |")
 if "weft-filter" in impls:
     print("| *weft with filter / weft* | " + " | ".join(cell(ratio(med("weft-filter", m), med("weft", m)), "{:.2f}") for m, _, _ in metrics) + " |")
+if "weft-metrics" in impls:
+    print("| *weft with metrics / weft* | " + " | ".join(cell(ratio(med("weft-metrics", m), med("weft", m)), "{:.3f}") for m, _, _ in metrics) + " |")
 print()
 w = med("weft", "tcp1")
 others = {n: med(n, "tcp1") for n in ("wireguard-go", "boringtun-1", "boringtun-N")}

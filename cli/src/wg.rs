@@ -33,12 +33,19 @@ pub struct WgArgs {
     /// theirs from the coordinator.
     #[arg(long, value_name = "FILE", hide = true)]
     pub filter_json: Option<PathBuf>,
+
+    /// Serve Prometheus metrics (wire traffic by path, drops by reason) on
+    /// http://ADDR/metrics. Off by default, and then the per-path counters
+    /// are off too (the data-plane benchmark measures the difference).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: WgArgs) -> anyhow::Result<()> {
     let mut opts = DeviceOptions::new(&args.interface);
     opts.mtu = args.mtu;
     opts.offload = !args.no_offload;
+    opts.path_counters = args.metrics_listen.is_some();
     let filter = match &args.filter_json {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -54,6 +61,10 @@ pub fn run(args: WgArgs) -> anyhow::Result<()> {
         tracing::info!(rules = f.rules.len(), default = %f.default, "inbound packet filter in force");
         device.handle().set_filter(Some(&f));
     }
+    let _metrics = match args.metrics_listen {
+        Some(addr) => Some(serve_metrics(addr, device.handle())?),
+        None => None,
+    };
     let uapi = UapiServer::start(&args.socket_dir, device.handle())?;
     tracing::info!(
         interface = %args.interface,
@@ -83,6 +94,32 @@ pub fn run(args: WgArgs) -> anyhow::Result<()> {
     drop(device);
     log_counters(&handle.counters(), "final counters");
     Ok(())
+}
+
+/// Serves the device's metrics on `addr` from a thread of its own (the
+/// packet threads never see it); stops with the process.
+fn serve_metrics(
+    addr: std::net::SocketAddr,
+    handle: DeviceHandle,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the metrics runtime")?;
+    let scrape: weft_mesh::agent::metrics_http::Scrape = std::sync::Arc::new(move || {
+        weft_mesh::agent::metrics::render_device(&handle.traffic(), &handle.counters())
+    });
+    let (_, task) = rt
+        .block_on(weft_mesh::agent::metrics_http::serve(addr, scrape))
+        .with_context(|| {
+            format!("cannot serve metrics on {addr}; pick another --metrics-listen")
+        })?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            let _ = rt.block_on(task);
+        })
+        .context("cannot start the metrics thread")
 }
 
 /// How often changed drop counters reach the log, so junk at the UDP port

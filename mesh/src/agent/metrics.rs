@@ -44,10 +44,43 @@ fn handshake_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 12)
 }
 
+/// The metrics of a bare device (`weft wg --metrics-listen`): wire traffic
+/// by path and the data plane's drops.
+pub fn render_device(
+    traffic: &TrafficSnapshot,
+    counters: &crate::dataplane::CounterSnapshot,
+) -> String {
+    let mut reg = Registry::with_prefix("weft");
+    register_wire(&mut reg, traffic);
+    let drops = Family::<Labels, Counter>::default();
+    for (reason, n) in super::status::drop_list(counters) {
+        drops
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc_by(n);
+    }
+    reg.register(
+        "drops",
+        "Packets dropped by the data plane, by reason",
+        drops,
+    );
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &reg);
+    out
+}
+
 /// The metrics text.
 pub fn render(status: &Status, traffic: &TrafficSnapshot, extra: Extra, per_peer: bool) -> String {
     let mut reg = Registry::with_prefix("weft");
+    register_wire(&mut reg, traffic);
+    register_rest(&mut reg, status, extra, per_peer);
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &reg);
+    out
+}
 
+fn register_wire(reg: &mut Registry, traffic: &TrafficSnapshot) {
     let bytes = Family::<Labels, Counter>::default();
     let packets = Family::<Labels, Counter>::default();
     for class in PathClass::ALL {
@@ -72,7 +105,9 @@ pub fn render(status: &Status, traffic: &TrafficSnapshot, extra: Extra, per_peer
         "WireGuard datagrams on the wire, by direction and path",
         packets,
     );
+}
 
+fn register_rest(reg: &mut Registry, status: &Status, extra: Extra, per_peer: bool) {
     let drops = Family::<Labels, Counter>::default();
     for (reason, n) in &status.drops {
         drops
@@ -184,9 +219,4 @@ pub fn render(status: &Status, traffic: &TrafficSnapshot, extra: Extra, per_peer
             peer_bytes,
         );
     }
-
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    let _ = encode(&mut out, &reg);
-    out
 }

@@ -14,7 +14,7 @@ pub mod endpoints;
 pub mod host_net;
 pub mod host_nft;
 pub mod metrics;
-mod metrics_http;
+pub mod metrics_http;
 pub mod mtu;
 pub mod netwatch;
 pub mod peers;

@@ -320,16 +320,10 @@ impl super::Shared {
                 transport: v.heard.as_ref().map(|(_, t)| (*t).to_string()),
             },
             peers,
-            drops: vec![
-                ("tx_no_route".into(), c.tx_no_route),
-                ("tx_no_endpoint".into(), c.tx_no_endpoint),
-                ("tx_malformed".into(), c.tx_malformed),
-                ("tx_send_errors".into(), c.tx_send_errors),
-                ("rx_invalid".into(), c.rx_invalid),
-                ("rx_unknown_peer".into(), c.rx_unknown_peer),
-                ("rx_src_not_allowed".into(), c.rx_src_not_allowed),
-                ("rx_dst_not_local".into(), c.rx_dst_not_local),
-            ],
+            drops: drop_list(&c)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             policy: handle.filter_stats(),
             services,
             dns,
@@ -349,6 +343,20 @@ impl super::Shared {
     }
 }
 
+/// The data plane's drop counters by name (the `reason` label).
+pub fn drop_list(c: &crate::dataplane::CounterSnapshot) -> [(&'static str, u64); 8] {
+    [
+        ("tx_no_route", c.tx_no_route),
+        ("tx_no_endpoint", c.tx_no_endpoint),
+        ("tx_malformed", c.tx_malformed),
+        ("tx_send_errors", c.tx_send_errors),
+        ("rx_invalid", c.rx_invalid),
+        ("rx_unknown_peer", c.rx_unknown_peer),
+        ("rx_src_not_allowed", c.rx_src_not_allowed),
+        ("rx_dst_not_local", c.rx_dst_not_local),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,3 +370,4 @@ mod tests {
         assert_eq!(ago(Some(300)), "5m ago");
     }
 }
+

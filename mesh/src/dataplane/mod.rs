@@ -54,6 +54,9 @@ pub struct DeviceOptions {
     pub offload: bool,
     /// UDP port to listen on; 0 picks a free one.
     pub listen_port: u16,
+    /// Count wire traffic by path ([`traffic`], for metrics). Off, the
+    /// packet path skips it (one predictable branch).
+    pub path_counters: bool,
 }
 
 impl DeviceOptions {
@@ -63,6 +66,7 @@ impl DeviceOptions {
             mtu: DEFAULT_MTU,
             offload: true,
             listen_port: 0,
+            path_counters: true,
         }
     }
 }
@@ -219,7 +223,7 @@ impl Device {
             conntrack: filter::Conntrack::default(),
             kicks: kick::KickQueue::new().map_err(DeviceError::Thread)?,
             local_nets: ArcSwapOption::empty(),
-            traffic: traffic::PathTraffic::default(),
+            traffic: traffic::PathTraffic::new(opts.path_counters),
         });
         let mut device = Device {
             shared: shared.clone(),

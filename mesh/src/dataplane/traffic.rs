@@ -71,10 +71,18 @@ impl Line {
 }
 
 /// The device's wire traffic by direction and path.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PathTraffic {
     rx: Line,
     tx: Line,
+    /// Counting at all (fixed when the device starts).
+    on: bool,
+}
+
+impl Default for PathTraffic {
+    fn default() -> Self {
+        Self::new(true)
+    }
 }
 
 /// A copy of [`PathTraffic`]; arrays are indexed by `PathClass as usize`.
@@ -87,12 +95,27 @@ pub struct TrafficSnapshot {
 }
 
 impl PathTraffic {
-    pub fn add_rx(&self, class: PathClass, n: usize) {
-        self.rx.add(class, n);
+    /// Counters that count when `on` (else they stay at zero).
+    pub fn new(on: bool) -> Self {
+        PathTraffic {
+            rx: Line::default(),
+            tx: Line::default(),
+            on,
+        }
     }
 
+    #[inline]
+    pub fn add_rx(&self, class: PathClass, n: usize) {
+        if self.on {
+            self.rx.add(class, n);
+        }
+    }
+
+    #[inline]
     pub fn add_tx(&self, class: PathClass, n: usize) {
-        self.tx.add(class, n);
+        if self.on {
+            self.tx.add(class, n);
+        }
     }
 
     pub fn snapshot(&self) -> TrafficSnapshot {
@@ -123,5 +146,13 @@ mod tests {
         assert_eq!(s.tx_bytes, [0, 7, 0]);
         assert_eq!(PathClass::from_u8(PathClass::Relay as u8), PathClass::Relay);
         assert_eq!(PathClass::from_u8(200), PathClass::Direct);
+    }
+
+    #[test]
+    fn off_counts_nothing() {
+        let t = PathTraffic::new(false);
+        t.add_rx(PathClass::Relay, 100);
+        t.add_tx(PathClass::Lan, 7);
+        assert_eq!(t.snapshot(), TrafficSnapshot::default());
     }
 }
