@@ -96,6 +96,17 @@ fn main() {
         &frame(&ClientMsg::Ping)[codec::HEADER_LEN..],
     );
     write(
+        "frames",
+        "paths",
+        &frame(&ClientMsg::ReportPaths {
+            paths: vec![weft_proto::msg::PathReport {
+                peer: NodeId(2),
+                path: weft_proto::msg::PathClassReport::Relay,
+                reason: Some("both sides are behind symmetric NATs".into()),
+            }],
+        })[codec::HEADER_LEN..],
+    );
+    write(
         "netmap",
         "full-then-delta",
         &rmp_serde::to_vec_named(&vec![full.clone(), delta.clone()]).unwrap(),
