@@ -26,6 +26,7 @@
 //! # }
 //! ```
 
+pub mod browser;
 pub mod cloud_init;
 pub mod cluster;
 mod cluster_ops;
