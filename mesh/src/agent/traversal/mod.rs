@@ -721,7 +721,8 @@ impl Engine {
             Some(_) => PathKind::Direct,
             None => PathKind::Relay,
         };
-        let reason = (kind == PathKind::Relay).then(|| relay_reason(peer.online, &netcheck));
+        let reason = (kind == PathKind::Relay)
+            .then(|| relay_reason(peer.online, peer.direct_after.is_some(), &netcheck));
         let info = PathInfo {
             kind,
             endpoint: peer.current,
@@ -751,9 +752,14 @@ fn next_sent_at(last: &mut u64) -> u64 {
     *last
 }
 
-fn relay_reason(online: bool, nc: &NetcheckReport) -> String {
+/// Why a peer is relayed, in words; `was_direct`: it had a direct path
+/// before.
+fn relay_reason(online: bool, was_direct: bool, nc: &NetcheckReport) -> String {
     if !online {
         return "the peer is offline".into();
+    }
+    if was_direct {
+        return "the direct path stopped answering probes; relaying while probing it again".into();
     }
     if !nc.udp {
         return "this host gets no UDP answer from the coordinator's reflector (UDP blocked?)"
@@ -818,11 +824,12 @@ mod tests {
     #[test]
     fn relay_reasons_name_the_cause() {
         let mut nc = NetcheckReport::default();
-        assert!(relay_reason(false, &nc).contains("offline"));
-        assert!(relay_reason(true, &nc).contains("UDP"));
+        assert!(relay_reason(false, false, &nc).contains("offline"));
+        assert!(relay_reason(true, false, &nc).contains("UDP"));
         nc.udp = true;
         nc.public = Some("203.0.113.11:1".parse().unwrap());
         nc.public_second = Some("203.0.113.11:2".parse().unwrap());
-        assert!(relay_reason(true, &nc).contains("symmetric"));
+        assert!(relay_reason(true, false, &nc).contains("symmetric"));
+        assert!(relay_reason(true, true, &nc).contains("stopped answering"));
     }
 }
