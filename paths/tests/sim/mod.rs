@@ -1,0 +1,461 @@
+//! A deterministic simulated internet for the path engine: hosts (each a
+//! real [`PathEngine`]) on LANs behind NAT models or on public addresses,
+//! a coordinator that reflects, relays and forwards punches, packet loss
+//! and delay, and a fake clock. Nothing touches the network or sleeps: a
+//! run of minutes of simulated time takes milliseconds.
+//!
+//! Addresses follow the lab plan: public hosts and NATs on 203.0.113.0/24,
+//! the coordinator at 192.0.2.1, LANs behind NAT `n` on 198.18.n.0/24.
+
+pub mod nat;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use weft_paths::{Dest, EngineConfig, Event, PathEngine, PathKind, PeerInput};
+use weft_proto::disco::DiscoMsg;
+use weft_proto::policy::Cidr;
+use weft_proto::NodeId;
+use x25519_dalek::{PublicKey, StaticSecret};
+
+pub use nat::{Dependence, Nat, NatKind};
+
+pub const COORDINATOR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 7443);
+const WG_PORT: u16 = 51820;
+/// How long the coordinator takes to push a netmap after a change.
+const NETMAP_DELAY: Duration = Duration::from_millis(30);
+
+/// Where a host sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// On a public address.
+    Public,
+    /// On the LAN behind NAT `n`.
+    Behind(usize),
+    /// Behind a firewall that drops all UDP (relay only).
+    UdpBlocked,
+}
+
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub nats: Vec<NatKind>,
+    pub hosts: Vec<Place>,
+    /// Chance a datagram is lost, 0..1.
+    pub loss: f64,
+    /// One-way delay, uniform in this range.
+    pub delay: (Duration, Duration),
+    pub seed: u64,
+}
+
+enum Wire {
+    Udp { src: SocketAddr, dst: SocketAddr },
+    Relay { from: NodeId, to: NodeId },
+    Punch { from: NodeId, to: NodeId },
+}
+
+struct Host {
+    id: NodeId,
+    key: [u8; 32],
+    place: Place,
+    /// Its own address (on its LAN, or public).
+    inside: SocketAddr,
+    engine: PathEngine,
+    public_mapping: Option<SocketAddr>,
+    /// The data plane: where each peer's traffic goes.
+    targets: HashMap<NodeId, (Dest, PathKind)>,
+    /// Datagrams it sent on its socket and through the relay.
+    sent: u64,
+}
+
+pub struct Sim {
+    pub now: Instant,
+    start: Instant,
+    rng: StdRng,
+    pub nats: Vec<Nat>,
+    hosts: Vec<Host>,
+    queue: BTreeMap<(Instant, u64), (Wire, Vec<u8>)>,
+    seq: u64,
+    loss: f64,
+    delay: (Duration, Duration),
+    netmap_due: Option<Instant>,
+    /// While false, the coordinator relays nothing and pushes no netmap.
+    pub coordinator_up: bool,
+}
+
+fn lan_addr(nat: usize, i: usize) -> SocketAddr {
+    let n = u8::try_from(nat).unwrap_or(u8::MAX);
+    let h = u8::try_from(10 + i).unwrap_or(u8::MAX);
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, n, h)), WG_PORT)
+}
+
+fn public_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(203, 0, 113, u8::try_from(i + 1).unwrap_or(u8::MAX))
+}
+
+impl Sim {
+    pub fn new(topo: &Topology) -> Sim {
+        let start = Instant::now();
+        let mut rng = StdRng::seed_from_u64(topo.seed);
+        let nats = topo
+            .nats
+            .iter()
+            .enumerate()
+            .map(|(n, k)| Nat::new(*k, public_ip(200 + n), Duration::from_secs(30)))
+            .collect();
+        let hosts = topo
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, place)| {
+                let secret = StaticSecret::from(rng.gen::<[u8; 32]>());
+                let key = PublicKey::from(&secret).to_bytes();
+                let inside = match place {
+                    Place::Behind(n) => lan_addr(*n, i),
+                    Place::Public | Place::UdpBlocked => {
+                        SocketAddr::new(IpAddr::V4(public_ip(i)), WG_PORT)
+                    }
+                };
+                let local_nets = match inside.ip() {
+                    IpAddr::V4(ip) => vec![Cidr::new_truncating(IpAddr::V4(ip), 24)],
+                    IpAddr::V6(_) => Vec::new(),
+                };
+                let engine = PathEngine::new(
+                    EngineConfig {
+                        secret,
+                        coordinator: Some(COORDINATOR),
+                        local_nets,
+                        seed: rng.gen(),
+                        wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+                        sources: Vec::new(),
+                    },
+                    start,
+                );
+                Host {
+                    id: NodeId(i as u64 + 1),
+                    key,
+                    place: *place,
+                    inside,
+                    engine,
+                    public_mapping: None,
+                    targets: HashMap::new(),
+                    sent: 0,
+                }
+            })
+            .collect();
+        let mut sim = Sim {
+            now: start,
+            start,
+            rng,
+            nats,
+            hosts,
+            queue: BTreeMap::new(),
+            seq: 0,
+            loss: topo.loss,
+            delay: topo.delay,
+            netmap_due: Some(start),
+            coordinator_up: true,
+        };
+        for i in 0..sim.hosts.len() {
+            sim.drain(i);
+        }
+        sim
+    }
+
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.now.duration_since(self.start)
+    }
+
+    /// Host `i`'s engine's view of its path to host `j`.
+    pub fn path(&self, i: usize, j: usize) -> Option<PathKind> {
+        let peer = self.hosts.get(j)?.id;
+        self.hosts.get(i)?.engine.path(peer).map(|p| p.kind)
+    }
+
+    /// Where host `i`'s data plane sends host `j`'s traffic.
+    pub fn target(&self, i: usize, j: usize) -> Option<Dest> {
+        let peer = self.hosts.get(j)?.id;
+        self.hosts.get(i)?.targets.get(&peer).map(|t| t.0)
+    }
+
+    /// Datagrams host `i` has sent so far.
+    pub fn sent(&self, i: usize) -> u64 {
+        self.hosts.get(i).map_or(0, |h| h.sent)
+    }
+
+    pub fn place(&self, i: usize) -> Place {
+        self.hosts[i].place
+    }
+
+    /// Runs until `now + d`.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let next_packet = self.queue.keys().next().map(|k| k.0);
+            let next_timer = self
+                .hosts
+                .iter()
+                .filter_map(|h| h.engine.poll_timeout())
+                .min();
+            let next = [next_packet, next_timer, self.netmap_due]
+                .into_iter()
+                .flatten()
+                .min();
+            let Some(next) = next.filter(|t| *t <= end) else {
+                self.now = end;
+                return;
+            };
+            self.now = self.now.max(next);
+            let now = self.now;
+            if self.netmap_due.is_some_and(|t| t <= now) {
+                self.netmap_due = None;
+                self.push_netmap();
+            }
+            while let Some(entry) = self.queue.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let (wire, payload) = entry.remove();
+                self.deliver(wire, &payload);
+            }
+            for i in 0..self.hosts.len() {
+                if self.hosts[i]
+                    .engine
+                    .poll_timeout()
+                    .is_some_and(|t| t <= now)
+                {
+                    self.hosts[i].engine.handle_timeout(now);
+                    self.drain(i);
+                }
+            }
+        }
+    }
+
+    fn push_netmap(&mut self) {
+        if !self.coordinator_up {
+            self.netmap_due = Some(self.now + Duration::from_secs(1));
+            return;
+        }
+        let peers: Vec<PeerInput> = self
+            .hosts
+            .iter()
+            .map(|h| {
+                let mut endpoints = vec![h.inside];
+                if let Some(p) = h.public_mapping.filter(|p| *p != h.inside) {
+                    endpoints.push(p);
+                }
+                PeerInput {
+                    id: h.id,
+                    key: h.key,
+                    endpoints,
+                    online: true,
+                }
+            })
+            .collect();
+        let now = self.now;
+        for i in 0..self.hosts.len() {
+            let me = self.hosts[i].id;
+            let others: Vec<&PeerInput> = peers.iter().filter(|p| p.id != me).collect();
+            self.hosts[i].engine.handle_netmap(others, now);
+            self.drain(i);
+        }
+    }
+
+    fn drain(&mut self, i: usize) {
+        while let Some(t) = self.hosts[i].engine.poll_transmit() {
+            self.hosts[i].sent += 1;
+            match t.dest {
+                Dest::Addr(dst) => self.send_udp(i, dst, t.payload),
+                Dest::Relay(to) => {
+                    let from = self.hosts[i].id;
+                    self.schedule(Wire::Relay { from, to }, t.payload, 2);
+                }
+            }
+        }
+        while let Some(e) = self.hosts[i].engine.poll_event() {
+            match e {
+                Event::SetPath {
+                    peer,
+                    target,
+                    kind,
+                    only_if_unset,
+                    ..
+                } => {
+                    let targets = &mut self.hosts[i].targets;
+                    if !(only_if_unset && targets.contains_key(&peer)) {
+                        targets.insert(peer, (target, kind));
+                    }
+                }
+                Event::Punch(to) => {
+                    let from = self.hosts[i].id;
+                    self.schedule(Wire::Punch { from, to }, Vec::new(), 2);
+                }
+                Event::PublicMapping(addr) => {
+                    self.hosts[i].public_mapping = Some(addr);
+                    self.netmap_due.get_or_insert(self.now + NETMAP_DELAY);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn schedule(&mut self, wire: Wire, payload: Vec<u8>, hops: u32) {
+        if self.rng.gen::<f64>() < self.loss {
+            return;
+        }
+        let (lo, hi) = self.delay;
+        let d = if hi > lo {
+            lo + Duration::from_micros(self.rng.gen_range(0..(hi - lo).as_micros() as u64))
+        } else {
+            lo
+        };
+        self.seq += 1;
+        self.queue
+            .insert((self.now + d * hops, self.seq), (wire, payload));
+    }
+
+    /// Host `i` sends from its socket to `dst`: through its NAT, if any.
+    fn send_udp(&mut self, i: usize, dst: SocketAddr, payload: Vec<u8>) {
+        let h = &self.hosts[i];
+        // A LAN address is reachable from its own LAN only.
+        if lan_of(dst).is_some_and(|l| h.place != Place::Behind(l)) {
+            return;
+        }
+        let src = match h.place {
+            Place::UdpBlocked => return,
+            Place::Public => h.inside,
+            Place::Behind(n) => {
+                if lan_of(dst) == Some(n) {
+                    // On the same LAN: no NAT in between.
+                    h.inside
+                } else if Some(n) == self.nat_of(dst.ip()) && !self.nats[n].kind.hairpin {
+                    return;
+                } else {
+                    let inside = h.inside;
+                    self.nats[n].outbound(inside, dst, self.now, &mut self.rng)
+                }
+            }
+        };
+        if std::env::var_os("SIM_DEBUG").is_some() {
+            eprintln!("{:?} host {i} sends {src} -> {dst}", self.elapsed());
+        }
+        self.schedule(Wire::Udp { src, dst }, payload, 1);
+    }
+
+    fn nat_of(&self, ip: IpAddr) -> Option<usize> {
+        self.nats.iter().position(|n| IpAddr::V4(n.public) == ip)
+    }
+
+    fn deliver(&mut self, wire: Wire, payload: &[u8]) {
+        let now = self.now;
+        match wire {
+            Wire::Relay { from, to } => {
+                if !self.coordinator_up {
+                    return;
+                }
+                if let Some(j) = self.index(to) {
+                    self.hosts[j]
+                        .engine
+                        .handle_disco(Dest::Relay(from), payload, now);
+                    self.drain(j);
+                }
+            }
+            Wire::Punch { from, to } => {
+                if !self.coordinator_up {
+                    return;
+                }
+                if let Some(j) = self.index(to) {
+                    self.hosts[j].engine.handle_punch(from, now);
+                    self.drain(j);
+                }
+            }
+            Wire::Udp { src, dst } => {
+                if dst.ip() == COORDINATOR.ip() {
+                    self.reflect(src, dst, payload);
+                    return;
+                }
+                let inside = match self.nat_of(dst.ip()) {
+                    Some(n) => match self.nats[n].inbound(src, dst.port(), now) {
+                        Some(a) => a,
+                        None => {
+                            if std::env::var_os("SIM_DEBUG").is_some() {
+                                eprintln!("{:?} NAT {n} drops {src} -> {dst}", self.elapsed());
+                            }
+                            return;
+                        }
+                    },
+                    None => dst,
+                };
+                let Some(j) = self.hosts.iter().position(|h| h.inside == inside) else {
+                    return;
+                };
+                if self.hosts[j].place == Place::UdpBlocked {
+                    return;
+                }
+                self.hosts[j]
+                    .engine
+                    .handle_disco(Dest::Addr(src), payload, now);
+                self.drain(j);
+            }
+        }
+    }
+
+    /// The coordinator's reflector ports answer with what they saw.
+    fn reflect(&mut self, src: SocketAddr, dst: SocketAddr, payload: &[u8]) {
+        if !(dst.port() == COORDINATOR.port() + 1 || dst.port() == COORDINATOR.port() + 2) {
+            return;
+        }
+        let Ok(msg) = DiscoMsg::decode(payload) else {
+            return;
+        };
+        if let Some(DiscoMsg::ReflectRequest { txid }) = msg.unauthenticated() {
+            let reply = DiscoMsg::ReflectReply {
+                txid,
+                observed: src,
+            }
+            .encode(None);
+            self.schedule(Wire::Udp { src: dst, dst: src }, reply, 1);
+        }
+    }
+
+    fn index(&self, id: NodeId) -> Option<usize> {
+        self.hosts.iter().position(|h| h.id == id)
+    }
+}
+
+fn lan_of(addr: SocketAddr) -> Option<usize> {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.octets()[0] == 198 && ip.octets()[1] == 18 => {
+            Some(usize::from(ip.octets()[2]))
+        }
+        _ => None,
+    }
+}
+
+/// Whether theory allows a direct path between hosts placed `a` and `b`
+/// (without port prediction).
+pub fn direct_possible(a: Place, b: Place, nats: &[NatKind]) -> bool {
+    use Place::*;
+    match (a, b) {
+        (UdpBlocked, _) | (_, UdpBlocked) => false,
+        (Public, _) | (_, Public) => true,
+        (Behind(x), Behind(y)) if x == y => true,
+        (Behind(x), Behind(y)) => {
+            let (kx, ky) = (nats[x], nats[y]);
+            match (kx.easy(), ky.easy()) {
+                (true, true) => true,
+                // The hard side's new mapping toward the easy side is let in
+                // only by a filter that does not look at the port.
+                (true, false) => kx.filtering != Dependence::AddressAndPortDependent,
+                (false, true) => ky.filtering != Dependence::AddressAndPortDependent,
+                (false, false) => false,
+            }
+        }
+    }
+}
