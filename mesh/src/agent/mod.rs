@@ -138,6 +138,8 @@ pub struct Shared {
     view: Mutex<View>,
     /// The netmap, shared with the traversal engine.
     netmap: Arc<Mutex<Netmap>>,
+    /// Tells the traversal engine the netmap changed.
+    netmap_changed: Arc<tokio::sync::Notify>,
     /// This host's public mapping, as the reflector saw it.
     reflected: Arc<Mutex<Option<SocketAddr>>>,
     /// Signalled when the endpoints to report changed.
@@ -189,6 +191,7 @@ impl Shared {
     fn set_netmap(&self, netmap: Netmap) {
         *lock(&self.netmap) = netmap;
         self.view().netmap_at = Some(Instant::now());
+        self.netmap_changed.notify_one();
     }
 
     /// The metrics text (`weft metrics`, `--metrics-listen`).
@@ -358,25 +361,26 @@ pub async fn run(
     let reflected = Arc::new(Mutex::new(None));
     let endpoints_changed = Arc::new(tokio::sync::Notify::new());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let netmap_changed = Arc::new(tokio::sync::Notify::new());
     let engine = {
         let cell = netmap_cell.clone();
         let refl = reflected.clone();
         let notify = endpoints_changed.clone();
-        traversal::Engine::new(
+        traversal::driver::Driver::new(
             handle.clone(),
             secret.clone(),
-            tview.clone(),
-            nc_tx,
             coordinator_addr,
-            Box::new(move |have| {
-                let map = lock(&cell);
-                ((map.epoch(), map.version()) != have).then(|| map.clone())
-            }),
-            Box::new(move |p| {
-                *lock(&refl) = p;
-                notify.notify_one();
-            }),
             traversal::local_networks(&[&interface, &config.bridge]),
+            traversal::driver::Wiring {
+                view: tview.clone(),
+                netcheck: nc_tx,
+                netmap: Box::new(move || lock(&cell).clone()),
+                netmap_changed: netmap_changed.clone(),
+                on_public: Box::new(move |p| {
+                    *lock(&refl) = p;
+                    notify.notify_one();
+                }),
+            },
         )
     };
     let engine_task = tokio::spawn(engine.run(tinputs, stop_rx.clone()));
@@ -494,6 +498,7 @@ pub async fn run(
             netmap_at: None,
         }),
         netmap: netmap_cell,
+        netmap_changed,
         reflected,
         endpoints_changed,
         routes_changed: tokio::sync::Notify::new(),

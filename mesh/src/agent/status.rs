@@ -370,4 +370,3 @@ mod tests {
         assert_eq!(ago(Some(300)), "5m ago");
     }
 }
-

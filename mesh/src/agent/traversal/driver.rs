@@ -1,0 +1,240 @@
+//! The tokio driver of the path engine ([`weft_paths::PathEngine`]): it
+//! owns the engine, the device handle, the relay link and one timer, and
+//! does nothing but move inputs in and outputs out.
+//!
+//! ```text
+//!  disco from the WireGuard socket ─┐                   ┌─► send_disco / relay link
+//!  punches from the relay ──────────┤                   ├─► set_endpoint + set_path
+//!  `weft ping`, address changes ────┼─► PathEngine ─────┼─► relay punch
+//!  netmap applied (notified) ───────┤                   ├─► public mapping → endpoints
+//!  the engine's own deadline ───────┘                   └─► netcheck, paths for status
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{oneshot, watch, Notify};
+use weft_paths::{Dest, EngineConfig, Event, PathEngine, PathKind, PeerInput, PingReply};
+use weft_proto::{Netmap, NodeId};
+use x25519_dalek::StaticSecret;
+
+use super::{Inputs, Request, TraversalView};
+use crate::dataplane::hooks::{relay_endpoint, relay_node};
+use crate::dataplane::traffic::PathClass;
+use crate::dataplane::DeviceHandle;
+use crate::key::Key;
+
+/// `weft ping` requests waiting for an answer, at most.
+const MAX_PINGS: usize = 64;
+
+/// What the driver reads and tells besides the device.
+pub struct Wiring {
+    pub view: TraversalView,
+    pub netcheck: watch::Sender<weft_paths::NetcheckReport>,
+    /// The netmap in force (read when `netmap_changed` fires).
+    pub netmap: Box<dyn Fn() -> Netmap + Send>,
+    pub netmap_changed: Arc<Notify>,
+    /// Called when this host's public mapping changes.
+    pub on_public: Box<dyn Fn(Option<SocketAddr>) + Send>,
+}
+
+pub struct Driver {
+    handle: DeviceHandle,
+    wiring: Wiring,
+    engine: PathEngine,
+    pings: HashMap<u64, oneshot::Sender<PingReply>>,
+    next_ping: u64,
+}
+
+impl Driver {
+    pub fn new(
+        handle: DeviceHandle,
+        secret: StaticSecret,
+        coordinator: Option<SocketAddr>,
+        local_nets: Vec<weft_proto::policy::Cidr>,
+        wiring: Wiring,
+    ) -> Driver {
+        let engine = PathEngine::new(
+            EngineConfig {
+                secret,
+                coordinator,
+                local_nets,
+                seed: rand::random(),
+                wall: std::time::SystemTime::now(),
+                sources: Vec::new(),
+            },
+            Instant::now(),
+        );
+        let mut d = Driver {
+            handle,
+            wiring,
+            engine,
+            pings: HashMap::new(),
+            next_ping: 0,
+        };
+        d.flush();
+        d
+    }
+
+    /// Runs until `stop` changes.
+    pub async fn run(mut self, mut inputs: Inputs, mut stop: watch::Receiver<bool>) {
+        let changed = self.wiring.netmap_changed.clone();
+        self.on_netmap();
+        loop {
+            let deadline = self
+                .engine
+                .poll_timeout()
+                .map_or_else(far_future, tokio::time::Instant::from_std);
+            tokio::select! {
+                Some((src, bytes)) = inputs.disco.recv() => {
+                    let from = match relay_node(&src) {
+                        Some(n) => Dest::Relay(NodeId(n)),
+                        None => Dest::Addr(src),
+                    };
+                    self.engine.handle_disco(from, &bytes, Instant::now());
+                }
+                Some(node) = inputs.punches.recv() => self.engine.handle_punch(node, Instant::now()),
+                Some(req) = inputs.requests.recv() => self.on_request(req),
+                _ = changed.notified() => self.on_netmap(),
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.engine.handle_timeout(Instant::now());
+                    // RTTs and reasons change without a path change.
+                    let mut paths = lock(&self.wiring.view.paths);
+                    for (id, p) in self.engine.paths() {
+                        paths.insert(id, p.clone());
+                    }
+                }
+                _ = stop.changed() => return,
+            }
+            self.flush();
+        }
+    }
+
+    fn on_request(&mut self, req: Request) {
+        match req {
+            Request::Ping { node, reply } => {
+                self.pings.retain(|_, r| !r.is_closed());
+                if self.pings.len() >= MAX_PINGS {
+                    return;
+                }
+                self.next_ping = self.next_ping.wrapping_add(1);
+                self.pings.insert(self.next_ping, reply);
+                self.engine.ping_peer(node, self.next_ping, Instant::now());
+            }
+            Request::NetworkChanged { local_nets } => {
+                tracing::debug!("addresses changed; probing every candidate");
+                self.engine
+                    .handle_network_change(local_nets, Instant::now());
+            }
+        }
+    }
+
+    fn on_netmap(&mut self) {
+        let map = (self.wiring.netmap)();
+        let peers: Vec<PeerInput> = map
+            .peers()
+            .map(|p| PeerInput {
+                id: p.id,
+                key: p.public_key.0,
+                endpoints: p.endpoints.clone(),
+                online: p.online,
+            })
+            .collect();
+        self.engine.handle_netmap(&peers, Instant::now());
+        let mut paths = lock(&self.wiring.view.paths);
+        paths.retain(|id, _| peers.iter().any(|p| p.id == *id));
+    }
+
+    /// Carries out everything the engine asked for.
+    fn flush(&mut self) {
+        while let Some(t) = self.engine.poll_transmit() {
+            match t.dest {
+                Dest::Addr(dst) => {
+                    if let Err(e) = self.handle.send_disco(dst, &t.payload) {
+                        tracing::trace!(%dst, error = %e, "probe send failed");
+                    }
+                }
+                Dest::Relay(node) => self.wiring.view.link.send(node.0, &t.payload),
+            }
+        }
+        while let Some(e) = self.engine.poll_event() {
+            self.on_event(e);
+        }
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match e {
+            Event::SetPath {
+                peer,
+                key,
+                target,
+                kind,
+                only_if_unset,
+            } => {
+                let key = Key(key);
+                let endpoint = match target {
+                    Dest::Addr(a) => a,
+                    Dest::Relay(n) => relay_endpoint(n.0),
+                };
+                if only_if_unset {
+                    self.handle.set_endpoint_if_unset(&key, endpoint);
+                } else if !self.handle.set_endpoint(&key, endpoint) {
+                    // No such peer in the data plane yet: choose again later.
+                    self.engine.handle_path_refused(peer);
+                    return;
+                }
+                self.handle.set_path(&key, class(kind));
+            }
+            Event::Punch(node) => self.wiring.view.link.punch(node),
+            Event::PublicMapping(p) => {
+                tracing::info!(public = %p, "public mapping of the WireGuard socket");
+                (self.wiring.on_public)(Some(p));
+            }
+            Event::PingReply { request, reply } => {
+                if let Some(r) = self.pings.remove(&request) {
+                    let _ = r.send(reply);
+                }
+            }
+            Event::Netcheck(report) => {
+                self.wiring.netcheck.send_modify(|r| {
+                    r.udp = report.udp;
+                    r.public = report.public;
+                    r.public_second = report.public_second;
+                });
+            }
+            Event::PathChanged(node) => {
+                let Some(info) = self.engine.path(node).cloned() else {
+                    return;
+                };
+                match info.endpoint {
+                    Some(ep) => {
+                        tracing::info!(peer = node.0, endpoint = %ep, kind = %info.kind, "direct path")
+                    }
+                    None if info.direct_after_secs.is_some() => {
+                        tracing::info!(peer = node.0, "direct path lost; relaying")
+                    }
+                    None => tracing::debug!(peer = node.0, "relayed until a direct path answers"),
+                }
+                lock(&self.wiring.view.paths).insert(node, info);
+            }
+        }
+    }
+}
+
+fn class(kind: PathKind) -> PathClass {
+    match kind {
+        PathKind::Lan => PathClass::Lan,
+        PathKind::Direct => PathClass::Direct,
+        PathKind::Relay => PathClass::Relay,
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(3600)
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
