@@ -85,6 +85,25 @@ pub fn reflectors(quic: SocketAddr) -> Vec<SocketAddr> {
 /// How long to wait for reflector answers before joining.
 pub const FIRST_REFLECT_WAIT: Duration = Duration::from_millis(400);
 
+/// Why a peer is relayed, in words; `was_direct`: it had a direct path
+/// before.
+pub fn relay_reason(online: bool, was_direct: bool, nc: &NetcheckReport) -> String {
+    if !online {
+        return "the peer is offline".into();
+    }
+    if was_direct {
+        return "the direct path stopped answering probes; relaying while probing it again".into();
+    }
+    if !nc.udp {
+        return "this host gets no UDP answer from the coordinator's reflector (UDP blocked?)"
+            .into();
+    }
+    match nc.mapping() {
+        Mapping::EndpointDependent => "no direct path answered: this host's NAT maps endpoint-dependently (symmetric), which only a peer NAT with endpoint-independent or address-dependent filtering lets through".into(),
+        _ => "no direct path answered: the peer's NAT maps endpoint-dependently or filters strictly (see `weft netcheck` on the peer)".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,22 +1,27 @@
-//! The state machine (see the crate docs for how to drive it).
+//! The state machine (see the crate docs for how to drive it): its state,
+//! the netmap, the timer and the choice of path; probing is in [`probe`],
+//! the reflector in [`reflect`].
+
+mod probe;
+mod reflect;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::rngs::StdRng;
-use rand::{RngCore as _, SeedableRng as _};
-use weft_proto::disco::{probe_key, DiscoMsg, TxId};
+use rand::SeedableRng as _;
+use weft_proto::disco::{probe_key, TxId};
 use weft_proto::policy::Cidr;
 use weft_proto::NodeId;
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use crate::candidates::{
-    default_sources, CandidateSource, Origin, Proposal, LEARNED_TTL, MAX_LEARNED,
-};
-use crate::netcheck::{reflectors, NetcheckReport};
-use crate::peer::{Candidate, PeerPaths};
-use crate::{Dest, Event, PathInfo, PathKind, PeerInput, PingReply, Transmit, TICK};
+use crate::candidates::{default_sources, CandidateSource, Origin, Proposal, LEARNED_TTL};
+use crate::netcheck::{relay_reason, NetcheckReport};
+use crate::peer::PeerPaths;
+use crate::{Dest, Event, PathInfo, PathKind, PeerInput, Transmit, TICK};
 
 /// The largest datagram taken as disco.
 const MAX_DISCO_LEN: usize = 256;
@@ -233,82 +238,12 @@ impl PathEngine {
         }
     }
 
-    /// `weft ping`: probe `node` on its current path; the answer comes as
-    /// [`Event::PingReply`] with this `request` number.
-    pub fn ping_peer(&mut self, node: NodeId, request: u64, now: Instant) {
-        let Some(peer) = self.peers.get(&node) else {
-            return;
-        };
-        let to = peer.current.map_or(Dest::Relay(node), Dest::Addr);
-        self.ping(node, to, Some(request), now);
-    }
-
     /// The driver could not apply an [`Event::SetPath`] for `node` (the
     /// data plane has no such peer yet): forget the choice, so the next
     /// evaluation makes it again.
     pub fn handle_path_refused(&mut self, node: NodeId) {
         if let Some(p) = self.peers.get_mut(&node) {
             p.current = None;
-        }
-    }
-
-    /// A punch request from `node`: probe all its candidates now.
-    pub fn handle_punch(&mut self, node: NodeId, now: Instant) {
-        let Some(peer) = self.peers.get(&node) else {
-            return;
-        };
-        let targets: Vec<SocketAddr> = peer.candidates.keys().copied().collect();
-        for t in targets {
-            self.ping(node, Dest::Addr(t), None, now);
-        }
-    }
-
-    /// A datagram that may be disco, from an address or the relay.
-    pub fn handle_disco(&mut self, from: Dest, bytes: &[u8], now: Instant) {
-        if bytes.len() > MAX_DISCO_LEN {
-            return;
-        }
-        let Ok(msg) = DiscoMsg::decode(bytes) else {
-            return;
-        };
-        if let Some(sender) = msg.sender() {
-            let Some((&node, peer)) = self.peers.iter_mut().find(|(_, p)| p.key == sender) else {
-                return;
-            };
-            let Ok(msg) = msg.verify(&peer.probe_key) else {
-                return;
-            };
-            match msg {
-                DiscoMsg::Ping { txid, sent_at, .. } if peer.replay.accept(sent_at, &txid) => {
-                    self.on_ping(node, from, txid, now);
-                }
-                DiscoMsg::Pong { txid, .. } => self.on_pong(node, from, txid, now),
-                _ => {}
-            }
-            return;
-        }
-        if let Some(DiscoMsg::ReflectReply { txid, observed }) = msg.unauthenticated() {
-            let Some((which, _)) = self.reflect_pending.remove(&txid) else {
-                return;
-            };
-            if self.reflect_waiting.is_some_and(|(w, _, _)| w == which) {
-                self.reflect_waiting = None;
-            }
-            let before = self.netcheck.clone();
-            self.netcheck.udp = true;
-            if which == 0 {
-                self.netcheck.public = Some(observed);
-                if before.public != Some(observed) {
-                    self.events.push_back(Event::PublicMapping(observed));
-                }
-                self.reflect_to(1, now);
-            } else {
-                self.netcheck.public_second = Some(observed);
-            }
-            if self.netcheck != before {
-                self.events
-                    .push_back(Event::Netcheck(self.netcheck.clone()));
-            }
         }
     }
 
@@ -381,174 +316,6 @@ impl PathEngine {
         }
     }
 
-    fn reflect(&mut self, now: Instant) {
-        self.last_reflect = Some(now);
-        self.reflect_to(0, now);
-    }
-
-    /// Asks reflector `which`; the second is asked once the first answers
-    /// (two first packets racing through a NAT can get two mappings even
-    /// where it maps endpoint-independently).
-    fn reflect_to(&mut self, which: usize, now: Instant) {
-        let Some(coord) = self.coordinator else {
-            return;
-        };
-        let Some(r) = reflectors(coord).get(which).copied() else {
-            return;
-        };
-        self.reflect_pending
-            .retain(|_, (_, t)| now.duration_since(*t) < PENDING_TTL);
-        let txid = self.txid();
-        self.reflect_pending.insert(txid, (which, now));
-        let wait = match self.reflect_waiting {
-            Some((w, _, wait)) if w == which => wait,
-            _ => REFLECT_RETRY,
-        };
-        self.reflect_waiting = Some((which, now, wait));
-        self.transmits.push_back(Transmit {
-            dest: Dest::Addr(r),
-            payload: DiscoMsg::ReflectRequest { txid }.encode(None),
-        });
-    }
-
-    fn txid(&mut self) -> TxId {
-        let mut txid = [0u8; 12];
-        self.rng.fill_bytes(&mut txid);
-        txid
-    }
-
-    /// The clock a ping carries: wall-clock microseconds, but always past
-    /// the last one sent, so the peer's replay guard sees it increase.
-    fn sent_at(&mut self, now: Instant) -> u64 {
-        let (base, base_us) = self.clock;
-        let elapsed = u64::try_from(now.duration_since(base).as_micros()).unwrap_or(u64::MAX);
-        self.last_sent_at = base_us
-            .saturating_add(elapsed)
-            .max(self.last_sent_at.saturating_add(1));
-        self.last_sent_at
-    }
-
-    fn on_ping(&mut self, node: NodeId, from: Dest, txid: TxId, now: Instant) {
-        let public = self.public;
-        let Some(peer) = self.peers.get_mut(&node) else {
-            return;
-        };
-        let observed = match from {
-            Dest::Addr(a) => a,
-            // What a relayed ping was "observed" from does not matter.
-            Dest::Relay(_) => SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0),
-        };
-        let pong = DiscoMsg::Pong {
-            txid,
-            sender: public,
-            observed,
-        }
-        .encode(Some(&peer.probe_key));
-        let mut due = false;
-        if let Dest::Addr(src) = from {
-            if !peer.candidates.contains_key(&src) && peer.learned_count() < MAX_LEARNED {
-                self.proposals.clear();
-                for s in &mut self.sources {
-                    s.on_probe(node, src, &mut self.proposals);
-                }
-                for prop in &self.proposals {
-                    if peer.learned_count() >= MAX_LEARNED {
-                        break;
-                    }
-                    peer.candidates.entry(prop.addr).or_insert(Candidate {
-                        learned: Some(now),
-                        ..Candidate::default()
-                    });
-                }
-            }
-            due = peer.candidates.get(&src).is_some_and(|c| {
-                c.last_ping
-                    .is_none_or(|t| now.duration_since(t) >= PING_BACK_AFTER)
-            });
-        }
-        self.transmits.push_back(Transmit {
-            dest: from,
-            payload: pong,
-        });
-        if due {
-            self.ping(node, from, None, now);
-        }
-    }
-
-    fn on_pong(&mut self, node: NodeId, from: Dest, txid: TxId, now: Instant) {
-        let Some(p) = self.pending.remove(&txid) else {
-            return;
-        };
-        if p.node != node {
-            return;
-        }
-        let rtt = now.duration_since(p.sent);
-        if let Some(request) = p.request {
-            let endpoint = match p.to {
-                Dest::Addr(a) => Some(a),
-                Dest::Relay(_) => None,
-            };
-            self.events.push_back(Event::PingReply {
-                request,
-                reply: PingReply {
-                    kind: kind_of(&self.local_nets, endpoint),
-                    endpoint,
-                    rtt_ms: rtt.as_secs_f64() * 1000.0,
-                },
-            });
-        }
-        let Dest::Addr(to) = p.to else {
-            return;
-        };
-        // The pong must come from where the ping went.
-        if from != p.to {
-            return;
-        }
-        let Some(peer) = self.peers.get_mut(&node) else {
-            return;
-        };
-        let c = peer.candidates.entry(to).or_default();
-        c.last_pong = Some(now);
-        c.rtt = Some(rtt);
-        self.evaluate(node, now);
-    }
-
-    fn ping(&mut self, node: NodeId, to: Dest, request: Option<u64>, now: Instant) {
-        if !self.peers.contains_key(&node) {
-            return;
-        }
-        let txid = self.txid();
-        let sent_at = self.sent_at(now);
-        let public = self.public;
-        let Some(peer) = self.peers.get_mut(&node) else {
-            return;
-        };
-        let bytes = DiscoMsg::Ping {
-            txid,
-            sender: public,
-            sent_at,
-        }
-        .encode(Some(&peer.probe_key));
-        if let Dest::Addr(a) = to {
-            if let Some(c) = peer.candidates.get_mut(&a) {
-                c.last_ping = Some(now);
-            }
-        }
-        self.pending.insert(
-            txid,
-            Pending {
-                node,
-                to,
-                sent: now,
-                request,
-            },
-        );
-        self.transmits.push_back(Transmit {
-            dest: to,
-            payload: bytes,
-        });
-    }
-
     /// Picks the path for `node` and asks the driver to apply it when it
     /// changes.
     fn evaluate(&mut self, node: NodeId, now: Instant) {
@@ -603,119 +370,10 @@ fn on_link(nets: &[Cidr], ip: IpAddr) -> bool {
     nets.iter().any(|n| n.contains(ip))
 }
 
-fn kind_of(nets: &[Cidr], endpoint: Option<SocketAddr>) -> PathKind {
+pub(crate) fn kind_of(nets: &[Cidr], endpoint: Option<SocketAddr>) -> PathKind {
     match endpoint {
         Some(e) if on_link(nets, e.ip()) => PathKind::Lan,
         Some(_) => PathKind::Direct,
         None => PathKind::Relay,
-    }
-}
-
-/// Why a peer is relayed, in words; `was_direct`: it had a direct path
-/// before.
-pub(crate) fn relay_reason(online: bool, was_direct: bool, nc: &NetcheckReport) -> String {
-    if !online {
-        return "the peer is offline".into();
-    }
-    if was_direct {
-        return "the direct path stopped answering probes; relaying while probing it again".into();
-    }
-    if !nc.udp {
-        return "this host gets no UDP answer from the coordinator's reflector (UDP blocked?)"
-            .into();
-    }
-    match nc.mapping() {
-        crate::netcheck::Mapping::EndpointDependent => "no direct path answered: this host's NAT maps endpoint-dependently (symmetric), which only a peer NAT with endpoint-independent or address-dependent filtering lets through".into(),
-        _ => "no direct path answered: the peer's NAT maps endpoint-dependently or filters strictly (see `weft netcheck` on the peer)".into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().unwrap_or_else(|_| unreachable!())
-    }
-
-    #[test]
-    fn relay_reasons_name_the_cause() {
-        let mut nc = NetcheckReport::default();
-        assert!(relay_reason(false, false, &nc).contains("offline"));
-        assert!(relay_reason(true, false, &nc).contains("UDP"));
-        nc.udp = true;
-        nc.public = Some(addr("203.0.113.11:1"));
-        nc.public_second = Some(addr("203.0.113.11:2"));
-        assert!(relay_reason(true, false, &nc).contains("symmetric"));
-        assert!(relay_reason(true, true, &nc).contains("stopped answering"));
-    }
-
-    fn engine(seed: u64, now: Instant) -> PathEngine {
-        PathEngine::new(
-            EngineConfig {
-                secret: StaticSecret::from([seed as u8; 32]),
-                coordinator: Some(addr("192.0.2.1:7443")),
-                local_nets: vec![Cidr::new_truncating(IpAddr::from([198, 18, 0, 1]), 24)],
-                seed,
-                wall: SystemTime::UNIX_EPOCH,
-                sources: Vec::new(),
-            },
-            now,
-        )
-    }
-
-    #[test]
-    fn asks_the_reflector_at_start_and_again_when_it_does_not_answer() {
-        let t0 = Instant::now();
-        let mut e = engine(1, t0);
-        let first = e.poll_transmit().map(|t| t.dest);
-        assert_eq!(first, Some(Dest::Addr(addr("192.0.2.1:7444"))));
-        assert_eq!(e.poll_transmit(), None);
-        e.handle_timeout(t0 + Duration::from_millis(1100));
-        let again = e.poll_transmit().map(|t| t.dest);
-        assert_eq!(
-            again,
-            Some(Dest::Addr(addr("192.0.2.1:7444"))),
-            "a lost request is retried"
-        );
-        assert!(e.poll_timeout().is_some_and(|t| t > t0));
-    }
-
-    #[test]
-    fn a_new_peer_starts_on_the_relay_and_is_probed_and_punched() {
-        let t0 = Instant::now();
-        let mut e = engine(1, t0);
-        while e.poll_transmit().is_some() {}
-        let peer_secret = StaticSecret::from([9u8; 32]);
-        let peer = PeerInput {
-            id: NodeId(2),
-            key: PublicKey::from(&peer_secret).to_bytes(),
-            endpoints: vec![addr("203.0.113.9:51820")],
-            online: true,
-        };
-        e.handle_netmap([&peer], t0);
-        assert!(matches!(
-            e.poll_event(),
-            Some(Event::SetPath {
-                target: Dest::Relay(NodeId(2)),
-                kind: PathKind::Relay,
-                ..
-            })
-        ));
-        assert_eq!(e.path(NodeId(2)).map(|p| p.kind), Some(PathKind::Relay));
-        e.handle_timeout(t0 + TICK);
-        let sent: Vec<Dest> = std::iter::from_fn(|| e.poll_transmit())
-            .map(|t| t.dest)
-            .collect();
-        assert!(
-            sent.contains(&Dest::Addr(addr("203.0.113.9:51820"))),
-            "{sent:?}"
-        );
-        let events: Vec<Event> = std::iter::from_fn(|| e.poll_event()).collect();
-        assert!(events.contains(&Event::Punch(NodeId(2))), "{events:?}");
-        // Garbage and oversized datagrams change nothing.
-        e.handle_disco(Dest::Addr(addr("203.0.113.9:51820")), &[0xff; 40], t0);
-        e.handle_disco(Dest::Addr(addr("203.0.113.9:51820")), &[0; 4000], t0);
-        assert_eq!(e.poll_transmit(), None);
     }
 }
