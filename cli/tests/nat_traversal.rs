@@ -206,32 +206,57 @@ fn failover_when_the_nat_forgets_its_mappings() {
     })
     .expect("stream");
 
+    // Where host 0 sends the peer's traffic: its path and endpoint.
+    let where_to = |c: &Cluster| -> (String, String) {
+        let st = c.status(0).unwrap_or_default();
+        let p = st["peers"]
+            .as_array()
+            .and_then(|ps| {
+                ps.iter()
+                    .find(|p| p["name"].as_str() == Some(peer.as_str()))
+            })
+            .cloned()
+            .unwrap_or_default();
+        (
+            p["path"].as_str().unwrap_or_default().to_string(),
+            p["endpoint"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let (_, old_endpoint) = where_to(&c);
     let flushed = Instant::now();
     for cloud in 1..=2 {
         flush_conntrack(&lab, &c.nat_router_ns(cloud)).expect("flush conntrack");
     }
-    let mut seen = Vec::new();
-    let mut last = stream.received();
+    // The NATs pick new ports: the old mapping is dead, so the path must
+    // leave it (to the relay, or straight to the new mapping) and settle on
+    // a direct path again.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut left = None;
+    let last = stream.received();
     let back = wait_for(
         Duration::from_secs(40),
-        "the path to return to direct",
+        "the path to leave the dead mapping and return to direct",
         || {
-            std::thread::sleep(Duration::from_millis(500));
-            let p = c.path(0, &peer).map(|p| p.0).unwrap_or_default();
-            if seen.last() != Some(&p) {
-                seen.push(p.clone());
+            std::thread::sleep(Duration::from_millis(200));
+            let now = where_to(&c);
+            if seen.last() != Some(&now) {
+                seen.push(now.clone());
             }
-            (flushed.elapsed() > Duration::from_secs(8) && p == "direct").then_some(())
+            if left.is_none() && (now.0 != "direct" || now.1 != old_endpoint) {
+                left = Some(flushed.elapsed());
+            }
+            (left.is_some() && now.0 == "direct").then(|| flushed.elapsed())
         },
     );
-    eprintln!(
-        "paths after the flush: {seen:?}; back to direct after {:?}",
-        flushed.elapsed()
-    );
-    back.expect("path back to direct");
-    let now = stream.received();
-    assert!(now > last, "the stream made no progress across the flush");
-    last = now;
+    eprintln!("paths after the flush: {seen:?}; left the old mapping after {left:?}, back to direct after {back:?}");
+    let back = back.expect("path left the dead mapping and came back to direct");
+    assert!(back < Duration::from_secs(30), "{back:?}");
+    // TCP retransmits on its backed-off timer once the path is back.
+    let last = wait_for(Duration::from_secs(15), "the stream to resume", || {
+        let now = stream.received();
+        (now > last).then_some(now)
+    })
+    .expect("the stream made no progress across the flush");
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         stream.received() > last,
