@@ -110,7 +110,7 @@ fn serve_metrics(
         weft_mesh::agent::metrics::render_device(&handle.traffic(), &handle.counters())
     });
     let (_, task) = rt
-        .block_on(weft_mesh::agent::metrics_http::serve(addr, scrape))
+        .block_on(weft_mesh::agent::metrics_http::serve(addr, scrape, None))
         .with_context(|| {
             format!("cannot serve metrics on {addr}; pick another --metrics-listen")
         })?;

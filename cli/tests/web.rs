@@ -19,6 +19,8 @@ fn weft() -> PathBuf {
 }
 
 const WEB: &str = "127.0.0.1:8480";
+/// Each agent's read-only page, in its own namespace.
+const AGENT_PAGE: &str = "127.0.0.1:9586";
 
 /// The `data-path` of the matrix cell of `from`'s path to `to`.
 fn cell_js(from: &str, to: &str) -> String {
@@ -35,6 +37,7 @@ fn the_page_shows_every_node_and_a_path_change_within_5_s() {
     let lab = Lab::new("web");
     let spec = ClusterSpec {
         coordinator_args: &["--web-listen", WEB],
+        agent_args: &["--metrics-listen", AGENT_PAGE],
         ..ClusterSpec::hosts_only(3)
     };
     let c = Cluster::build(&lab, &weft(), spec).expect("cluster");
@@ -196,6 +199,35 @@ fn the_page_shows_every_node_and_a_path_change_within_5_s() {
         "{:?}",
         browser.page_errors()
     );
+    // The first host's own read-only page shows it and its peers, and its
+    // side of the cut pair as relayed.
+    drop(browser);
+    let local = Browser::launch(Some(ns)).expect("chromium in the host");
+    local
+        .navigate(&format!("http://{AGENT_PAGE}/"))
+        .expect("the agent's page");
+    local
+        .wait_for(
+            &format!(
+                "document.body.dataset.ready === '1' && {} === 'relay' && {} === 'direct'",
+                cell_js(a, b),
+                cell_js(a, &names[2])
+            ),
+            Duration::from_secs(10),
+        )
+        .expect("the host's page shows its paths");
+    let rows = local
+        .eval("document.querySelectorAll('tr[data-node]').length")
+        .expect("rows");
+    assert_eq!(rows, serde_json::json!(3), "itself and its two peers");
+    let text = local.eval("document.body.innerText").expect("text");
+    assert!(
+        text.as_str().is_some_and(|t| t.contains("read-only")),
+        "the page says it is one host's view"
+    );
+    local
+        .screenshot(&dir.join("web-agent.png"))
+        .expect("screenshot");
     eprintln!(
         "the page showed the relay {took:?} after the host did; screenshots in {}",
         dir.display()

@@ -47,6 +47,7 @@ pub mod relay;
 pub mod tls;
 pub mod token;
 pub mod types;
+pub mod web;
 
 /// The protocol version both sides put in their first message. A peer with a
 /// different version is refused with [`msg::ErrorCode::VersionMismatch`].

@@ -868,7 +868,7 @@ mod tests {
         Ok(())
     }
 
-    const INDEX_HTML: &str = include_str!("../../coordinator/src/web/index.html");
+    const INDEX_HTML: &str = include_str!("../../proto/src/web/index.html");
     const HOSTILE: &str = "<img src=x onerror=alert(1)>";
     const RELAY_REASON: &str = "no direct reply from 192.0.2.20:51820 in 5 s";
 

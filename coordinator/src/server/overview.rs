@@ -9,88 +9,15 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
 use weft_proto::msg::{AclVersion, AdminReply, RouteInfo, ServiceInfo};
+use weft_proto::web::{
+    NodeRow, Overview, PathCell, PolicyInfo, PolicyVersion, RouteRow, Scope, ServiceRow, Summary,
+};
 
 use super::*;
 
 /// Most nodes drawn in the matrix.
 pub const MAX_MATRIX_NODES: usize = 150;
-
-#[derive(Serialize)]
-struct Overview {
-    cluster: Summary,
-    nodes: Vec<NodeRow>,
-    paths: Vec<PathCell>,
-    peers: Vec<(NodeId, NodeId)>,
-    policy: PolicyInfo,
-    services: Vec<ServiceRow>,
-    routes: Vec<RouteRow>,
-}
-
-#[derive(Serialize)]
-struct Summary {
-    domain: String,
-    pool: String,
-    netmap_version: u64,
-    nodes: usize,
-    online: usize,
-    now: u64,
-    matrix_truncated: bool,
-}
-
-#[derive(Serialize)]
-struct NodeRow {
-    id: NodeId,
-    name: String,
-    subnet: String,
-    online: bool,
-    endpoints: Vec<String>,
-    protocol_version: Option<u32>,
-    tags: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct PathCell {
-    from: NodeId,
-    to: NodeId,
-    path: &'static str,
-    reason: Option<String>,
-    age_secs: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct PolicyInfo {
-    version: Option<u64>,
-    set_at: Option<u64>,
-    history: Vec<PolicyVersion>,
-}
-
-#[derive(Serialize)]
-struct PolicyVersion {
-    version: u64,
-    set_at: u64,
-    lines: usize,
-}
-
-#[derive(Serialize)]
-struct ServiceRow {
-    name: String,
-    node: String,
-    port: u16,
-    proto: String,
-    addr: Option<String>,
-    public: Option<u16>,
-    gateway: Option<String>,
-}
-
-#[derive(Serialize)]
-struct RouteRow {
-    node: String,
-    advertised: Vec<String>,
-    approved: Vec<String>,
-    active: Vec<String>,
-}
 
 /// The page's JSON, now.
 pub(super) async fn cluster_json(shared: &Shared) -> Vec<u8> {
@@ -136,6 +63,7 @@ fn build(shared: &Shared, history: Vec<AclVersion>) -> Overview {
         })
         .collect();
     let summary = Summary {
+        scope: Scope::Cluster,
         domain: shared.domain.clone(),
         pool: shared.pool.to_string(),
         netmap_version: reg.version(),
@@ -161,7 +89,7 @@ fn build(shared: &Shared, history: Vec<AclVersion>) -> Overview {
             paths.push(PathCell {
                 from: *from,
                 to: p.peer,
-                path: p.path.name(),
+                path: p.path.name().to_string(),
                 reason: p.reason.clone(),
                 age_secs: age,
             });

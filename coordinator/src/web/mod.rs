@@ -30,8 +30,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-/// The page, embedded.
-pub const PAGE: &str = include_str!("index.html");
+/// The page, embedded (shared with the agents' read-only page).
+pub use weft_proto::web::PAGE;
 
 /// Connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 32;

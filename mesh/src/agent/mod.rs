@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod mtu;
 pub mod netwatch;
+pub mod overview;
 pub mod peers;
 pub mod services;
 pub mod state;
@@ -544,12 +545,21 @@ pub async fn run(
     let metrics_server = match config.metrics_listen {
         Some(addr) => {
             let (shared, handle) = (shared.clone(), handle.clone());
-            let scrape: metrics_http::Scrape = Arc::new(move || shared.metrics(&handle));
-            let (_, task) = metrics_http::serve(addr, scrape).await.map_err(|e| {
-                AgentError::Other(format!(
+            let scrape: metrics_http::Scrape = {
+                let (shared, handle) = (shared.clone(), handle.clone());
+                Arc::new(move || shared.metrics(&handle))
+            };
+            let page: metrics_http::PageJson = Arc::new(move || {
+                let o = overview::overview(&shared.status(&handle), overview::now_unix());
+                serde_json::to_vec(&o).unwrap_or_default()
+            });
+            let (_, task) = metrics_http::serve(addr, scrape, Some(page))
+                .await
+                .map_err(|e| {
+                    AgentError::Other(format!(
                     "cannot serve metrics on {addr}: {e}; pick another --metrics-listen address"
                 ))
-            })?;
+                })?;
             Some(crate::control::AbortOnDrop(task))
         }
         None => None,

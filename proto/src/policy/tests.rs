@@ -655,40 +655,6 @@ proptest! {
     }
 }
 
-/// Scale check: `cargo test -p weft-proto --release compile_at_1000_hosts -- --ignored --nocapture`.
-#[test]
-#[ignore = "timing, run by hand"]
-fn compile_at_1000_hosts() {
-    let nodes = (0..1000u64)
-        .map(|i| ClusterNode {
-            id: NodeId(i),
-            name: format!("h{i}"),
-            tags: vec![format!("t{}", i % 10)],
-            subnet: HostSubnet {
-                addr: Ipv4Addr::from(0x6440_0000 + ((i as u32) << 8)),
-                prefix_len: 24,
-            },
-            routes: vec![],
-        })
-        .collect();
-    let c = Cluster {
-        nodes,
-        services: vec![],
-    };
-    let p = parse("rules:\n  - allow: { from: ['*'], to: ['*'], ports: [icmp] }\n  - allow: { from: [tag:t0, tag:t1], to: [tag:t2], ports: [tcp/5432, tcp/80] }\n  - deny: { from: [tag:t3], to: [tag:t4] }\n");
-    for (name, p) in [("rules", p), ("allow_all", Policy::allow_all())] {
-        let t = std::time::Instant::now();
-        let compiled = compile(&p, &c);
-        let took = t.elapsed();
-        let peers: usize = compiled.nodes.values().map(|n| n.peers.len()).sum();
-        let bytes = rmp_serde::to_vec_named(compiled.node(NodeId(2)).unwrap()).unwrap();
-        println!(
-            "{name}: compile {took:?}, {peers} peer entries, node 2 share {} bytes",
-            bytes.len()
-        );
-    }
-}
-
 #[test]
 fn except_takes_sources_out_of_from() {
     let p = parse(
