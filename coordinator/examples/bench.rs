@@ -20,9 +20,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, reason = "a benchmark tool")]
 
-#[allow(unused_imports, dead_code)]
-#[path = "../../mesh/src/control/mod.rs"]
-mod control;
+use weft_control as control;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 
 pub mod agent;
 pub mod allowed_ips;
-pub mod control;
+pub use weft_control as control;
 pub mod dataplane;
 pub mod key;
 pub mod private_socket;

@@ -16,11 +16,9 @@ use weft_coordinator::{Config, Coordinator};
 use weft_proto::msg::{AdminCommand, AdminReply};
 use x25519_dalek::StaticSecret;
 
-// The control client is compiled in from its source, so these tests do not
-// wait on (or break with) the data plane half of weft-mesh.
-#[path = "../../../mesh/src/control/mod.rs"]
-#[allow(unused_imports)]
-pub mod control;
+// The control client is its own crate, so these tests do not wait on (or
+// break with) the data plane half of weft-mesh.
+pub use weft_control as control;
 
 #[allow(unused_imports)]
 pub use control::{ControlClient, ControlError, CoordinatorInfo, ErrorCode, JoinOutcome, Session};

@@ -23,7 +23,7 @@ pub use client::{
     ControlClient, CoordinatorInfo, EndpointUpdater, JoinOutcome, Session, WireStats,
 };
 pub use error::ControlError;
-pub(crate) use liveness::AbortOnDrop;
+pub use liveness::AbortOnDrop;
 pub use liveness::Heard;
 pub use transport::{DatagramLink, DatagramSource};
 pub use weft_proto::msg::{ErrorCode, Welcome};

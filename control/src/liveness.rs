@@ -43,7 +43,7 @@ impl Heard {
 }
 
 /// Aborts a task when dropped: the session's helpers end with it.
-pub(crate) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
