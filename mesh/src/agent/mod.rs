@@ -35,9 +35,9 @@ use weft_proto::Netmap;
 use x25519_dalek::StaticSecret;
 
 use crate::control::{ControlClient, ControlError};
+use crate::dataplane::settings::DeviceUpdate;
 use crate::dataplane::{Device, DeviceError, DeviceOptions, DEFAULT_MTU};
 use crate::key::Key;
-use crate::uapi::protocol::DeviceUpdate;
 use crate::uapi::server::{UapiServer, SOCKET_DIR};
 use host_net::HostNetwork;
 use state::{Identity, NetworkFile, StateDir, StateError};

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use weft_proto::{HostSubnet, Netmap};
 
 use crate::allowed_ips::IpNet;
+use crate::dataplane::settings::{DeviceUpdate, PeerUpdate};
 use crate::key::Key;
-use crate::uapi::protocol::{DeviceUpdate, PeerUpdate};
 
 /// Keepalive that keeps NAT and firewall mappings open between hosts.
 pub const PERSISTENT_KEEPALIVE_SECS: u16 = 25;

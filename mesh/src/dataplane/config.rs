@@ -7,10 +7,11 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519;
 
 use super::peer::{Peer, PeerTable, HANDSHAKE_RATE_LIMIT};
+use super::settings::{DeviceSnapshot, DeviceUpdate, PeerSnapshot};
 use super::udp::UdpEndpoint;
 use super::Shared;
 use crate::key::Key;
-use crate::uapi::protocol::{errno, DeviceSnapshot, DeviceUpdate, PeerSnapshot, UapiError};
+use crate::uapi::protocol::{errno, UapiError};
 
 /// The device's configuration, owned by the configuration path.
 pub struct DeviceState {

@@ -20,6 +20,7 @@ pub mod hooks;
 mod kick;
 pub mod peer;
 mod rx;
+pub mod settings;
 mod timers;
 pub mod traffic;
 mod tx;
@@ -288,12 +289,12 @@ impl DeviceHandle {
 
     pub fn apply(
         &self,
-        update: &crate::uapi::protocol::DeviceUpdate,
+        update: &settings::DeviceUpdate,
     ) -> Result<(), crate::uapi::protocol::UapiError> {
         config::apply(&self.shared, update)
     }
 
-    pub fn snapshot(&self) -> crate::uapi::protocol::DeviceSnapshot {
+    pub fn snapshot(&self) -> settings::DeviceSnapshot {
         config::snapshot(&self.shared)
     }
 
