@@ -8,6 +8,7 @@
 //! the coordinator at 192.0.2.1, LANs behind NAT `n` on 198.18.n.0/24.
 
 pub mod nat;
+mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -16,7 +17,6 @@ use std::time::{Duration, Instant, SystemTime};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use weft_paths::{Dest, EngineConfig, Event, PathEngine, PathKind, PeerInput};
-use weft_proto::disco::DiscoMsg;
 use weft_proto::policy::Cidr;
 use weft_proto::NodeId;
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -305,136 +305,8 @@ impl Sim {
         }
     }
 
-    fn schedule(&mut self, wire: Wire, payload: Vec<u8>, hops: u32) {
-        if self.rng.gen::<f64>() < self.loss {
-            return;
-        }
-        let (lo, hi) = self.delay;
-        let d = if hi > lo {
-            lo + Duration::from_micros(self.rng.gen_range(0..(hi - lo).as_micros() as u64))
-        } else {
-            lo
-        };
-        self.seq += 1;
-        self.queue
-            .insert((self.now + d * hops, self.seq), (wire, payload));
-    }
-
-    /// Host `i` sends from its socket to `dst`: through its NAT, if any.
-    fn send_udp(&mut self, i: usize, dst: SocketAddr, payload: Vec<u8>) {
-        let h = &self.hosts[i];
-        // A LAN address is reachable from its own LAN only.
-        if lan_of(dst).is_some_and(|l| h.place != Place::Behind(l)) {
-            return;
-        }
-        let src = match h.place {
-            Place::UdpBlocked => return,
-            Place::Public => h.inside,
-            Place::Behind(n) => {
-                if lan_of(dst) == Some(n) {
-                    // On the same LAN: no NAT in between.
-                    h.inside
-                } else if Some(n) == self.nat_of(dst.ip()) && !self.nats[n].kind.hairpin {
-                    return;
-                } else {
-                    let inside = h.inside;
-                    self.nats[n].outbound(inside, dst, self.now, &mut self.rng)
-                }
-            }
-        };
-        if std::env::var_os("SIM_DEBUG").is_some() {
-            eprintln!("{:?} host {i} sends {src} -> {dst}", self.elapsed());
-        }
-        self.schedule(Wire::Udp { src, dst }, payload, 1);
-    }
-
-    fn nat_of(&self, ip: IpAddr) -> Option<usize> {
-        self.nats.iter().position(|n| IpAddr::V4(n.public) == ip)
-    }
-
-    fn deliver(&mut self, wire: Wire, payload: &[u8]) {
-        let now = self.now;
-        match wire {
-            Wire::Relay { from, to } => {
-                if !self.coordinator_up {
-                    return;
-                }
-                if let Some(j) = self.index(to) {
-                    self.hosts[j]
-                        .engine
-                        .handle_disco(Dest::Relay(from), payload, now);
-                    self.drain(j);
-                }
-            }
-            Wire::Punch { from, to } => {
-                if !self.coordinator_up {
-                    return;
-                }
-                if let Some(j) = self.index(to) {
-                    self.hosts[j].engine.handle_punch(from, now);
-                    self.drain(j);
-                }
-            }
-            Wire::Udp { src, dst } => {
-                if dst.ip() == COORDINATOR.ip() {
-                    self.reflect(src, dst, payload);
-                    return;
-                }
-                let inside = match self.nat_of(dst.ip()) {
-                    Some(n) => match self.nats[n].inbound(src, dst.port(), now) {
-                        Some(a) => a,
-                        None => {
-                            if std::env::var_os("SIM_DEBUG").is_some() {
-                                eprintln!("{:?} NAT {n} drops {src} -> {dst}", self.elapsed());
-                            }
-                            return;
-                        }
-                    },
-                    None => dst,
-                };
-                let Some(j) = self.hosts.iter().position(|h| h.inside == inside) else {
-                    return;
-                };
-                if self.hosts[j].place == Place::UdpBlocked {
-                    return;
-                }
-                self.hosts[j]
-                    .engine
-                    .handle_disco(Dest::Addr(src), payload, now);
-                self.drain(j);
-            }
-        }
-    }
-
-    /// The coordinator's reflector ports answer with what they saw.
-    fn reflect(&mut self, src: SocketAddr, dst: SocketAddr, payload: &[u8]) {
-        if !(dst.port() == COORDINATOR.port() + 1 || dst.port() == COORDINATOR.port() + 2) {
-            return;
-        }
-        let Ok(msg) = DiscoMsg::decode(payload) else {
-            return;
-        };
-        if let Some(DiscoMsg::ReflectRequest { txid }) = msg.unauthenticated() {
-            let reply = DiscoMsg::ReflectReply {
-                txid,
-                observed: src,
-            }
-            .encode(None);
-            self.schedule(Wire::Udp { src: dst, dst: src }, reply, 1);
-        }
-    }
-
     fn index(&self, id: NodeId) -> Option<usize> {
         self.hosts.iter().position(|h| h.id == id)
-    }
-}
-
-fn lan_of(addr: SocketAddr) -> Option<usize> {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.octets()[0] == 198 && ip.octets()[1] == 18 => {
-            Some(usize::from(ip.octets()[2]))
-        }
-        _ => None,
     }
 }
 
