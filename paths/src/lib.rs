@@ -39,7 +39,7 @@
 pub mod candidates;
 mod engine;
 pub mod netcheck;
-mod peer;
+pub mod peer;
 
 use std::net::SocketAddr;
 use std::time::Duration;

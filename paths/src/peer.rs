@@ -8,6 +8,12 @@ use weft_proto::disco::ReplayGuard;
 
 use crate::DEAD_AFTER;
 
+/// A peer with data through its tunnel within this long (or that appeared
+/// within it) is probed on the full schedule; others are idle: only a
+/// slow sweep probes them, and their path is held as it is until data
+/// flows again. The default of [`crate::EngineConfig::active_window`].
+pub const ACTIVE_WINDOW: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Default)]
 pub(crate) struct Candidate {
     pub from_netmap: bool,
@@ -37,10 +43,29 @@ pub(crate) struct PeerPaths {
     pub last_punch: Option<Instant>,
     pub seen: Instant,
     pub direct_after: Option<Duration>,
+    /// The latest data through the tunnel (not keep-alives), as the driver
+    /// reports it.
+    pub last_data: Option<Instant>,
+    /// After waking from idle, the current path is held until then while
+    /// its first probe is answered.
+    pub grace_until: Option<Instant>,
+    /// See [`ACTIVE_WINDOW`].
+    pub active_window: Duration,
 }
 
 impl PeerPaths {
+    #[cfg(test)]
     pub fn new(key: [u8; 32], probe_key: [u8; 32], online: bool, now: Instant) -> Self {
+        Self::with_window(key, probe_key, online, now, ACTIVE_WINDOW)
+    }
+
+    pub fn with_window(
+        key: [u8; 32],
+        probe_key: [u8; 32],
+        online: bool,
+        now: Instant,
+        active_window: Duration,
+    ) -> Self {
         PeerPaths {
             key,
             probe_key,
@@ -51,7 +76,26 @@ impl PeerPaths {
             last_punch: None,
             seen: now,
             direct_after: None,
+            last_data: None,
+            grace_until: None,
+            active_window,
         }
+    }
+
+    /// Whether the peer is probed on the full schedule (see
+    /// [`ACTIVE_WINDOW`]).
+    pub fn active(&self, now: Instant) -> bool {
+        now.duration_since(self.seen) < self.active_window
+            || self
+                .last_data
+                .is_some_and(|t| now.duration_since(t) < self.active_window)
+    }
+
+    /// Whether the current path is kept without answers: the peer is idle
+    /// (nothing probes it, so silence means nothing), or just woke and its
+    /// first probe is in flight.
+    pub fn holds_current(&self, now: Instant) -> bool {
+        !self.active(now) || self.grace_until.is_some_and(|t| now < t)
     }
 
     pub fn learned_count(&self) -> usize {
@@ -73,11 +117,14 @@ impl PeerPaths {
             .filter(|(_, c)| c.alive(now))
             .min_by_key(|(a, c)| (class(a), c.rtt.unwrap_or(Duration::MAX), **a))
             .map(|(a, _)| *a);
-        let current_alive = self
-            .current
-            .and_then(|c| self.candidates.get(&c))
-            .is_some_and(|c| c.alive(now));
+        let hold = self.holds_current(now);
+        let current_alive = hold
+            || self
+                .current
+                .and_then(|c| self.candidates.get(&c))
+                .is_some_and(|c| c.alive(now));
         match (self.current, best) {
+            (Some(cur), None) if hold => Some(cur),
             (_, None) => None,
             (Some(cur), Some(b)) if current_alive && class(&b) >= class(&cur) => Some(cur),
             (_, Some(b)) => Some(b),

@@ -46,6 +46,7 @@ fn topology() -> impl Strategy<Value = Topology> {
                 Duration::from_millis(delay_ms),
             ),
             seed,
+            star: false,
         })
 }
 
@@ -112,6 +113,7 @@ fn a_lost_mapping_goes_back_to_direct() {
         loss: 0.0,
         delay: (Duration::from_millis(10), Duration::from_millis(20)),
         seed: 7,
+        star: false,
     };
     let mut s = Sim::new(&topo);
     s.run_for(Duration::from_secs(10));
@@ -152,6 +154,7 @@ fn direct_paths_survive_a_coordinator_outage() {
         loss: 0.01,
         delay: (Duration::from_millis(5), Duration::from_millis(30)),
         seed: 11,
+        star: false,
     };
     let mut s = Sim::new(&topo);
     s.run_for(Duration::from_secs(10));
@@ -191,6 +194,7 @@ fn a_hundred_hosts_settle_direct_within_a_probe_budget() {
         loss: 0.005,
         delay: (Duration::from_millis(5), Duration::from_millis(40)),
         seed: 3,
+        star: false,
     };
     let mut s = Sim::new(&topo);
     s.run_for(Duration::from_secs(15));
@@ -210,4 +214,104 @@ fn a_hundred_hosts_settle_direct_within_a_probe_budget() {
             "host {i} sends {rate:.0} datagrams/s to {peers} peers"
         );
     }
+}
+
+/// Peers go idle after this long without data in the lazy-probing tests
+/// (60 s in the agent; shorter here so the setup takes less simulated time).
+const IDLE_AFTER: Duration = Duration::from_secs(20);
+
+/// The hub's pings (probes it starts) and datagrams (with the answers to
+/// its peers' probes) per second, once every spoke has been idle for a
+/// while except the first `busy`, which have data every 5 s.
+fn hub_rates(spokes: usize, busy: usize) -> (f64, f64) {
+    let hosts = std::iter::once(Place::Public)
+        .chain((0..spokes).map(|_| Place::Behind(0)))
+        .collect();
+    let topo = Topology {
+        nats: vec![NatKind::FULL_CONE],
+        hosts,
+        loss: 0.0,
+        delay: (Duration::from_millis(5), Duration::from_millis(20)),
+        seed: 5,
+        star: true,
+    };
+    let mut s = Sim::with_window(&topo, IDLE_AFTER);
+    let tick = |s: &mut Sim, secs: u64| {
+        for _ in 0..(secs / 5) {
+            for j in 1..=busy {
+                s.traffic(0, j);
+            }
+            s.run_for(Duration::from_secs(5));
+        }
+    };
+    tick(&mut s, 30);
+    for j in 1..=spokes {
+        assert_ne!(s.path(0, j), Some(PathKind::Relay), "spoke {j}");
+    }
+    let (pings, sent) = (s.pings(0), s.sent(0));
+    let window = 60;
+    tick(&mut s, window);
+    let w = window as f64;
+    (
+        (s.pings(0) - pings) as f64 / w,
+        (s.sent(0) - sent) as f64 / w,
+    )
+}
+
+/// Lazy probing: a host with 5,000 peers, ten of them with data, starts
+/// about as many probes as one with 500: the active ten on the full
+/// schedule, the idle rest in a sweep of at most 16 a second.
+#[test]
+fn idle_peers_cost_a_flat_probe_rate() {
+    let (small, small_all) = hub_rates(500, 10);
+    let (large, large_all) = hub_rates(5000, 10);
+    eprintln!(
+        "hub pings/s: {small:.1} with 500 peers, {large:.1} with 5000 \
+         (all datagrams, with answers to the peers' own sweeps: {small_all:.1}, {large_all:.1})"
+    );
+    assert!(
+        large <= 10.0 * 1.0 + 16.0 + 2.0,
+        "{large:.1} pings/s with 5000 peers"
+    );
+    assert!(large <= small * 1.5 + 2.0, "{large:.1}/s vs {small:.1}/s");
+}
+
+/// An idle pair whose NATs forgot their mappings finds a direct path
+/// again once data flows: woken, its current path does not answer, it
+/// goes through the relay and punches to the new mappings.
+#[test]
+fn an_idle_peer_wakes_on_traffic_and_recovers() {
+    let rand_cone = NatKind {
+        random_ports: true,
+        ..NatKind::PORT_RESTRICTED
+    };
+    let topo = Topology {
+        nats: vec![rand_cone, rand_cone],
+        hosts: vec![Place::Behind(0), Place::Behind(1)],
+        loss: 0.0,
+        delay: (Duration::from_millis(10), Duration::from_millis(20)),
+        seed: 9,
+        star: false,
+    };
+    let mut s = Sim::with_window(&topo, IDLE_AFTER);
+    s.run_for(Duration::from_secs(30));
+    assert_eq!(s.path(0, 1), Some(PathKind::Direct));
+    let old = s.target(0, 1);
+    s.nats[0].flush();
+    s.nats[1].flush();
+    s.run_for(Duration::from_secs(20));
+    // Idle: nothing noticed yet (nothing is sent to notice with).
+    assert_eq!(s.target(0, 1), old);
+    s.traffic(0, 1);
+    let woke = s.elapsed();
+    let mut back = None;
+    for _ in 0..60 {
+        s.run_for(Duration::from_millis(250));
+        if s.path(0, 1) == Some(PathKind::Direct) && s.target(0, 1) != old {
+            back = Some(s.elapsed() - woke);
+            break;
+        }
+    }
+    let back = back.expect("direct again on the new mappings");
+    assert!(back <= Duration::from_secs(10), "{back:?}");
 }

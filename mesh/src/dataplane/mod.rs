@@ -377,6 +377,17 @@ impl DeviceHandle {
         }
     }
 
+    /// Every peer's count of data packets so far (see
+    /// [`peer::Peer::data_packets`]).
+    pub fn data_packets(&self) -> Vec<(crate::key::Key, u64)> {
+        let table = self.shared.table.load();
+        table
+            .peers
+            .iter()
+            .map(|p| (p.public_key, p.data_packets.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// The device's wire traffic by direction and path.
     pub fn traffic(&self) -> traffic::TrafficSnapshot {
         self.shared.traffic.snapshot()

@@ -45,6 +45,9 @@ pub struct Peer {
     pub rx_bytes: AtomicU64,
     /// Bytes sent to this peer on the wire.
     pub tx_bytes: AtomicU64,
+    /// Data packets through the tunnel either way (not handshakes or
+    /// keep-alives): the path engine probes peers that have them.
+    pub data_packets: AtomicU64,
     /// Handshakes and keep-alives queued or sent on the device's initiative.
     pub kicks: super::kick::KickState,
     /// The [`super::traffic::PathClass`] of the path this peer's traffic
@@ -70,6 +73,7 @@ impl Peer {
             config: Mutex::new(PeerConfig::default()),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
+            data_packets: AtomicU64::new(0),
             kicks: super::kick::KickState::default(),
             path: std::sync::atomic::AtomicU8::new(super::traffic::PathClass::Direct as u8),
         }

@@ -394,6 +394,8 @@ fn accept_inner(
     tun: &mut TunBatch,
 ) {
     peer.add_rx(wire_len, &shared.traffic);
+    peer.data_packets
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     match table.routes.lookup(src_ip) {
         Some(owner) if Arc::ptr_eq(owner, peer) => {
             let via = |ip| {

@@ -186,6 +186,8 @@ pub(super) fn run(shared: Arc<Shared>) {
             drop(st);
             if written > 0 {
                 peer.add_tx(written, &shared.traffic);
+                peer.data_packets
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 batch.commit(endpoint, written, &udp, &shared);
             }
         }

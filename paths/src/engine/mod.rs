@@ -4,6 +4,7 @@
 
 mod probe;
 mod reflect;
+mod schedule;
 #[cfg(test)]
 mod tests;
 
@@ -57,6 +58,9 @@ pub struct EngineConfig {
     pub wall: SystemTime,
     /// Where candidates come from ([`default_sources`] if empty).
     pub sources: Vec<Box<dyn CandidateSource>>,
+    /// How long after its last data a peer stays on the full probing
+    /// schedule (see [`crate::peer::ACTIVE_WINDOW`], the usual value).
+    pub active_window: Duration,
 }
 
 struct Pending {
@@ -88,6 +92,9 @@ pub struct PathEngine {
     reflect_waiting: Option<(usize, Instant, Duration)>,
     netcheck: NetcheckReport,
     next_tick: Instant,
+    /// Where the sweep of idle peers goes on.
+    sweep: usize,
+    active_window: Duration,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     /// Scratch for candidate proposals.
@@ -124,6 +131,8 @@ impl PathEngine {
             reflect_waiting: None,
             netcheck: NetcheckReport::default(),
             next_tick: now,
+            sweep: 0,
+            active_window: config.active_window,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             proposals: Vec::new(),
@@ -173,7 +182,13 @@ impl PathEngine {
             keep.push(p.id);
             let entry = self.peers.entry(p.id).or_insert_with(|| {
                 let shared = self.secret.diffie_hellman(&PublicKey::from(p.key));
-                PeerPaths::new(p.key, probe_key(shared.as_bytes()), p.online, now)
+                PeerPaths::with_window(
+                    p.key,
+                    probe_key(shared.as_bytes()),
+                    p.online,
+                    now,
+                    self.active_window,
+                )
             });
             if entry.key != p.key {
                 continue;
@@ -275,45 +290,7 @@ impl PathEngine {
         for peer in self.peers.values_mut() {
             peer.expire(now, LEARNED_TTL);
         }
-        let mut ids: Vec<NodeId> = self.peers.keys().copied().collect();
-        ids.sort();
-        for node in ids {
-            self.evaluate(node, now);
-            let Some(peer) = self.peers.get(&node) else {
-                continue;
-            };
-            let direct_alive = peer.current.is_some();
-            let mut due: Vec<SocketAddr> = peer
-                .candidates
-                .iter()
-                .filter(|(addr, c)| {
-                    let every = if peer.current == Some(**addr) {
-                        PROBE_CURRENT
-                    } else if direct_alive {
-                        PROBE_OTHERS_DIRECT
-                    } else {
-                        PROBE_RELAYED
-                    };
-                    c.last_ping.is_none_or(|t| now.duration_since(t) >= every)
-                })
-                .map(|(a, _)| *a)
-                .collect();
-            due.sort();
-            let punch = !direct_alive
-                && peer.online
-                && peer
-                    .last_punch
-                    .is_none_or(|t| now.duration_since(t) >= PUNCH_EVERY);
-            if punch {
-                self.events.push_back(Event::Punch(node));
-                if let Some(p) = self.peers.get_mut(&node) {
-                    p.last_punch = Some(now);
-                }
-            }
-            for addr in due {
-                self.ping(node, Dest::Addr(addr), None, now);
-            }
-        }
+        self.probe_due(now);
     }
 
     /// Picks the path for `node` and asks the driver to apply it when it

@@ -113,10 +113,12 @@ impl PathEngine {
                     });
                 }
             }
-            due = peer.candidates.get(&src).is_some_and(|c| {
-                c.last_ping
-                    .is_none_or(|t| now.duration_since(t) >= PING_BACK_AFTER)
-            });
+            // An idle peer's sweep is answered, not probed back.
+            due = peer.active(now)
+                && peer.candidates.get(&src).is_some_and(|c| {
+                    c.last_ping
+                        .is_none_or(|t| now.duration_since(t) >= PING_BACK_AFTER)
+                });
         }
         self.transmits.push_back(Transmit {
             dest: from,

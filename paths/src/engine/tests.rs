@@ -28,6 +28,7 @@ fn engine(seed: u64, now: Instant) -> PathEngine {
             seed,
             wall: SystemTime::UNIX_EPOCH,
             sources: Vec::new(),
+            active_window: crate::peer::ACTIVE_WINDOW,
         },
         now,
     )

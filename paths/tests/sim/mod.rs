@@ -10,7 +10,8 @@
 pub mod nat;
 mod wire;
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -48,6 +49,9 @@ pub struct Topology {
     /// One-way delay, uniform in this range.
     pub delay: (Duration, Duration),
     pub seed: u64,
+    /// Host 0 is a hub every other host peers with; the others do not peer
+    /// with each other (one host with many peers, cheaply).
+    pub star: bool,
 }
 
 enum Wire {
@@ -68,6 +72,8 @@ struct Host {
     targets: HashMap<NodeId, (Dest, PathKind)>,
     /// Datagrams it sent on its socket and through the relay.
     sent: u64,
+    /// Of them, pings (probes it started, not answers).
+    pings: u64,
 }
 
 pub struct Sim {
@@ -83,20 +89,50 @@ pub struct Sim {
     netmap_due: Option<Instant>,
     /// While false, the coordinator relays nothing and pushes no netmap.
     pub coordinator_up: bool,
+    star: bool,
+    /// Each host's next deadline (stale entries are skipped).
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
 }
+
+/// LAN `n` is 198.18.0.0/15 cut into /19s: 8,190 hosts each, 16 LANs.
+pub const LAN_PREFIX: u8 = 19;
+const LAN_BASE: u32 = u32::from_be_bytes([198, 18, 0, 0]);
 
 fn lan_addr(nat: usize, i: usize) -> SocketAddr {
-    let n = u8::try_from(nat).unwrap_or(u8::MAX);
-    let h = u8::try_from(10 + i).unwrap_or(u8::MAX);
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, n, h)), WG_PORT)
+    assert!(
+        nat < 16 && i < 8000,
+        "the simulated LANs are /19s of 198.18.0.0/15"
+    );
+    let ip = LAN_BASE + ((nat as u32) << (32 - LAN_PREFIX)) + 10 + i as u32;
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), WG_PORT)
 }
 
+/// The LAN an address is on, if any.
+pub(crate) fn lan_of(addr: SocketAddr) -> Option<usize> {
+    match addr.ip() {
+        IpAddr::V4(ip) if u32::from(ip) >> 17 == LAN_BASE >> 17 => {
+            Some(((u32::from(ip) - LAN_BASE) >> (32 - LAN_PREFIX)) as usize)
+        }
+        _ => None,
+    }
+}
+
+/// Public hosts are 203.0.113.1-199; NATs 203.0.113.201 and up.
 fn public_ip(i: usize) -> Ipv4Addr {
+    assert!(
+        i < 199 || (200..=254).contains(&i),
+        "the simulated internet is 203.0.113.0/24"
+    );
     Ipv4Addr::new(203, 0, 113, u8::try_from(i + 1).unwrap_or(u8::MAX))
 }
 
 impl Sim {
     pub fn new(topo: &Topology) -> Sim {
+        Sim::with_window(topo, weft_paths::peer::ACTIVE_WINDOW)
+    }
+
+    /// With peers idle after `active_window` without data.
+    pub fn with_window(topo: &Topology, active_window: Duration) -> Sim {
         let start = Instant::now();
         let mut rng = StdRng::seed_from_u64(topo.seed);
         let nats = topo
@@ -119,7 +155,14 @@ impl Sim {
                     }
                 };
                 let local_nets = match inside.ip() {
-                    IpAddr::V4(ip) => vec![Cidr::new_truncating(IpAddr::V4(ip), 24)],
+                    IpAddr::V4(ip) => vec![Cidr::new_truncating(
+                        IpAddr::V4(ip),
+                        if matches!(place, Place::Behind(_)) {
+                            LAN_PREFIX
+                        } else {
+                            24
+                        },
+                    )],
                     IpAddr::V6(_) => Vec::new(),
                 };
                 let engine = PathEngine::new(
@@ -130,6 +173,7 @@ impl Sim {
                         seed: rng.gen(),
                         wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
                         sources: Vec::new(),
+                        active_window,
                     },
                     start,
                 );
@@ -142,6 +186,7 @@ impl Sim {
                     public_mapping: None,
                     targets: HashMap::new(),
                     sent: 0,
+                    pings: 0,
                 }
             })
             .collect();
@@ -157,6 +202,8 @@ impl Sim {
             delay: topo.delay,
             netmap_due: Some(start),
             coordinator_up: true,
+            star: topo.star,
+            timers: BinaryHeap::new(),
         };
         for i in 0..sim.hosts.len() {
             sim.drain(i);
@@ -189,6 +236,11 @@ impl Sim {
         self.hosts.get(i).map_or(0, |h| h.sent)
     }
 
+    /// Pings host `i` has sent so far (the probes it started).
+    pub fn pings(&self, i: usize) -> u64 {
+        self.hosts.get(i).map_or(0, |h| h.pings)
+    }
+
     pub fn place(&self, i: usize) -> Place {
         self.hosts[i].place
     }
@@ -198,11 +250,14 @@ impl Sim {
         let end = self.now + d;
         loop {
             let next_packet = self.queue.keys().next().map(|k| k.0);
-            let next_timer = self
-                .hosts
-                .iter()
-                .filter_map(|h| h.engine.poll_timeout())
-                .min();
+            // Drop timers a host has since moved.
+            while let Some(Reverse((t, i))) = self.timers.peek().copied() {
+                if self.hosts[i].engine.poll_timeout() == Some(t) {
+                    break;
+                }
+                self.timers.pop();
+            }
+            let next_timer = self.timers.peek().map(|Reverse((t, _))| *t);
             let next = [next_packet, next_timer, self.netmap_due]
                 .into_iter()
                 .flatten()
@@ -224,12 +279,12 @@ impl Sim {
                 let (wire, payload) = entry.remove();
                 self.deliver(wire, &payload);
             }
-            for i in 0..self.hosts.len() {
-                if self.hosts[i]
-                    .engine
-                    .poll_timeout()
-                    .is_some_and(|t| t <= now)
-                {
+            while let Some(Reverse((t, i))) = self.timers.peek().copied() {
+                if t > now {
+                    break;
+                }
+                self.timers.pop();
+                if self.hosts[i].engine.poll_timeout() == Some(t) {
                     self.hosts[i].engine.handle_timeout(now);
                     self.drain(i);
                 }
@@ -261,15 +316,35 @@ impl Sim {
         let now = self.now;
         for i in 0..self.hosts.len() {
             let me = self.hosts[i].id;
-            let others: Vec<&PeerInput> = peers.iter().filter(|p| p.id != me).collect();
+            // In a star, the hub sees everyone and the others the hub.
+            let others: Vec<&PeerInput> = if self.star && i > 0 {
+                peers.iter().take(1).collect()
+            } else {
+                peers.iter().filter(|p| p.id != me).collect()
+            };
             self.hosts[i].engine.handle_netmap(others, now);
             self.drain(i);
         }
     }
 
+    /// Data flows between hosts `i` and `j` now (what the data plane tells
+    /// each engine).
+    pub fn traffic(&mut self, i: usize, j: usize) {
+        let now = self.now;
+        let (a, b) = (self.hosts[i].id, self.hosts[j].id);
+        self.hosts[i].engine.handle_traffic(b, now);
+        self.drain(i);
+        self.hosts[j].engine.handle_traffic(a, now);
+        self.drain(j);
+    }
+
     fn drain(&mut self, i: usize) {
         while let Some(t) = self.hosts[i].engine.poll_transmit() {
             self.hosts[i].sent += 1;
+            // A disco ping: the magic, then kind 3 (see weft_proto::disco).
+            if t.payload.starts_with(&weft_proto::disco::MAGIC) && t.payload.get(4) == Some(&3) {
+                self.hosts[i].pings += 1;
+            }
             match t.dest {
                 Dest::Addr(dst) => self.send_udp(i, dst, t.payload),
                 Dest::Relay(to) => {
@@ -302,6 +377,9 @@ impl Sim {
                 }
                 _ => {}
             }
+        }
+        if let Some(t) = self.hosts[i].engine.poll_timeout() {
+            self.timers.push(Reverse((t, i)));
         }
     }
 

@@ -98,12 +98,17 @@ impl Nat {
         self.by_key.clear();
     }
 
-    fn expire(&mut self, now: Instant) {
-        let timeout = self.timeout;
-        self.by_port
-            .retain(|_, m| now.duration_since(m.last_used) < timeout);
-        let live = &self.by_port;
-        self.by_key.retain(|_, p| live.contains_key(p));
+    /// Forgets the mapping on `port` if it idled past the timeout (checked
+    /// per mapping as it is used: a table of thousands costs nothing).
+    fn expire(&mut self, port: u16, now: Instant) {
+        let idle = self
+            .by_port
+            .get(&port)
+            .is_some_and(|m| now.duration_since(m.last_used) >= self.timeout);
+        if idle {
+            self.by_port.remove(&port);
+            self.by_key.retain(|_, p| *p != port);
+        }
     }
 
     /// Translates a datagram from `inside` to `dst` going out: its outside
@@ -115,13 +120,15 @@ impl Nat {
         now: Instant,
         rng: &mut StdRng,
     ) -> SocketAddr {
-        self.expire(now);
         let key_dst = match self.kind.mapping {
             Dependence::EndpointIndependent => None,
             Dependence::AddressDependent => Some(SocketAddr::new(dst.ip(), 0)),
             Dependence::AddressAndPortDependent => Some(dst),
         };
         let key = (inside, key_dst);
+        if let Some(p) = self.by_key.get(&key).copied() {
+            self.expire(p, now);
+        }
         let port = match self.by_key.get(&key) {
             Some(p) => *p,
             None => {
@@ -159,7 +166,7 @@ impl Nat {
     /// Where a datagram from `src` to outside port `port` goes inside, if
     /// the filter lets it in.
     pub fn inbound(&mut self, src: SocketAddr, port: u16, now: Instant) -> Option<SocketAddr> {
-        self.expire(now);
+        self.expire(port, now);
         let m = self.by_port.get_mut(&port)?;
         let allowed = match self.kind.filtering {
             Dependence::EndpointIndependent => true,

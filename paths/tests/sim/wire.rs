@@ -9,7 +9,7 @@ use rand::Rng as _;
 use weft_paths::Dest;
 use weft_proto::disco::DiscoMsg;
 
-use super::{Place, Sim, Wire, COORDINATOR};
+use super::{lan_of, Place, Sim, Wire, COORDINATOR};
 
 impl Sim {
     pub(super) fn schedule(&mut self, wire: Wire, payload: Vec<u8>, hops: u32) {
@@ -129,14 +129,5 @@ impl Sim {
             .encode(None);
             self.schedule(Wire::Udp { src: dst, dst: src }, reply, 1);
         }
-    }
-}
-
-fn lan_of(addr: SocketAddr) -> Option<usize> {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.octets()[0] == 198 && ip.octets()[1] == 18 => {
-            Some(usize::from(ip.octets()[2]))
-        }
-        _ => None,
     }
 }

@@ -46,7 +46,14 @@ pub struct Driver {
     engine: PathEngine,
     pings: HashMap<u64, oneshot::Sender<PingReply>>,
     next_ping: u64,
+    /// Peers by key (from the netmap), and their data packets when last
+    /// looked at.
+    ids: HashMap<[u8; 32], NodeId>,
+    data_seen: HashMap<[u8; 32], u64>,
 }
+
+/// How often the data plane's per-peer data counters are looked at.
+const TRAFFIC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Driver {
     pub fn new(
@@ -64,6 +71,7 @@ impl Driver {
                 seed: rand::random(),
                 wall: std::time::SystemTime::now(),
                 sources: Vec::new(),
+                active_window: weft_paths::peer::ACTIVE_WINDOW,
             },
             Instant::now(),
         );
@@ -73,6 +81,8 @@ impl Driver {
             engine,
             pings: HashMap::new(),
             next_ping: 0,
+            ids: HashMap::new(),
+            data_seen: HashMap::new(),
         };
         d.flush();
         d
@@ -82,6 +92,8 @@ impl Driver {
     pub async fn run(mut self, mut inputs: Inputs, mut stop: watch::Receiver<bool>) {
         let changed = self.wiring.netmap_changed.clone();
         self.on_netmap();
+        let mut traffic = tokio::time::interval(TRAFFIC_EVERY);
+        traffic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self
                 .engine
@@ -98,6 +110,7 @@ impl Driver {
                 Some(node) = inputs.punches.recv() => self.engine.handle_punch(node, Instant::now()),
                 Some(req) = inputs.requests.recv() => self.on_request(req),
                 _ = changed.notified() => self.on_netmap(),
+                _ = traffic.tick() => self.on_traffic(),
                 _ = tokio::time::sleep_until(deadline) => {
                     self.engine.handle_timeout(Instant::now());
                     // RTTs and reasons change without a path change.
@@ -131,6 +144,20 @@ impl Driver {
         }
     }
 
+    /// Tells the engine which peers had data since the last look (it
+    /// probes only those, and sweeps the idle rest slowly).
+    fn on_traffic(&mut self) {
+        let now = Instant::now();
+        for (key, n) in self.handle.data_packets() {
+            let before = self.data_seen.insert(key.0, n);
+            if before.is_some_and(|b| b != n) {
+                if let Some(id) = self.ids.get(&key.0) {
+                    self.engine.handle_traffic(*id, now);
+                }
+            }
+        }
+    }
+
     fn on_netmap(&mut self) {
         let map = (self.wiring.netmap)();
         let peers: Vec<PeerInput> = map
@@ -143,6 +170,9 @@ impl Driver {
             })
             .collect();
         self.engine.handle_netmap(&peers, Instant::now());
+        self.ids = peers.iter().map(|p| (p.key, p.id)).collect();
+        let ids = &self.ids;
+        self.data_seen.retain(|k, _| ids.contains_key(k));
         let mut paths = lock(&self.wiring.view.paths);
         paths.retain(|id, _| peers.iter().any(|p| p.id == *id));
     }
