@@ -230,8 +230,10 @@ impl PathEngine {
                 only_if_unset,
             });
         }
-        self.peers.retain(|id, _| keep.contains(id));
-        self.paths.retain(|id, _| keep.contains(id));
+        let kept: std::collections::HashSet<NodeId> = keep.iter().copied().collect();
+        self.peers.retain(|id, _| kept.contains(id));
+        self.paths.retain(|id, _| kept.contains(id));
+        self.probe_new(&keep, now);
         for id in keep {
             self.evaluate(id, now);
         }

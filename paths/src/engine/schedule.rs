@@ -48,6 +48,34 @@ impl PathEngine {
         }
     }
 
+    /// Probes at once the candidates never probed (a new peer, a new
+    /// endpoint) of active peers among `ids`, and punches new relayed peers:
+    /// a path is found in one round trip, not at the next tick.
+    pub(super) fn probe_new(&mut self, ids: &[NodeId], now: Instant) {
+        for &node in ids {
+            let Some(peer) = self.peers.get_mut(&node) else {
+                continue;
+            };
+            if !peer.active(now) {
+                continue;
+            }
+            let mut fresh: Vec<SocketAddr> = peer
+                .candidates
+                .iter()
+                .filter(|(_, c)| c.last_ping.is_none())
+                .map(|(a, _)| *a)
+                .collect();
+            fresh.sort();
+            if peer.current.is_none() && peer.online && peer.last_punch.is_none() {
+                peer.last_punch = Some(now);
+                self.events.push_back(Event::Punch(node));
+            }
+            for addr in fresh {
+                self.ping(node, Dest::Addr(addr), None, now);
+            }
+        }
+    }
+
     /// Every peer's choice again, and the probes and punches due by `now`.
     pub(super) fn probe_due(&mut self, now: Instant) {
         let mut ids: Vec<NodeId> = self.peers.keys().copied().collect();
