@@ -40,11 +40,16 @@ fn main() {
         "rules:\n  - allow: { from: ['*'], to: ['*'], ports: [icmp] }\n  - allow: { from: [tag:t0, tag:t1], to: [tag:t2], ports: [tcp/5432, tcp/80] }\n  - deny: { from: [tag:t3], to: [tag:t4] }\n",
     )
     .unwrap();
-    println!("| hosts | policy | compile (median of {RUNS}) | peer entries | node 2's view (bytes) |");
+    println!(
+        "| hosts | policy | compile (median of {RUNS}) | peer entries | node 2's view (bytes) |"
+    );
     println!("|---|---|---|---|---|");
     for hosts in [1000u64, 5000] {
         let c = cluster(hosts);
-        for (name, p) in [("allow-all", Policy::allow_all()), ("three rules", rules.clone())] {
+        for (name, p) in [
+            ("allow-all", Policy::allow_all()),
+            ("three rules", rules.clone()),
+        ] {
             let mut times: Vec<Duration> = Vec::new();
             let mut last = None;
             for _ in 0..RUNS {
