@@ -26,8 +26,10 @@
 #                     add "weft-filter" for weft with a policy's stateful inbound
 #                     filter in force (default deny, 32 rules; the cost of policy);
 #                     add "weft-metrics" for weft with --metrics-listen (the per-path
-#                     counters on) scraped every second on both sides during the run
-#                     (the cost of metrics: plain "weft" runs with them off)
+#                     counters on) scraped every SCRAPE_EVERY seconds on both sides
+#                     during the run (the cost of metrics: plain "weft" runs with
+#                     them off)
+#   SCRAPE_EVERY=1    seconds between the weft-metrics scrapes (Prometheus' default is 15)
 #   BORINGTUN_ROOT=target/bench-tools   where `cargo install boringtun-cli` goes
 #   WEFT_BIN=         use this weft binary instead of `cargo build --release -p weft`
 set -euo pipefail
@@ -45,6 +47,7 @@ IMPLS="${IMPLS:-raw wireguard-go boringtun-1 boringtun-N weft}"
 BORINGTUN_ROOT="${BORINGTUN_ROOT:-$REPO/target/bench-tools}"
 UDP_LEN=1372            # UDP payload: 1372 + 8 + 20 = 1400-byte IP packets, under the 1420 overlay MTU
 LOSS_MAX=0.5            # percent
+SCRAPE_EVERY="${SCRAPE_EVERY:-1}"
 UDP_WINDOW="${UDP_WINDOW:-4M}"   # iperf3 -w for UDP: socket buffers that absorb scheduling hiccups of the iperf3 ends
 
 # --- tools -------------------------------------------------------------------
@@ -185,7 +188,7 @@ start_scraper() {
   done
   ( while :; do
       for ns in "$A" "$B"; do ip netns exec "$ns" curl -fsS -o /dev/null http://127.0.0.1:9586/metrics || true; done
-      sleep 1
+      sleep "$SCRAPE_EVERY"
     done ) &
   SCRAPER=$!; pids+=("$SCRAPER")
 }
@@ -316,7 +319,7 @@ done
   echo "Machine: $(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1), $(nproc) CPUs, kernel $(uname -r)"
   echo "Versions: weft $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" status --porcelain -- Cargo.lock cli mesh proto 2>/dev/null | grep -q . && echo ' +uncommitted changes'), $(wireguard-go --version 2>/dev/null | head -1),"\
        "boringtun-cli $("$BORINGTUN" --version 2>/dev/null | awk '{print $2}' || echo '?'), iperf $(iperf3 --version | awk 'NR==1{print $2}')"
-  echo "Settings: REPS=$REPS, TCP ${DURATION}s (first second omitted), UDP ${UDP_DURATION}s probes of 1400-byte packets (loss < ${LOSS_MAX}%, iperf3 -w $UDP_WINDOW), overlay MTU 1420, boringtun-cli N=$BT_THREADS"
+  echo "Settings: SCRAPE_EVERY=${SCRAPE_EVERY}s (weft-metrics), REPS=$REPS, TCP ${DURATION}s (first second omitted), UDP ${UDP_DURATION}s probes of 1400-byte packets (loss < ${LOSS_MAX}%, iperf3 -w $UDP_WINDOW), overlay MTU 1420, boringtun-cli N=$BT_THREADS"
   echo
 } > "$WORK/report.md"
 python3 - "$RESULTS" "$BT_THREADS" "$IMPLS" >> "$WORK/report.md" <<'PY'
@@ -332,7 +335,7 @@ def med(impl, m):
 names = {"raw": "raw veth", "wireguard-go": "wireguard-go", "boringtun-1": "boringtun-cli, 1 thread",
          "boringtun-N": f"boringtun-cli, {bt_n} threads", "weft": "weft",
          "weft-filter": "weft, policy filter in force",
-         "weft-metrics": "weft, metrics on and scraped every second"}
+         "weft-metrics": "weft, metrics on and scraped"}
 metrics = [("tcp1", "TCP 1 stream (Gbit/s)", "{:.2f}"), ("tcp4", "TCP 4 streams (Gbit/s)", "{:.2f}"),
            ("udp", "UDP loss-free (Gbit/s)", "{:.2f}"), ("ping_idle", "ping idle (ms)", "{:.3f}"),
            ("ping_load", "ping under 1 TCP stream (ms)", "{:.3f}"),
