@@ -7,7 +7,7 @@
 //! says when it is cut. With replicas, paths are those reported to this
 //! replica (a host's session is on one replica).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use weft_proto::msg::{AclVersion, AdminReply, RouteInfo, ServiceInfo};
 use weft_proto::web::{
@@ -74,18 +74,18 @@ fn build(shared: &Shared, history: Vec<AclVersion>) -> Overview {
     };
     drop(reg);
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let drawn: HashMap<NodeId, ()> = nodes
+    let drawn: HashSet<NodeId> = nodes
         .iter()
         .take(MAX_MATRIX_NODES)
-        .map(|n| (n.id, ()))
+        .map(|n| n.id)
         .collect();
     let mut paths = Vec::new();
     for (from, report) in &reports {
-        if !drawn.contains_key(from) {
+        if !drawn.contains(from) {
             continue;
         }
         let age = report.at.map(|t| t.elapsed().as_secs());
-        for p in report.paths.iter().filter(|p| drawn.contains_key(&p.peer)) {
+        for p in report.paths.iter().filter(|p| drawn.contains(&p.peer)) {
             paths.push(PathCell {
                 from: *from,
                 to: p.peer,
@@ -97,13 +97,9 @@ fn build(shared: &Shared, history: Vec<AclVersion>) -> Overview {
     }
     paths.sort_by_key(|c| (c.from, c.to));
     let mut peers = Vec::new();
-    for id in drawn.keys() {
+    for id in &drawn {
         if let Some(view) = compiled.nodes.get(id) {
-            for p in view
-                .peers
-                .iter()
-                .filter(|p| *p > id && drawn.contains_key(p))
-            {
+            for p in view.peers.iter().filter(|p| *p > id && drawn.contains(p)) {
                 peers.push((*id, *p));
             }
         }

@@ -133,13 +133,17 @@ impl Peer {
     /// Counts `n` bytes received from this peer, here and by path.
     pub fn add_rx(&self, n: usize, traffic: &super::traffic::PathTraffic) {
         self.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
-        traffic.add_rx(self.path_class(), n);
+        if traffic.counting() {
+            traffic.add_rx(self.path_class(), n);
+        }
     }
 
     /// Counts `n` bytes sent to this peer, here and by path.
     pub fn add_tx(&self, n: usize, traffic: &super::traffic::PathTraffic) {
         self.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
-        traffic.add_tx(self.path_class(), n);
+        if traffic.counting() {
+            traffic.add_tx(self.path_class(), n);
+        }
     }
 }
 

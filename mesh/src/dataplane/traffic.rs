@@ -104,6 +104,12 @@ impl PathTraffic {
         }
     }
 
+    /// Whether it counts (callers skip finding the class when not).
+    #[inline]
+    pub fn counting(&self) -> bool {
+        self.on
+    }
+
     #[inline]
     pub fn add_rx(&self, class: PathClass, n: usize) {
         if self.on {
