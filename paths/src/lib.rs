@@ -9,6 +9,10 @@
 //! best candidate that answers: on-link (LAN) first, then any other direct
 //! path, then the relay.
 //!
+//! A host behind a NAT that maps per destination reaches peers behind
+//! ones that do not with the [`birthday`] technique, from extra "side"
+//! sockets the driver opens on request ([`Event::SideSockets`]).
+//!
 //! Hysteresis: a direct path is kept until it misses pongs for
 //! [`DEAD_AFTER`]; the relay is left as soon as a direct candidate answers;
 //! one direct path replaces another only for a better class (LAN over
@@ -36,10 +40,12 @@
 //! with the data plane and the relay; the simulator in `tests/sim` does it
 //! with an in-memory internet and a fake clock.
 
+pub mod birthday;
 pub mod candidates;
 mod engine;
 pub mod netcheck;
 pub mod peer;
+pub mod side;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -150,4 +156,9 @@ pub enum Event {
     Netcheck(NetcheckReport),
     /// A peer's path (as [`PathEngine::path`] shows it) changed.
     PathChanged(NodeId),
+    /// The side sockets (slot numbers, ascending) that must be open from
+    /// now on: open the new ones before the next `handle_*` call, close the
+    /// others. Transmits to a [`side`] marker go out from that slot's
+    /// socket; what arrives on it is handed in with the marker as source.
+    SideSockets(Vec<u16>),
 }

@@ -19,6 +19,12 @@
 //! [`REFLECT_REQUEST_LEN`], so the reflector's reply is never the larger:
 //! a reflector cannot be used to amplify traffic toward a spoofed source.
 //!
+//! - `ScanMe`: sent through the relay by a host behind a NAT that maps per
+//!   destination ("hard"), after it opened `sockets` new mappings toward
+//!   the receiver: probe my public address (given) at random ports (the birthday
+//!   technique; see `weft-paths`' `birthday` module). Authenticated and
+//!   replay-guarded like a ping; a receiver bounds what one costs it.
+//!
 //! A ping is accepted once ([`ReplayGuard`]): a captured ping replayed from
 //! other addresses is ignored, so it cannot make a host send pongs to, or
 //! probe, addresses of an attacker's choosing.
@@ -60,6 +66,18 @@ pub enum DiscoMsg {
         txid: TxId,
         sender: [u8; 32],
         observed: SocketAddr,
+    },
+    ScanMe {
+        txid: TxId,
+        sender: [u8; 32],
+        /// The sender's clock, as in a ping (the same replay guard).
+        sent_at: u64,
+        /// How many sockets it opened toward the receiver.
+        sockets: u16,
+        /// Its public mapping as the coordinator's reflector saw it: the
+        /// address to scan (a receiver scans it only if the netmap lists
+        /// that address for the sender too).
+        public: SocketAddr,
     },
 }
 
@@ -164,10 +182,19 @@ impl DiscoMsg {
             DiscoMsg::ReflectReply { .. } => 2,
             DiscoMsg::Ping { .. } => 3,
             DiscoMsg::Pong { .. } => 4,
+            DiscoMsg::ScanMe { .. } => 5,
         }
     }
 
-    /// Encodes the message; ping and pong need the probe key.
+    /// Whether the message carries a MAC (everything between two hosts).
+    fn signed(&self) -> bool {
+        matches!(
+            self,
+            DiscoMsg::Ping { .. } | DiscoMsg::Pong { .. } | DiscoMsg::ScanMe { .. }
+        )
+    }
+
+    /// Encodes the message; ping, pong and scan-me need the probe key.
     pub fn encode(&self, key: Option<&[u8; 32]>) -> Vec<u8> {
         let mut out = Vec::with_capacity(96);
         out.extend_from_slice(&MAGIC);
@@ -199,8 +226,21 @@ impl DiscoMsg {
                 out.extend_from_slice(sender);
                 put_addr(&mut out, *observed);
             }
+            DiscoMsg::ScanMe {
+                txid,
+                sender,
+                sent_at,
+                sockets,
+                public,
+            } => {
+                out.extend_from_slice(txid);
+                out.extend_from_slice(sender);
+                out.extend_from_slice(&sent_at.to_be_bytes());
+                out.extend_from_slice(&sockets.to_be_bytes());
+                put_addr(&mut out, *public);
+            }
         }
-        if matches!(self, DiscoMsg::Ping { .. } | DiscoMsg::Pong { .. }) {
+        if self.signed() {
             let t = key.map_or([0u8; MAC_LEN], |k| tag(k, &out));
             out.extend_from_slice(&t);
         }
@@ -255,6 +295,23 @@ impl DiscoMsg {
                 },
                 Some(5 + 44 + ADDR_LEN),
             ),
+            5 => (
+                DiscoMsg::ScanMe {
+                    txid: txid(body)?,
+                    sender: sender(body)?,
+                    sent_at: body
+                        .get(44..52)
+                        .and_then(|s| s.try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .ok_or(DiscoError::Truncated)?,
+                    sockets: body
+                        .get(52..54)
+                        .map(|s| u16::from_be_bytes([s[0], s[1]]))
+                        .ok_or(DiscoError::Truncated)?,
+                    public: get_addr(body.get(54..).ok_or(DiscoError::Truncated)?)?,
+                },
+                Some(5 + 54 + ADDR_LEN),
+            ),
             k => return Err(DiscoError::UnknownKind(k)),
         };
         let signed = match signed_len {
@@ -281,7 +338,9 @@ impl Unverified<'_> {
     /// The sender's public key, for ping and pong.
     pub fn sender(&self) -> Option<[u8; 32]> {
         match &self.msg {
-            DiscoMsg::Ping { sender, .. } | DiscoMsg::Pong { sender, .. } => Some(*sender),
+            DiscoMsg::Ping { sender, .. }
+            | DiscoMsg::Pong { sender, .. }
+            | DiscoMsg::ScanMe { sender, .. } => Some(*sender),
             _ => None,
         }
     }
@@ -326,6 +385,13 @@ mod tests {
                 txid: [4; 12],
                 sender: [9; 32],
                 observed: "[2001:db8::1]:51820".parse().unwrap(),
+            },
+            DiscoMsg::ScanMe {
+                txid: [5; 12],
+                sender: [9; 32],
+                sent_at: 1_764_578_000_000_001,
+                sockets: 256,
+                public: "203.0.113.12:40002".parse().unwrap(),
             },
         ]
     }

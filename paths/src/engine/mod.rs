@@ -2,6 +2,7 @@
 //! the netmap, the timer and the choice of path; probing is in [`probe`],
 //! the reflector in [`reflect`].
 
+mod birthday;
 mod probe;
 mod reflect;
 mod schedule;
@@ -99,6 +100,8 @@ pub struct PathEngine {
     events: VecDeque<Event>,
     /// Scratch for candidate proposals.
     proposals: Vec<Proposal>,
+    /// Sprays, scans and side sockets ([`crate::birthday`]).
+    birthday: crate::birthday::Birthday,
 }
 
 impl PathEngine {
@@ -136,6 +139,7 @@ impl PathEngine {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             proposals: Vec::new(),
+            birthday: Default::default(),
         };
         engine.reflect(now);
         engine
@@ -233,6 +237,7 @@ impl PathEngine {
         let kept: std::collections::HashSet<NodeId> = keep.iter().copied().collect();
         self.peers.retain(|id, _| kept.contains(id));
         self.paths.retain(|id, _| kept.contains(id));
+        self.birthday.retain_peers(|id| kept.contains(&id));
         self.probe_new(&keep, now);
         for id in keep {
             self.evaluate(id, now);
@@ -293,6 +298,7 @@ impl PathEngine {
             peer.expire(now, LEARNED_TTL);
         }
         self.probe_due(now);
+        self.birthday_tick(now);
     }
 
     /// Picks the path for `node` and asks the driver to apply it when it
@@ -325,7 +331,7 @@ impl PathEngine {
             .then(|| relay_reason(peer.online, peer.direct_after.is_some(), &self.netcheck));
         let info = PathInfo {
             kind,
-            endpoint: peer.current,
+            endpoint: peer.current.map(crate::side::real_addr),
             rtt_ms: peer
                 .current
                 .and_then(|c| peer.candidates.get(&c))

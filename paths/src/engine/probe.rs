@@ -54,6 +54,14 @@ impl PathEngine {
                     self.on_ping(node, from, txid, now);
                 }
                 DiscoMsg::Pong { txid, .. } => self.on_pong(node, from, txid, now),
+                DiscoMsg::ScanMe {
+                    txid,
+                    sent_at,
+                    public,
+                    ..
+                } if peer.replay.accept(sent_at, &txid) => {
+                    self.on_scan_me(node, public.ip(), now);
+                }
                 _ => {}
             }
             return;
@@ -86,7 +94,7 @@ impl PathEngine {
             return;
         };
         let observed = match from {
-            Dest::Addr(a) => a,
+            Dest::Addr(a) => crate::side::real_addr(a),
             // What a relayed ping was "observed" from does not matter.
             Dest::Relay(_) => SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0),
         };
@@ -139,7 +147,7 @@ impl PathEngine {
         let rtt = now.duration_since(p.sent);
         if let Some(request) = p.request {
             let endpoint = match p.to {
-                Dest::Addr(a) => Some(a),
+                Dest::Addr(a) => Some(crate::side::real_addr(a)),
                 Dest::Relay(_) => None,
             };
             self.events.push_back(Event::PingReply {

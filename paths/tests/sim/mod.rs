@@ -74,6 +74,15 @@ struct Host {
     sent: u64,
     /// Of them, pings (probes it started, not answers).
     pings: u64,
+    /// The side sockets open (slots; each bound at [`side_port`]).
+    side: Vec<u16>,
+    /// Times it asked for more side sockets than it had (sprays).
+    sprays: u64,
+}
+
+/// The local port of side socket `slot`.
+pub fn side_port(slot: u16) -> u16 {
+    40000 + slot
 }
 
 pub struct Sim {
@@ -187,6 +196,8 @@ impl Sim {
                     targets: HashMap::new(),
                     sent: 0,
                     pings: 0,
+                    side: Vec::new(),
+                    sprays: 0,
                 }
             })
             .collect();
@@ -239,6 +250,11 @@ impl Sim {
     /// Pings host `i` has sent so far (the probes it started).
     pub fn pings(&self, i: usize) -> u64 {
         self.hosts.get(i).map_or(0, |h| h.pings)
+    }
+
+    /// Side sockets host `i` has open now, and the sprays it started.
+    pub fn side_sockets(&self, i: usize) -> (usize, u64) {
+        self.hosts.get(i).map_or((0, 0), |h| (h.side.len(), h.sprays))
     }
 
     pub fn place(&self, i: usize) -> Place {
@@ -346,7 +362,14 @@ impl Sim {
                 self.hosts[i].pings += 1;
             }
             match t.dest {
-                Dest::Addr(dst) => self.send_udp(i, dst, t.payload),
+                Dest::Addr(dst) => match weft_paths::side::parse_side(&dst) {
+                    Some((slot, real)) => {
+                        if self.hosts[i].side.contains(&slot) {
+                            self.send_udp(i, side_port(slot), real.into(), t.payload);
+                        }
+                    }
+                    None => self.send_udp(i, WG_PORT, dst, t.payload),
+                },
                 Dest::Relay(to) => {
                     let from = self.hosts[i].id;
                     self.schedule(Wire::Relay { from, to }, t.payload, 2);
@@ -371,6 +394,13 @@ impl Sim {
                     let from = self.hosts[i].id;
                     self.schedule(Wire::Punch { from, to }, Vec::new(), 2);
                 }
+                Event::SideSockets(slots) => {
+                    let h = &mut self.hosts[i];
+                    if slots.len() > h.side.len() {
+                        h.sprays += 1;
+                    }
+                    h.side = slots;
+                }
                 Event::PublicMapping(addr) => {
                     self.hosts[i].public_mapping = Some(addr);
                     self.netmap_due.get_or_insert(self.now + NETMAP_DELAY);
@@ -388,8 +418,15 @@ impl Sim {
     }
 }
 
-/// Whether theory allows a direct path between hosts placed `a` and `b`
-/// (without port prediction).
+/// Whether theory allows a direct path between hosts placed `a` and `b`.
+///
+/// Between an easy NAT and a hard one: directly, if the hard side's
+/// mapping lets in what the easy side sends to it (its filter does not
+/// look at the port), or by the birthday technique if the hard side knows
+/// it is hard: its mapping depends on the port too, so the coordinator's
+/// two reflector ports see two mappings. A NAT whose mapping depends on
+/// the address only looks easy to reflectors on one address, and is not
+/// sprayed from.
 pub fn direct_possible(a: Place, b: Place, nats: &[NatKind]) -> bool {
     use Place::*;
     match (a, b) {
@@ -402,8 +439,14 @@ pub fn direct_possible(a: Place, b: Place, nats: &[NatKind]) -> bool {
                 (true, true) => true,
                 // The hard side's new mapping toward the easy side is let in
                 // only by a filter that does not look at the port.
-                (true, false) => kx.filtering != Dependence::AddressAndPortDependent,
-                (false, true) => ky.filtering != Dependence::AddressAndPortDependent,
+                (true, false) => {
+                    kx.filtering != Dependence::AddressAndPortDependent
+                        || ky.mapping == Dependence::AddressAndPortDependent
+                }
+                (false, true) => {
+                    ky.filtering != Dependence::AddressAndPortDependent
+                        || kx.mapping == Dependence::AddressAndPortDependent
+                }
                 (false, false) => false,
             }
         }

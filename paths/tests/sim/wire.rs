@@ -27,25 +27,26 @@ impl Sim {
             .insert((self.now + d * hops, self.seq), (wire, payload));
     }
 
-    /// Host `i` sends from its socket to `dst`: through its NAT, if any.
-    pub(super) fn send_udp(&mut self, i: usize, dst: SocketAddr, payload: Vec<u8>) {
+    /// Host `i` sends from its socket on `port` to `dst`: through its NAT,
+    /// if any.
+    pub(super) fn send_udp(&mut self, i: usize, port: u16, dst: SocketAddr, payload: Vec<u8>) {
         let h = &self.hosts[i];
+        let me = SocketAddr::new(h.inside.ip(), port);
         // A LAN address is reachable from its own LAN only.
         if lan_of(dst).is_some_and(|l| h.place != Place::Behind(l)) {
             return;
         }
         let src = match h.place {
             Place::UdpBlocked => return,
-            Place::Public => h.inside,
+            Place::Public => me,
             Place::Behind(n) => {
                 if lan_of(dst) == Some(n) {
                     // On the same LAN: no NAT in between.
-                    h.inside
+                    me
                 } else if Some(n) == self.nat_of(dst.ip()) && !self.nats[n].kind.hairpin {
                     return;
                 } else {
-                    let inside = h.inside;
-                    self.nats[n].outbound(inside, dst, self.now, &mut self.rng)
+                    self.nats[n].outbound(me, dst, self.now, &mut self.rng)
                 }
             }
         };
@@ -99,15 +100,28 @@ impl Sim {
                     },
                     None => dst,
                 };
-                let Some(j) = self.hosts.iter().position(|h| h.inside == inside) else {
+                let Some(j) = self.hosts.iter().position(|h| h.inside.ip() == inside.ip()) else {
                     return;
                 };
                 if self.hosts[j].place == Place::UdpBlocked {
                     return;
                 }
+                // The WireGuard socket, or an open side socket.
+                let from = if inside.port() == self.hosts[j].inside.port() {
+                    src
+                } else {
+                    let slot = self.hosts[j]
+                        .side
+                        .iter()
+                        .find(|s| super::side_port(**s) == inside.port());
+                    match (slot, src) {
+                        (Some(&slot), SocketAddr::V4(v4)) => weft_paths::side::side_addr(slot, v4),
+                        _ => return,
+                    }
+                };
                 self.hosts[j]
                     .engine
-                    .handle_disco(Dest::Addr(src), payload, now);
+                    .handle_disco(Dest::Addr(from), payload, now);
                 self.drain(j);
             }
         }
