@@ -40,7 +40,10 @@ pub fn parse_side(addr: &SocketAddr) -> Option<(u16, SocketAddrV4)> {
     }
     let [a, b] = s[5].to_be_bytes();
     let [c, d] = s[6].to_be_bytes();
-    Some((s[4], SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), addr.port())))
+    Some((
+        s[4],
+        SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), addr.port()),
+    ))
 }
 
 /// The address a datagram really goes to: the remote of a side marker, or
@@ -55,7 +58,9 @@ mod tests {
 
     #[test]
     fn markers_round_trip_and_nothing_else_is_one() {
-        let r: SocketAddrV4 = "203.0.113.9:40123".parse().unwrap_or_else(|_| unreachable!());
+        let r: SocketAddrV4 = "203.0.113.9:40123"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
         for slot in [0u16, 1, 255, u16::MAX] {
             let m = side_addr(slot, r);
             assert_eq!(parse_side(&m), Some((slot, r)));

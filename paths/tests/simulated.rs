@@ -343,11 +343,7 @@ fn easy_and_symmetric_nats_go_direct_by_birthday() {
             }
         }
         let at = at.unwrap_or_else(|| {
-            panic!(
-                "seed {seed}: still {:?} / {:?}",
-                s.path(0, 1),
-                s.path(1, 0)
-            )
+            panic!("seed {seed}: still {:?} / {:?}", s.path(0, 1), s.path(1, 0))
         });
         times.push(at.as_secs_f64());
         // The hard side sends from the side socket that got through, and
@@ -359,7 +355,11 @@ fn easy_and_symmetric_nats_go_direct_by_birthday() {
         );
         s.run_for(Duration::from_secs(1));
         assert_eq!(s.side_sockets(1), (1, 1), "seed {seed}");
-        assert_eq!(s.side_sockets(0), (0, 0), "seed {seed}: the easy side sprays nothing");
+        assert_eq!(
+            s.side_sockets(0),
+            (0, 0),
+            "seed {seed}: the easy side sprays nothing"
+        );
     }
     times.sort_by(f64::total_cmp);
     eprintln!(

@@ -74,11 +74,7 @@ fn build(shared: &Shared, history: Vec<AclVersion>) -> Overview {
     };
     drop(reg);
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let drawn: HashSet<NodeId> = nodes
-        .iter()
-        .take(MAX_MATRIX_NODES)
-        .map(|n| n.id)
-        .collect();
+    let drawn: HashSet<NodeId> = nodes.iter().take(MAX_MATRIX_NODES).map(|n| n.id).collect();
     let mut paths = Vec::new();
     for (from, report) in &reports {
         if !drawn.contains(from) {

@@ -278,7 +278,10 @@ impl super::Shared {
                     endpoint: live
                         .and_then(|s| s.endpoint)
                         .filter(|e| crate::dataplane::hooks::relay_node(e).is_none())
-                        .map(|e| e.to_string()),
+                        .map(|e| match weft_paths::side::parse_side(&e) {
+                            Some((slot, remote)) => format!("{remote} (side socket {slot})"),
+                            None => e.to_string(),
+                        }),
                     last_handshake_secs: live.and_then(|s| s.last_handshake).map(secs_since),
                     rx_bytes: live.map_or(0, |s| s.rx_bytes),
                     tx_bytes: live.map_or(0, |s| s.tx_bytes),

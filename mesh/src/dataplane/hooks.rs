@@ -6,14 +6,16 @@
 //! A relayed peer's endpoint is a marker address in `100::/64` (RFC 6666's
 //! discard-only prefix, never routed) carrying the peer's node id, so the
 //! packet paths keep handling one `SocketAddr` per peer and only the final
-//! send looks at it.
+//! send looks at it. A peer reached from a side socket has a marker of its
+//! own in the same prefix (`weft_paths::side`, see [`super::side`]).
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::udp::UdpEndpoint;
-use super::Shared;
+use super::{DeviceHandle, Shared};
 
 /// The first bytes of every non-WireGuard datagram weft sends on the
 /// WireGuard socket. WireGuard messages start with a type 1-4 followed by
@@ -61,9 +63,45 @@ pub fn is_disco(dgram: &[u8]) -> bool {
     dgram.len() >= 4 && dgram[..4] == DISCO_MAGIC
 }
 
+impl DeviceHandle {
+    /// Sends the relay's share of outbound WireGuard datagrams to `sink`.
+    pub fn set_relay_sink(&self, sink: RelaySink) {
+        self.shared.relay.store(Some(Arc::new(sink)));
+    }
+
+    /// Hands non-WireGuard datagrams (see [`hooks::DISCO_MAGIC`]) to `sink`.
+    pub fn set_disco_sink(&self, sink: DiscoSink) {
+        self.shared.disco.store(Some(Arc::new(sink)));
+    }
+
+    /// Feeds a datagram that came through the relay from node `from_node`.
+    pub fn inject_relayed(&self, from_node: u64, dgram: &[u8]) {
+        self.shared.inject(from_node, dgram);
+    }
+
+    /// Sends a disco datagram from the WireGuard socket, or from a side
+    /// socket to a side marker.
+    pub fn send_disco(&self, dest: SocketAddr, dgram: &[u8]) -> io::Result<()> {
+        self.shared
+            .send_wire(&self.shared.udp.load(), dest, dgram, None)
+    }
+
+    /// Opens exactly the side sockets `slots` (see [`super::side`]);
+    /// on failure, the slots that could not be bound and why.
+    pub fn set_side_sockets(&self, slots: &[u16]) -> Result<(), (Vec<u16>, io::Error)> {
+        super::side::set(&self.shared, slots)
+    }
+
+    /// How many side sockets are open.
+    pub fn side_socket_count(&self) -> usize {
+        self.shared.side.load().len()
+    }
+}
+
 impl Shared {
     /// Sends WireGuard datagrams (`segment`-sized when GSO-batched) to
-    /// `dest`: the UDP socket, or the relay for a marker endpoint.
+    /// `dest`: the UDP socket, the relay for a relay marker, or a side
+    /// socket for a side marker.
     pub(crate) fn send_wire(
         &self,
         udp: &UdpEndpoint,
@@ -72,6 +110,9 @@ impl Shared {
         segment: Option<usize>,
     ) -> io::Result<()> {
         let Some(node) = relay_node(&dest) else {
+            if let Some((slot, remote)) = weft_paths::side::parse_side(&dest) {
+                return super::side::send(self, slot, remote, buf, segment);
+            }
             return udp.send(dest, buf, segment, &self.stop);
         };
         let sink = self.relay.load();

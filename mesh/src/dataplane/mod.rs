@@ -21,6 +21,7 @@ mod kick;
 pub mod peer;
 mod rx;
 pub mod settings;
+pub(crate) mod side;
 mod timers;
 pub mod traffic;
 mod tx;
@@ -177,6 +178,10 @@ pub(crate) struct Shared {
     pub local_nets: ArcSwapOption<Vec<crate::allowed_ips::IpNet>>,
     /// Wire traffic by path, for metrics.
     pub traffic: traffic::PathTraffic,
+    /// The side sockets the path engine asked for ([`side`]).
+    pub side: ArcSwap<side::SideSockets>,
+    /// Signalled when `side` changed; cleared by the `wg-side` thread.
+    pub side_changed: WakeFd,
 }
 
 /// A running WireGuard interface. Dropping it stops the threads and removes
@@ -225,6 +230,8 @@ impl Device {
             kicks: kick::KickQueue::new().map_err(DeviceError::Thread)?,
             local_nets: ArcSwapOption::empty(),
             traffic: traffic::PathTraffic::new(opts.path_counters),
+            side: ArcSwap::from_pointee(side::SideSockets::default()),
+            side_changed: WakeFd::new().map_err(DeviceError::Thread)?,
         });
         let mut device = Device {
             shared: shared.clone(),
@@ -240,6 +247,7 @@ impl Device {
         device.threads.push(spawn("wg-tx", tx::run)?);
         device.threads.push(spawn("wg-rx", rx::run)?);
         device.threads.push(spawn("wg-timers", timers::run)?);
+        device.threads.push(spawn("wg-side", side::run)?);
         tracing::info!(interface = %opts.name, port = shared.udp.load().port(), "WireGuard device up");
         Ok(device)
     }
@@ -321,29 +329,6 @@ impl DeviceHandle {
     /// What the inbound filter dropped since it was installed.
     pub fn filter_stats(&self) -> FilterStats {
         self.shared.filter.stats()
-    }
-
-    /// Sends the relay's share of outbound WireGuard datagrams to `sink`.
-    pub fn set_relay_sink(&self, sink: hooks::RelaySink) {
-        self.shared.relay.store(Some(Arc::new(sink)));
-    }
-
-    /// Hands non-WireGuard datagrams (see [`hooks::DISCO_MAGIC`]) to `sink`.
-    pub fn set_disco_sink(&self, sink: hooks::DiscoSink) {
-        self.shared.disco.store(Some(Arc::new(sink)));
-    }
-
-    /// Feeds a datagram that came through the relay from node `from_node`.
-    pub fn inject_relayed(&self, from_node: u64, dgram: &[u8]) {
-        self.shared.inject(from_node, dgram);
-    }
-
-    /// Sends a disco datagram from the WireGuard socket.
-    pub fn send_disco(&self, dest: std::net::SocketAddr, dgram: &[u8]) -> io::Result<()> {
-        self.shared
-            .udp
-            .load()
-            .send(dest, dgram, None, &self.shared.stop)
     }
 
     /// Points peer `key` at `endpoint` (a socket address or a relay marker);

@@ -33,7 +33,7 @@ const RECV_BATCH: usize = quinn_udp::BATCH_SIZE;
 const TUN_BUF: usize = 2048;
 
 /// Decrypted packets waiting for one batched TUN write.
-struct TunBatch {
+pub(super) struct TunBatch {
     bufs: Vec<Vec<u8>>,
     count: usize,
     gro: GROTable,
@@ -45,7 +45,7 @@ struct TunBatch {
 }
 
 impl TunBatch {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         TunBatch {
             bufs: (0..IDEAL_BATCH_SIZE)
                 .map(|_| {
@@ -64,7 +64,7 @@ impl TunBatch {
 
     /// Picks up the filter for the packets that follow: one atomic load
     /// while no filter is installed or changed.
-    fn begin(&mut self, shared: &Shared) {
+    pub(super) fn begin(&mut self, shared: &Shared) {
         if self.filter.refresh(&shared.filter).is_some() {
             self.now = shared.conntrack.now();
         }
@@ -113,11 +113,11 @@ impl TunBatch {
         self.count += 1;
     }
 
-    fn is_full(&self) -> bool {
+    pub(super) fn is_full(&self) -> bool {
         self.count == self.bufs.len()
     }
 
-    fn flush(&mut self, shared: &Shared) {
+    pub(super) fn flush(&mut self, shared: &Shared) {
         if self.count == 0 {
             return;
         }
@@ -244,7 +244,7 @@ fn roam(st: &mut super::peer::PeerState, src: SocketAddr) {
 }
 
 /// Processes one WireGuard message from `src`.
-fn handle_datagram(
+pub(super) fn handle_datagram(
     shared: &Shared,
     table: &PeerTable,
     udp: &UdpEndpoint,

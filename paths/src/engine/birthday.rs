@@ -10,8 +10,8 @@ use weft_proto::NodeId;
 
 use super::{on_link, PathEngine};
 use crate::birthday::{
-    Scan, Spray, MAX_KEPT, MAX_SCANS, SCAN_AGAIN, SCAN_MAX, SCAN_PER_TICK, SCAN_PORTS,
-    SPRAY_AFTER, SPRAY_BACKOFF, SPRAY_BACKOFF_MAX, SPRAY_FOR, SPRAY_REFRESH,
+    Scan, Spray, MAX_KEPT, MAX_SCANS, SCAN_AGAIN, SCAN_MAX, SCAN_PER_TICK, SCAN_PORTS, SPRAY_AFTER,
+    SPRAY_BACKOFF, SPRAY_BACKOFF_MAX, SPRAY_FOR, SPRAY_REFRESH,
 };
 use crate::netcheck::Mapping;
 use crate::side::{parse_side, side_addr};
@@ -81,7 +81,11 @@ impl PathEngine {
         if hard && self.birthday.kept.len() < MAX_KEPT {
             if let Some((node, targets)) = self.spray_candidate(now) {
                 let slots = self.birthday.free_slots();
-                tracing::debug!(peer = node.0, sockets = slots.len(), "spraying toward a peer behind an endpoint-independent NAT");
+                tracing::debug!(
+                    peer = node.0,
+                    sockets = slots.len(),
+                    "spraying toward a peer behind an endpoint-independent NAT"
+                );
                 self.birthday.spray = Some(Spray {
                     peer: node,
                     slots,
@@ -216,7 +220,11 @@ impl PathEngine {
         }
         tracing::debug!(peer = node.0, %ip, "scanning a peer behind a NAT that maps per destination");
         self.birthday.last_scan.insert(node, now);
-        self.birthday.scans.push(Scan { peer: node, ip, sent: 0 });
+        self.birthday.scans.push(Scan {
+            peer: node,
+            ip,
+            sent: 0,
+        });
         self.scan_batch(self.birthday.scans.len() - 1, now);
     }
 

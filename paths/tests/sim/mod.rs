@@ -254,7 +254,9 @@ impl Sim {
 
     /// Side sockets host `i` has open now, and the sprays it started.
     pub fn side_sockets(&self, i: usize) -> (usize, u64) {
-        self.hosts.get(i).map_or((0, 0), |h| (h.side.len(), h.sprays))
+        self.hosts
+            .get(i)
+            .map_or((0, 0), |h| (h.side.len(), h.sprays))
     }
 
     pub fn place(&self, i: usize) -> Place {

@@ -218,6 +218,17 @@ impl Driver {
                 self.handle.set_path(&key, class(kind));
             }
             Event::Punch(node) => self.wiring.view.link.punch(node),
+            Event::SideSockets(slots) => {
+                if let Err((failed, e)) = self.handle.set_side_sockets(&slots) {
+                    // Fewer sockets only lower the birthday technique's odds.
+                    tracing::warn!(
+                        error = %e,
+                        failed = failed.len(),
+                        asked = slots.len(),
+                        "cannot open every side socket for NAT traversal; raise the open-file limit (ulimit -n) if this repeats"
+                    );
+                }
+            }
             Event::PublicMapping(p) => {
                 tracing::info!(public = %p, "public mapping of the WireGuard socket");
                 (self.wiring.on_public)(Some(p));
