@@ -6,113 +6,14 @@
 //! Shape: one hash map per prefix length actually in use, probed from the
 //! longest length down. A lookup costs one hash probe per distinct length
 //! (typically one to three), with no allocation.
+//!
+//! Networks are the workspace's one prefix type, [`Cidr`] (from
+//! `weft-proto`), re-exported here for the data plane's callers.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::str::FromStr;
 
-/// An IP network in CIDR form, stored with its host bits cleared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-/// Why a CIDR string could not be parsed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum IpNetError {
-    #[error("`{0}` is not an IP address or CIDR (expected e.g. 100.64.1.0/24 or fd00::/64)")]
-    BadAddress(String),
-    #[error("prefix length {prefix} is too long for `{addr}` (at most {max})")]
-    BadPrefix {
-        addr: String,
-        prefix: String,
-        max: u8,
-    },
-}
-
-impl IpNet {
-    /// Builds a network, clearing host bits; `None` if the prefix is too long.
-    pub fn new(addr: IpAddr, prefix: u8) -> Option<IpNet> {
-        let max = max_prefix(&addr);
-        if prefix > max {
-            return None;
-        }
-        let addr = match addr {
-            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask_v4(prefix))),
-            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask_v6(prefix))),
-        };
-        Some(IpNet { addr, prefix })
-    }
-
-    /// A single-address network (/32 or /128).
-    pub fn host(addr: IpAddr) -> IpNet {
-        IpNet {
-            addr,
-            prefix: max_prefix(&addr),
-        }
-    }
-
-    pub fn addr(&self) -> IpAddr {
-        self.addr
-    }
-
-    pub fn prefix(&self) -> u8 {
-        self.prefix
-    }
-
-    /// Whether `ip` lies inside this network.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => u32::from(a) & mask_v4(self.prefix) == u32::from(n),
-            (IpAddr::V6(n), IpAddr::V6(a)) => u128::from(a) & mask_v6(self.prefix) == u128::from(n),
-            _ => false,
-        }
-    }
-}
-
-impl fmt::Display for IpNet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl FromStr for IpNet {
-    type Err = IpNetError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr_s, prefix_s) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr_s
-            .parse()
-            .map_err(|_| IpNetError::BadAddress(s.to_string()))?;
-        let max = max_prefix(&addr);
-        let prefix = match prefix_s {
-            None => max,
-            Some(p) => match p.parse::<u8>() {
-                Ok(n) if n <= max => n,
-                _ => {
-                    return Err(IpNetError::BadPrefix {
-                        addr: addr_s.to_string(),
-                        prefix: p.to_string(),
-                        max,
-                    })
-                }
-            },
-        };
-        IpNet::new(addr, prefix).ok_or(IpNetError::BadAddress(s.to_string()))
-    }
-}
-
-fn max_prefix(addr: &IpAddr) -> u8 {
-    match addr {
-        IpAddr::V4(_) => 32,
-        IpAddr::V6(_) => 128,
-    }
-}
+pub use weft_proto::policy::Cidr;
 
 fn mask_v4(prefix: u8) -> u32 {
     if prefix == 0 {
@@ -192,18 +93,18 @@ impl<T> AllowedIps<T> {
 
     /// Maps `net` to `value`, returning the value it replaces. A network
     /// belongs to at most one peer: inserting it moves it.
-    pub fn insert(&mut self, net: IpNet, value: T) -> Option<T> {
-        match net.addr {
-            IpAddr::V4(a) => self.v4.insert(net.prefix, u32::from(a), value),
-            IpAddr::V6(a) => self.v6.insert(net.prefix, u128::from(a), value),
+    pub fn insert(&mut self, net: Cidr, value: T) -> Option<T> {
+        match net.addr() {
+            IpAddr::V4(a) => self.v4.insert(net.prefix_len(), u32::from(a), value),
+            IpAddr::V6(a) => self.v6.insert(net.prefix_len(), u128::from(a), value),
         }
     }
 
     /// Removes exactly `net` (not the networks inside it).
-    pub fn remove(&mut self, net: &IpNet) -> Option<T> {
-        match net.addr {
-            IpAddr::V4(a) => self.v4.remove(net.prefix, &u32::from(a)),
-            IpAddr::V6(a) => self.v6.remove(net.prefix, &u128::from(a)),
+    pub fn remove(&mut self, net: &Cidr) -> Option<T> {
+        match net.addr() {
+            IpAddr::V4(a) => self.v4.remove(net.prefix_len(), &u32::from(a)),
+            IpAddr::V6(a) => self.v6.remove(net.prefix_len(), &u128::from(a)),
         }
     }
 
@@ -235,14 +136,11 @@ impl<T> AllowedIps<T> {
     }
 
     /// Every (network, value) pair, longest prefixes first.
-    pub fn iter(&self) -> impl Iterator<Item = (IpNet, &T)> {
+    pub fn iter(&self) -> impl Iterator<Item = (Cidr, &T)> {
         let v4 = self.v4.by_len.iter().flat_map(|(len, map)| {
             map.iter().map(move |(k, v)| {
                 (
-                    IpNet {
-                        addr: IpAddr::V4(Ipv4Addr::from(*k)),
-                        prefix: *len,
-                    },
+                    Cidr::new_truncating(IpAddr::V4(Ipv4Addr::from(*k)), *len),
                     v,
                 )
             })
@@ -250,10 +148,7 @@ impl<T> AllowedIps<T> {
         let v6 = self.v6.by_len.iter().flat_map(|(len, map)| {
             map.iter().map(move |(k, v)| {
                 (
-                    IpNet {
-                        addr: IpAddr::V6(Ipv6Addr::from(*k)),
-                        prefix: *len,
-                    },
+                    Cidr::new_truncating(IpAddr::V6(Ipv6Addr::from(*k)), *len),
                     v,
                 )
             })
@@ -271,8 +166,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn net(s: &str) -> IpNet {
-        s.parse().unwrap()
+    fn net(s: &str) -> Cidr {
+        Cidr::parse_truncating(s).unwrap()
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -283,11 +178,10 @@ mod tests {
     fn parse_clears_host_bits_and_rejects_bad_input() {
         assert_eq!(net("100.64.1.7/24").to_string(), "100.64.1.0/24");
         assert_eq!(net("fd00::1/64").to_string(), "fd00::/64");
-        assert_eq!(net("10.0.0.1").prefix(), 32);
-        assert!("100.64.0.0/33".parse::<IpNet>().is_err());
-        assert!("fd00::/129".parse::<IpNet>().is_err());
-        assert!("not-an-ip/8".parse::<IpNet>().is_err());
-        assert!("1.2.3.4/x".parse::<IpNet>().is_err());
+        assert_eq!(net("10.0.0.1").prefix_len(), 32);
+        for bad in ["100.64.0.0/33", "fd00::/129", "not-an-ip/8", "1.2.3.4/x"] {
+            assert!(Cidr::parse_truncating(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -344,9 +238,9 @@ mod tests {
             probes in proptest::collection::vec(any::<u32>(), 1..50),
         ) {
             let mut t = AllowedIps::new();
-            let mut reference: Vec<IpNet> = Vec::new();
+            let mut reference: Vec<Cidr> = Vec::new();
             for (i, (a, p)) in nets.iter().enumerate() {
-                let n = IpNet::new(IpAddr::V4(Ipv4Addr::from(*a)), *p).unwrap();
+                let n = Cidr::new_truncating(IpAddr::V4(Ipv4Addr::from(*a)), *p);
                 t.insert(n, i);
                 reference.retain(|r| *r != n);
                 reference.push(n);
@@ -356,11 +250,11 @@ mod tests {
                 let want = reference
                     .iter()
                     .filter(|n| n.contains(addr))
-                    .max_by_key(|n| n.prefix())
+                    .max_by_key(|n| n.prefix_len())
                     .copied();
                 let got = t.lookup(addr).map(|i| {
                     let (a, p) = nets[*i];
-                    IpNet::new(IpAddr::V4(Ipv4Addr::from(a)), p).unwrap()
+                    Cidr::new_truncating(IpAddr::V4(Ipv4Addr::from(a)), p)
                 });
                 prop_assert_eq!(got, want);
             }

@@ -22,8 +22,13 @@
 //! side keeps that one socket ([`MAX_KEPT`] at most, one per such peer)
 //! and closes the rest.
 //!
-//! Costs are bounded on both ends: a hard host sprays toward one peer at a
-//! time, for [`SPRAY_FOR`], each peer at most once per [`SPRAY_BACKOFF`]
+//! One spray's sockets serve up to [`MAX_SPRAY_PEERS`] peers at once (each
+//! socket's NAT mapping is per destination, so one socket opens a mapping
+//! toward every peer it pings); a peer due while a spray runs joins it.
+//!
+//! Costs are bounded on both ends: a hard host sprays toward at most
+//! [`MAX_SPRAY_PEERS`] peers at a time, each for [`SPRAY_FOR`] and at most
+//! once per [`SPRAY_BACKOFF`]
 //! (doubling up to [`SPRAY_BACKOFF_MAX`] when it fails, as it does against
 //! another hard NAT); an easy host runs at most [`MAX_SCANS`] scans, each
 //! at most [`SCAN_MAX`] probes at [`SCAN_PER_TICK`] a tick, and scans for
@@ -31,7 +36,7 @@
 //! address the coordinator's netmap gives for that peer, so a joined host
 //! cannot aim one at an address of its choosing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
@@ -40,8 +45,10 @@ use weft_proto::NodeId;
 
 /// Side sockets a hard host opens for one spray.
 pub const SPRAY_SOCKETS: u16 = 256;
-/// Side sockets kept for paths found, at most (one per peer).
+/// Side sockets kept for paths found, at most.
 pub const MAX_KEPT: usize = 16;
+/// Peers one spray serves at once, at most.
+pub const MAX_SPRAY_PEERS: usize = 4;
 /// Slot numbers of side sockets are below this.
 pub const SLOTS: u16 = SPRAY_SOCKETS + MAX_KEPT as u16;
 /// A relayed active peer is sprayed at after this long without a direct
@@ -62,22 +69,34 @@ pub const SCAN_PORTS: RangeInclusive<u16> = 1024..=65535;
 pub const SCAN_PER_TICK: u32 = 64;
 /// Probes one scan sends at most.
 pub const SCAN_MAX: u32 = 3072;
-/// Scans an easy host runs at once, at most.
-pub const MAX_SCANS: usize = 2;
+/// Scans an easy host runs at once, at most (1,024 probes a second in
+/// all, about 110 KB/s, for at most 12 s).
+pub const MAX_SCANS: usize = 4;
+/// A spray asks each of its peers to scan this often while it lasts (the
+/// request goes through the relay once, unacknowledged; a peer already
+/// scanning, or that scanned lately, ignores the repeats).
+pub const SCAN_ME_EVERY: Duration = Duration::from_secs(2);
 /// The least time between two scans for one peer.
 pub const SCAN_AGAIN: Duration = Duration::from_secs(30);
 
-/// A spray in progress on the hard side.
+/// A spray in progress on the hard side: its sockets, and the peers it
+/// opens mappings toward.
 pub(crate) struct Spray {
-    pub peer: NodeId,
-    /// The side sockets it uses.
     pub slots: Vec<u16>,
+    pub peers: Vec<SprayPeer>,
+}
+
+/// One peer of a spray.
+pub(crate) struct SprayPeer {
+    pub node: NodeId,
     /// The peer's public endpoints it pings.
     pub targets: Vec<SocketAddrV4>,
     pub started: Instant,
     /// When its pings last went out (`None`: not yet; they go out on the
     /// tick after the sockets were asked for).
     pub pinged: Option<Instant>,
+    /// When it was last asked to scan.
+    pub asked: Option<Instant>,
 }
 
 /// A scan in progress on the easy side.
@@ -91,8 +110,8 @@ pub(crate) struct Scan {
 #[derive(Default)]
 pub(crate) struct Birthday {
     pub spray: Option<Spray>,
-    /// Side sockets kept for paths found, and the peer each serves.
-    pub kept: BTreeMap<u16, NodeId>,
+    /// Side sockets kept: those some peer's current path goes through.
+    pub kept: BTreeSet<u16>,
     pub scans: Vec<Scan>,
     /// When a peer may be sprayed at again, and the backoff after that.
     pub next_spray: HashMap<NodeId, (Instant, Duration)>,
@@ -104,7 +123,7 @@ impl Birthday {
     /// The side sockets that should be open: the kept ones and the
     /// spray's, in order.
     pub fn open_slots(&self) -> Vec<u16> {
-        let mut v: Vec<u16> = self.kept.keys().copied().collect();
+        let mut v: Vec<u16> = self.kept.iter().copied().collect();
         if let Some(s) = &self.spray {
             v.extend_from_slice(&s.slots);
         }
@@ -113,12 +132,19 @@ impl Birthday {
         v
     }
 
-    /// Slots neither kept nor spraying, for a new spray.
+    /// Slots not kept, for a new spray.
     pub fn free_slots(&self) -> Vec<u16> {
         (0..SLOTS)
-            .filter(|s| !self.kept.contains_key(s))
+            .filter(|s| !self.kept.contains(s))
             .take(usize::from(SPRAY_SOCKETS))
             .collect()
+    }
+
+    /// Whether `node` is in the spray.
+    pub fn spraying(&self, node: NodeId) -> bool {
+        self.spray
+            .as_ref()
+            .is_some_and(|s| s.peers.iter().any(|p| p.node == node))
     }
 
     /// Forgets peers no longer in the netmap.

@@ -222,7 +222,7 @@ impl Shared {
     /// to the networks it routes for the mesh (advertised and approved).
     /// Anything else a peer sends is a peer using it as a router, and is
     /// dropped.
-    fn accepted_networks(&self, netmap: &Netmap) -> Vec<crate::allowed_ips::IpNet> {
+    fn accepted_networks(&self, netmap: &Netmap) -> Vec<crate::allowed_ips::Cidr> {
         // The routes in force for this host, as the coordinator says; from
         // an older coordinator, the ones this host advertises.
         let advertised;
@@ -234,11 +234,7 @@ impl Shared {
             }
         };
         let mut nets = vec![peers::subnet_net(self.identity().subnet)];
-        nets.extend(
-            routes
-                .iter()
-                .filter_map(|r| crate::allowed_ips::IpNet::new(r.addr(), r.prefix_len())),
-        );
+        nets.extend(routes.iter().copied());
         nets
     }
 

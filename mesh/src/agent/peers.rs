@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use weft_proto::{HostSubnet, Netmap};
 
-use crate::allowed_ips::IpNet;
+use crate::allowed_ips::Cidr;
 use crate::dataplane::settings::{DeviceUpdate, PeerUpdate};
 use crate::key::Key;
 
@@ -53,11 +53,7 @@ impl PeerReconciler {
             p.replace_allowed_ips = true;
             p.allowed_ips = vec![subnet_net(peer.subnet)];
             // Approved routes through this peer (networks outside the mesh).
-            p.allowed_ips.extend(
-                peer.routes
-                    .iter()
-                    .filter_map(|r| IpNet::new(r.addr(), r.prefix_len())),
-            );
+            p.allowed_ips.extend(peer.routes.iter().copied());
             p.persistent_keepalive = Some(PERSISTENT_KEEPALIVE_SECS);
             update.peers.push(p);
             self.applied.insert(key, now);
@@ -75,9 +71,8 @@ impl PeerReconciler {
 }
 
 /// The network a host subnet covers, as an allowed-IPs entry.
-pub fn subnet_net(s: HostSubnet) -> IpNet {
-    IpNet::new(IpAddr::V4(s.addr), s.prefix_len.min(32))
-        .unwrap_or_else(|| IpNet::host(IpAddr::V4(s.addr)))
+pub fn subnet_net(s: HostSubnet) -> Cidr {
+    Cidr::new_truncating(IpAddr::V4(s.addr), s.prefix_len)
 }
 
 #[cfg(test)]

@@ -175,7 +175,7 @@ pub(crate) struct Shared {
     pub kicks: kick::KickQueue,
     /// The networks inbound packets may be addressed to; none: any (a bare
     /// WireGuard interface, as with stock WireGuard).
-    pub local_nets: ArcSwapOption<Vec<crate::allowed_ips::IpNet>>,
+    pub local_nets: ArcSwapOption<Vec<crate::allowed_ips::Cidr>>,
     /// Wire traffic by path, for metrics.
     pub traffic: traffic::PathTraffic,
     /// The side sockets the path engine asked for ([`side`]).
@@ -322,7 +322,7 @@ impl DeviceHandle {
     /// subnet and the networks it routes for the mesh), under any policy,
     /// and counts the rest as `rx_dst_not_local`. `None` accepts any
     /// destination, as stock WireGuard does.
-    pub fn set_local_networks(&self, nets: Option<Vec<crate::allowed_ips::IpNet>>) {
+    pub fn set_local_networks(&self, nets: Option<Vec<crate::allowed_ips::Cidr>>) {
         self.shared.local_nets.store(nets.map(Arc::new));
     }
 

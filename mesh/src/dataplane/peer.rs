@@ -11,7 +11,7 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::Tunn;
 use boringtun::x25519;
 
-use crate::allowed_ips::{AllowedIps, IpNet};
+use crate::allowed_ips::{AllowedIps, Cidr};
 use crate::key::Key;
 
 /// Handshake initiations per second the device accepts before it answers
@@ -31,7 +31,7 @@ pub struct PeerState {
 pub struct PeerConfig {
     pub preshared_key: Option<Key>,
     pub persistent_keepalive: u16,
-    pub allowed_ips: Vec<IpNet>,
+    pub allowed_ips: Vec<Cidr>,
 }
 
 /// One WireGuard peer of the device.

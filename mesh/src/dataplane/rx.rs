@@ -22,7 +22,7 @@ use super::peer::{Peer, PeerTable};
 use super::udp::UdpEndpoint;
 use super::wake::{self, Ready};
 use super::{bump, Shared};
-use crate::allowed_ips::IpNet;
+use crate::allowed_ips::Cidr;
 use crate::key::Key;
 
 /// Bytes per receive buffer: one GRO super-datagram at most.
@@ -41,7 +41,7 @@ pub(super) struct TunBatch {
     filter: FilterView,
     now: u32,
     /// The destinations this host accepts, for this batch.
-    local: Option<Arc<Vec<IpNet>>>,
+    local: Option<Arc<Vec<Cidr>>>,
 }
 
 impl TunBatch {

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use crate::allowed_ips::IpNet;
+use crate::allowed_ips::Cidr;
 use crate::key::Key;
 
 /// A parsed `set=1` request: device fields, then one entry per peer section.
@@ -34,7 +34,7 @@ pub struct PeerUpdate {
     /// Seconds; `Some(0)` turns persistent keepalive off.
     pub persistent_keepalive: Option<u16>,
     pub replace_allowed_ips: bool,
-    pub allowed_ips: Vec<IpNet>,
+    pub allowed_ips: Vec<Cidr>,
 }
 
 impl PeerUpdate {
@@ -71,5 +71,5 @@ pub struct PeerSnapshot {
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     pub persistent_keepalive: u16,
-    pub allowed_ips: Vec<IpNet>,
+    pub allowed_ips: Vec<Cidr>,
 }

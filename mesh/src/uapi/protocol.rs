@@ -106,8 +106,7 @@ pub fn parse_set<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<DeviceU
                 }
                 "replace_allowed_ips" => peer.replace_allowed_ips = parse_bool(key, value)?,
                 "allowed_ip" => peer.allowed_ips.push(
-                    value
-                        .parse()
+                    crate::allowed_ips::Cidr::parse_truncating(value)
                         .map_err(|e| UapiError::invalid(format!("allowed_ip: {e}")))?,
                 ),
                 "protocol_version" => {

@@ -1,5 +1,5 @@
 //! What is probed when: active peers on the full schedule (the current
-//! path every 2 s, other candidates every 5 s, every candidate every
+//! path every 2 s, every 500 ms once a pong is late, other candidates every 5 s, every candidate every
 //! second and a punch every 3 s while relayed), idle peers only by a slow
 //! sweep of a few per tick, whatever their number. Data through a tunnel
 //! ([`PathEngine::handle_traffic`]) wakes an idle peer: all its candidates
@@ -19,6 +19,11 @@ use crate::{Dest, Event};
 const SWEEP_PER_TICK: usize = 4;
 /// An idle peer's current path is probed at most this often.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// A current path whose pong is this late past [`PROBE_CURRENT`] is
+/// suspect: probed every [`PROBE_SUSPECT`] until it answers or dies, so a
+/// lost ping or two does not cost a live path.
+const SUSPECT_AFTER: Duration = Duration::from_millis(500);
+const PROBE_SUSPECT: Duration = Duration::from_millis(500);
 /// How long a woken peer's current path is held while its first probe is
 /// answered.
 const WAKE_GRACE: Duration = Duration::from_millis(1500);
@@ -95,7 +100,12 @@ impl PathEngine {
                 .candidates
                 .iter()
                 .filter(|(addr, c)| {
-                    let every = if peer.current == Some(**addr) {
+                    let suspect = c
+                        .last_pong
+                        .is_none_or(|t| now.duration_since(t) >= PROBE_CURRENT + SUSPECT_AFTER);
+                    let every = if peer.current == Some(**addr) && suspect {
+                        PROBE_SUSPECT
+                    } else if peer.current == Some(**addr) {
                         PROBE_CURRENT
                     } else if direct_alive {
                         PROBE_OTHERS_DIRECT

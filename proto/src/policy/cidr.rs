@@ -203,6 +203,27 @@ impl Cidr {
     }
 }
 
+impl Cidr {
+    /// Like [`FromStr`], but clears host bits instead of refusing them, as
+    /// WireGuard does with `allowed_ip` (`10.0.0.1/24` is `10.0.0.0/24`).
+    pub fn parse_truncating(s: &str) -> Result<Cidr, CidrError> {
+        match s.trim().split_once('/') {
+            None => s.parse(),
+            Some((a, l)) => {
+                let addr: IpAddr = a
+                    .parse()
+                    .map_err(|_| CidrError::BadAddress(a.to_string()))?;
+                let len: u8 = l.parse().map_err(|_| CidrError::BadLength(l.to_string()))?;
+                let max = if addr.is_ipv4() { 32 } else { 128 };
+                if len > max {
+                    return Err(CidrError::TooLong { len, max });
+                }
+                Ok(Cidr::new_truncating(addr, len))
+            }
+        }
+    }
+}
+
 impl From<HostSubnet> for Cidr {
     fn from(s: HostSubnet) -> Cidr {
         Cidr::new_truncating(IpAddr::V4(s.addr), s.prefix_len)
