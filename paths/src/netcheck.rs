@@ -61,7 +61,7 @@ impl NetcheckReport {
                 "endpoint-independent (one mapping for every destination: direct paths are possible)"
             }
             Mapping::EndpointDependent => {
-                "endpoint-dependent (a new mapping per destination, a symmetric NAT: peers behind NATs that filter by address and port are reached through the relay)"
+                "endpoint-dependent (a new mapping per destination, a symmetric NAT: peers behind NATs that map endpoint-independently are reached directly, those that filter by address and port through side sockets and the birthday technique; peers behind symmetric NATs too are relayed)"
             }
             Mapping::Unknown => "unknown (fewer than two reflector answers)",
         };
@@ -99,7 +99,7 @@ pub fn relay_reason(online: bool, was_direct: bool, nc: &NetcheckReport) -> Stri
             .into();
     }
     match nc.mapping() {
-        Mapping::EndpointDependent => "no direct path answered: this host's NAT maps endpoint-dependently (symmetric), which only a peer NAT with endpoint-independent or address-dependent filtering lets through".into(),
+        Mapping::EndpointDependent => "no direct path answered: this host's NAT maps endpoint-dependently (symmetric); only a peer NAT that maps endpoint-independently can meet it (by the birthday technique when it filters by port), and if the peer's NAT is symmetric too the pair stays relayed".into(),
         _ => "no direct path answered: the peer's NAT maps endpoint-dependently or filters strictly (see `weft netcheck` on the peer)".into(),
     }
 }

@@ -11,8 +11,10 @@ use crate::cluster::{seen_source, Cluster, ClusterSpec};
 use crate::{Lab, NatKind, Server, INTERNET_HOST};
 
 /// The NAT in front of each cloud of the demo: two easy NATs that filter
-/// differently and a symmetric one, so it shows LAN, direct and relayed
-/// paths.
+/// differently and a symmetric one, so it shows LAN paths, direct paths
+/// by probing and punching, and (between the port-restricted cloud and the
+/// symmetric one) direct paths by the birthday technique, relayed for
+/// their first few seconds.
 pub const DEFAULT_NAT: [NatKind; 3] = [NatKind::EimAdf, NatKind::EimApdf, NatKind::Symmetric];
 
 /// How to run the demo.

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::netcheck::relay_reason;
+use weft_proto::disco::DiscoMsg;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap_or_else(|_| unreachable!())
@@ -87,4 +88,95 @@ fn a_new_peer_starts_on_the_relay_and_is_probed_and_punched() {
     e.handle_disco(Dest::Addr(addr("203.0.113.9:51820")), &[0xff; 40], t0);
     e.handle_disco(Dest::Addr(addr("203.0.113.9:51820")), &[0; 4000], t0);
     assert_eq!(e.poll_transmit(), None);
+}
+
+/// Feeds the reflector's answers: this host's mapping is `observed` for
+/// both reflector ports (endpoint-independent).
+fn answer_reflectors(e: &mut PathEngine, observed: SocketAddr, now: Instant) {
+    for _ in 0..2 {
+        let reqs: Vec<Transmit> = std::iter::from_fn(|| e.poll_transmit()).collect();
+        for t in reqs {
+            if let Ok(u) = DiscoMsg::decode(&t.payload) {
+                if let Some(DiscoMsg::ReflectRequest { txid }) = u.unauthenticated() {
+                    let reply = DiscoMsg::ReflectReply { txid, observed }.encode(None);
+                    e.handle_disco(t.dest, &reply, now);
+                }
+            }
+        }
+    }
+}
+
+/// A `ScanMe` starts a scan only when it is authentic, fresh, and names an
+/// address the netmap lists for its sender; the scan sends 64 probes a tick
+/// to that address and stops at its budget.
+#[test]
+fn a_scan_needs_an_authentic_request_for_a_listed_address_and_is_bounded() {
+    use crate::birthday::{SCAN_MAX, SCAN_PER_TICK};
+    let t0 = Instant::now();
+    let mut e = engine(1, t0);
+    answer_reflectors(&mut e, addr("203.0.113.5:51820"), t0);
+    assert_eq!(
+        e.netcheck().mapping(),
+        crate::netcheck::Mapping::EndpointIndependent
+    );
+    let hard_secret = StaticSecret::from([9u8; 32]);
+    let hard = PeerInput {
+        id: NodeId(2),
+        key: PublicKey::from(&hard_secret).to_bytes(),
+        endpoints: vec![addr("203.0.113.9:40000")],
+        online: true,
+    };
+    e.handle_netmap([&hard], t0);
+    while e.poll_transmit().is_some() {}
+    let key = probe_key(
+        hard_secret
+            .diffie_hellman(&PublicKey::from(&StaticSecret::from([1u8; 32])))
+            .as_bytes(),
+    );
+    let scan_me = |sent_at: u64, txid: u8, public: &str, key: &[u8; 32]| {
+        DiscoMsg::ScanMe {
+            txid: [txid; 12],
+            sender: hard.key,
+            sent_at,
+            sockets: 256,
+            public: addr(public),
+        }
+        .encode(Some(key))
+    };
+    let probes_to = |e: &mut PathEngine, ip: &str| {
+        std::iter::from_fn(|| e.poll_transmit())
+            .filter(|t| matches!(t.dest, Dest::Addr(a) if a.ip().to_string() == ip))
+            .count()
+    };
+    let from = Dest::Relay(NodeId(2));
+    e.handle_disco(from, &scan_me(1, 1, "203.0.113.9:1", &[0x42; 32]), t0);
+    assert_eq!(probes_to(&mut e, "203.0.113.9"), 0, "a forged request");
+    e.handle_disco(from, &scan_me(2, 2, "203.0.113.66:1", &key), t0);
+    assert_eq!(
+        probes_to(&mut e, "203.0.113.66"),
+        0,
+        "an address not listed"
+    );
+    e.handle_disco(from, &scan_me(3, 3, "203.0.113.9:1", &key), t0);
+    assert_eq!(
+        probes_to(&mut e, "203.0.113.9"),
+        SCAN_PER_TICK as usize,
+        "a scan starts at once"
+    );
+    e.handle_disco(from, &scan_me(3, 3, "203.0.113.9:1", &key), t0);
+    e.handle_disco(from, &scan_me(4, 4, "203.0.113.9:1", &key), t0);
+    assert_eq!(probes_to(&mut e, "203.0.113.9"), 0, "a replay or a repeat");
+    let mut sent = SCAN_PER_TICK as usize;
+    let mut now = t0;
+    for _ in 0..200 {
+        now += TICK;
+        e.handle_timeout(now);
+        sent += probes_to(&mut e, "203.0.113.9");
+    }
+    // The scan's probes, and the ordinary probes of the listed endpoint
+    // (every second while relayed) besides.
+    assert!(
+        sent >= SCAN_MAX as usize && sent <= SCAN_MAX as usize + 60,
+        "{sent} probes"
+    );
 }
