@@ -100,11 +100,25 @@ impl ControlClient {
         hostname: &str,
         endpoints: Vec<SocketAddr>,
     ) -> Result<JoinOutcome, ControlError> {
+        self.join_into(token, key, hostname, endpoints, Netmap::new())
+            .await
+    }
+
+    /// [`ControlClient::join`], folding the netmap into `netmap` (empty; a
+    /// [`Netmap::digest`] for simulated hosts).
+    pub async fn join_into(
+        &self,
+        token: &str,
+        key: &StaticSecret,
+        hostname: &str,
+        endpoints: Vec<SocketAddr>,
+        netmap: Netmap,
+    ) -> Result<JoinOutcome, ControlError> {
         let token: JoinToken = token.parse()?;
         let info = CoordinatorInfo::from(&token);
         let public = WgPublicKey(PublicKey::from(key).to_bytes());
         let session = self
-            .open(&info, key, Netmap::new(), |proof| {
+            .open(&info, key, netmap, |proof| {
                 HelloRequest::Join(JoinRequest {
                     token_id: token.id.clone(),
                     token_secret: token.secret,
@@ -582,7 +596,7 @@ impl Session {
                     Ok(None) => continue,
                     Err(e) => {
                         // Start over from a full snapshot on reconnect.
-                        self.netmap = Netmap::new();
+                        self.netmap = self.netmap.emptied();
                         return Err(ControlError::Protocol(e.to_string()));
                     }
                 },

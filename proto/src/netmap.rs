@@ -130,12 +130,90 @@ pub struct Netmap {
     /// This host's own routes in force; `None` until a coordinator said.
     routes: Option<Vec<Cidr>>,
     pending: Option<NetmapUpdate>,
+    /// Set for a digest map: which peers there are, and the records of a
+    /// few only.
+    digest: Option<Digest>,
+}
+
+/// What a digest map ([`Netmap::digest`]) keeps: a bit per node id present,
+/// and the full records of the watched ids only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Digest {
+    watch: Vec<NodeId>,
+    ids: Vec<u64>,
+    count: usize,
+}
+
+impl Digest {
+    fn bit(id: NodeId) -> (usize, u64) {
+        let i = usize::try_from(id.0).unwrap_or(usize::MAX);
+        (i / 64, 1 << (i % 64))
+    }
+
+    fn insert(&mut self, id: NodeId) {
+        let (w, b) = Self::bit(id);
+        if w >= self.ids.len() {
+            // Node ids are dense and assigned in order: the set grows with
+            // the cluster (one bit per id ever assigned).
+            self.ids.resize(w + 1, 0);
+        }
+        if self.ids[w] & b == 0 {
+            self.ids[w] |= b;
+            self.count += 1;
+        }
+    }
+
+    fn remove(&mut self, id: NodeId) -> bool {
+        let (w, b) = Self::bit(id);
+        match self.ids.get_mut(w) {
+            Some(word) if *word & b != 0 => {
+                *word &= !b;
+                self.count -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Netmap {
     /// An empty map that has seen no update (version 0).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty digest map: it folds every update exactly as a full map
+    /// does (chunks, gaps, versions, views) but keeps only which peers
+    /// there are, and the full records of `watch`. For simulating many
+    /// hosts in one process (the coordinator benchmark); [`Netmap::peer`]
+    /// answers for watched ids only, [`Netmap::peers`] lists them only.
+    pub fn digest(watch: Vec<NodeId>) -> Self {
+        Netmap {
+            digest: Some(Digest {
+                watch,
+                ..Digest::default()
+            }),
+            ..Self::default()
+        }
+    }
+
+    /// The same kind of map (full or digest), empty.
+    pub fn emptied(&self) -> Self {
+        match &self.digest {
+            Some(d) => Netmap::digest(d.watch.clone()),
+            None => Netmap::new(),
+        }
+    }
+
+    /// Whether `id` is in the map (in a digest map too).
+    pub fn contains(&self, id: NodeId) -> bool {
+        match &self.digest {
+            Some(d) => {
+                let (w, b) = Digest::bit(id);
+                d.ids.get(w).is_some_and(|word| word & b != 0)
+            }
+            None => self.peers.contains_key(&id),
+        }
     }
 
     pub fn epoch(&self) -> u64 {
@@ -156,11 +234,11 @@ impl Netmap {
     }
 
     pub fn len(&self) -> usize {
-        self.peers.len()
+        self.digest.as_ref().map_or(self.peers.len(), |d| d.count)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
+        self.len() == 0
     }
 
     /// The inbound packet filter this host enforces; `None` until the
@@ -251,15 +329,36 @@ impl Netmap {
         };
         if whole.full {
             self.peers.clear();
+            if let Some(d) = &mut self.digest {
+                d.ids.clear();
+                d.count = 0;
+            }
         }
         for id in whole.removed {
-            if self.peers.remove(&id).is_some() {
+            let was = match &mut self.digest {
+                Some(d) => {
+                    self.peers.remove(&id);
+                    d.remove(id)
+                }
+                None => self.peers.remove(&id).is_some(),
+            };
+            if was {
                 change.removed.push(id);
             }
         }
         for peer in whole.upserts {
             change.upserted.push(peer.id);
-            self.peers.insert(peer.id, peer);
+            match &mut self.digest {
+                Some(d) => {
+                    d.insert(peer.id);
+                    if d.watch.contains(&peer.id) {
+                        self.peers.insert(peer.id, peer);
+                    }
+                }
+                None => {
+                    self.peers.insert(peer.id, peer);
+                }
+            }
         }
         if let Some(f) = whole.filter {
             change.filter = self.filter.as_ref() != Some(&f);
@@ -333,6 +432,35 @@ mod tests {
         assert_eq!(c.removed, vec![NodeId(1)]);
         assert_eq!(m.version(), 7);
         assert!(m.peer(NodeId(1)).is_none());
+    }
+
+    /// A digest map folds the same updates to the same ids, versions and
+    /// changes as a full map, keeps only the watched records, and refuses
+    /// the same gaps.
+    #[test]
+    fn a_digest_map_agrees_with_a_full_one() {
+        let mut full = Netmap::new();
+        let mut dig = Netmap::digest(vec![NodeId(2)]);
+        let steps = [
+            upd(0, 5, true, vec![peer(1), peer(2), peer(70)], vec![], false),
+            upd(5, 6, false, vec![peer(3)], vec![], true),
+            upd(5, 6, false, vec![peer(2)], vec![1, 99], false),
+            upd(6, 9, false, vec![], vec![70], false),
+            upd(0, 12, true, vec![peer(2), peer(130)], vec![], false),
+        ];
+        for u in steps {
+            assert_eq!(full.apply(u.clone()), dig.apply(u));
+            assert_eq!((full.len(), full.version()), (dig.len(), dig.version()));
+            for id in [1, 2, 3, 70, 99, 130] {
+                assert_eq!(full.contains(NodeId(id)), dig.contains(NodeId(id)), "{id}");
+            }
+        }
+        assert_eq!(dig.len(), 2);
+        assert!(dig.peer(NodeId(2)).is_some());
+        assert!(dig.peer(NodeId(130)).is_none(), "not watched");
+        let gap = upd(3, 14, false, vec![], vec![], false);
+        assert_eq!(full.apply(gap.clone()), dig.apply(gap));
+        assert_eq!(dig.emptied(), Netmap::digest(vec![NodeId(2)]));
     }
 
     #[test]
