@@ -109,19 +109,59 @@ impl ClusterConfig {
     }
 }
 
+/// The peers a view lets its host know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerSet {
+    /// Every other node: a cluster whose policy allows everything, where
+    /// every view is the same and holds no list at all.
+    All,
+    /// These, less the host itself; one set is shared by every host with
+    /// the same peers (`weft_proto::policy::compile`).
+    Only(Arc<BTreeSet<NodeId>>),
+}
+
+impl PeerSet {
+    /// Whether host `me` may know `peer`.
+    pub fn sees(&self, me: NodeId, peer: NodeId) -> bool {
+        peer != me
+            && match self {
+                PeerSet::All => true,
+                PeerSet::Only(s) => s.contains(&peer),
+            }
+    }
+
+    /// Whether both are the very same set (no comparison of contents).
+    pub fn same(&self, other: &PeerSet) -> bool {
+        match (self, other) {
+            (PeerSet::All, PeerSet::All) => true,
+            (PeerSet::Only(a), PeerSet::Only(b)) => Arc::ptr_eq(a, b) || a == b,
+            _ => false,
+        }
+    }
+}
+
 /// What one host receives of the configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeView {
     /// A digest of the rest, so a resuming host can say which view it has.
     pub id: u64,
+    /// The host this view is for.
+    pub node: NodeId,
     pub filter: PacketFilter,
     /// The peers it may reach or be reached by; it learns of no other.
-    pub peers: BTreeSet<NodeId>,
+    pub peers: PeerSet,
     /// The services it may reach (and those it forwards a public port to).
     pub services: Vec<ServiceEntry>,
     /// Its own routes in force: what it accepts from peers besides its
     /// subnet.
     pub routes: Vec<Cidr>,
+}
+
+impl NodeView {
+    /// Whether the host may know `peer`.
+    pub fn sees(&self, peer: NodeId) -> bool {
+        self.peers.sees(self.node, peer)
+    }
 }
 
 /// Every host's view, compiled from one snapshot.
@@ -188,28 +228,92 @@ pub fn policy_of(cfg: &ClusterConfig) -> Policy {
         .map_or_else(Policy::allow_all, |(_, p)| p.clone())
 }
 
-/// A digest of a view: SHA-256 of its MessagePack form, first 8 bytes
-/// (never 0, which means "no view").
+/// Digests of what many views share, each computed once per compilation:
+/// a peer set, and the source list of a filter rule (thousands of prefixes
+/// each at 10,000 hosts). Keyed by the shared allocation, valued by its
+/// contents' digest, so every replica computes the same view ids.
+#[derive(Default)]
+struct DigestCache {
+    sets: HashMap<*const BTreeSet<NodeId>, [u8; 32]>,
+    srcs: HashMap<*const Cidr, [u8; 32]>,
+}
+
+fn sha(bytes: &[u8]) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    Sha256::digest(bytes).into()
+}
+
+impl DigestCache {
+    fn peers(&mut self, peers: &PeerSet) -> [u8; 32] {
+        match peers {
+            PeerSet::All => [0xa1; 32],
+            PeerSet::Only(s) => *self
+                .sets
+                .entry(Arc::as_ptr(s))
+                .or_insert_with(|| sha(&rmp_serde::to_vec(&**s).unwrap_or_default())),
+        }
+    }
+
+    /// The filter with each rule's sources replaced by their digest.
+    fn filter(&mut self, filter: &PacketFilter) -> Vec<u8> {
+        let rules: Vec<_> = filter
+            .rules
+            .iter()
+            .map(|r| {
+                let src = *self
+                    .srcs
+                    .entry(r.src.as_ptr())
+                    .or_insert_with(|| sha(&rmp_serde::to_vec(&*r.src).unwrap_or_default()));
+                (r.action, src, &r.dst, r.proto, r.ports, r.rule)
+            })
+            .collect();
+        rmp_serde::to_vec(&(rules, filter.default)).unwrap_or_default()
+    }
+}
+
+/// A digest of a view, first 8 bytes of a SHA-256 (never 0, which means
+/// "no view").
 fn view_id(
+    cache: &mut DigestCache,
     filter: &PacketFilter,
-    peers: &BTreeSet<NodeId>,
+    peers: &PeerSet,
     services: &[ServiceEntry],
     routes: &[Cidr],
 ) -> u64 {
-    use sha2::{Digest as _, Sha256};
-    let bytes = rmp_serde::to_vec(&(filter, peers, services, routes)).unwrap_or_default();
-    let d = Sha256::digest(&bytes);
+    let bytes = rmp_serde::to_vec(&(cache.filter(filter), cache.peers(peers), services, routes))
+        .unwrap_or_default();
+    let d = sha(&bytes);
     let mut first = [0u8; 8];
     first.copy_from_slice(&d[..8]);
     u64::from_le_bytes(first).max(1)
 }
 
-/// Compiles every host's view.
+/// Compiles every host's view. A policy that allows everything (and no
+/// service that narrows it) compiles in O(hosts): every view sees
+/// [`PeerSet::All`]; any other compiles through `weft_proto::policy`,
+/// whose peer sets are shared among hosts with the same peers.
 pub fn compile_views(reg: &Registry, cfg: &ClusterConfig) -> Compiled {
     let cluster = snapshot(reg, cfg);
-    let compiled = compile(&policy_of(cfg), &cluster);
-    let mut nodes = HashMap::with_capacity(compiled.nodes.len());
-    for (id, share) in compiled.nodes {
+    let policy = policy_of(cfg);
+    let effective = weft_proto::policy::with_service_rules(&policy, &cluster);
+    let everyone =
+        effective.rules.is_empty() && effective.default == weft_proto::policy::Action::Allow;
+    let shares: Vec<(NodeId, PacketFilter, PeerSet)> = if everyone {
+        cluster
+            .nodes
+            .iter()
+            .map(|n| (n.id, PacketFilter::allow_all(), PeerSet::All))
+            .collect()
+    } else {
+        compile(&policy, &cluster)
+            .nodes
+            .into_iter()
+            .map(|(id, share)| (id, share.filter, PeerSet::Only(share.peers)))
+            .collect()
+    };
+    let mut cache = DigestCache::default();
+    let mut nodes = HashMap::with_capacity(shares.len());
+    for (id, filter, peers) in shares {
         let services: Vec<ServiceEntry> = cfg
             .services
             .values()
@@ -217,7 +321,7 @@ pub fn compile_views(reg: &Registry, cfg: &ClusterConfig) -> Compiled {
                 let node = live(reg, s.node_in(|n| reg.by_name(n)))?;
                 let subnet = reg.get(node)?.subnet;
                 let mine = live(reg, s.gateway_in(|n| reg.by_name(n))) == Some(id);
-                if node != id && !share.peers.contains(&node) && !mine {
+                if node != id && !peers.sees(id, node) && !mine {
                     return None;
                 }
                 Some(ServiceEntry {
@@ -230,13 +334,14 @@ pub fn compile_views(reg: &Registry, cfg: &ClusterConfig) -> Compiled {
             })
             .collect();
         let routes = reg.get(id).map(|p| p.routes.clone()).unwrap_or_default();
-        let digest = view_id(&share.filter, &share.peers, &services, &routes);
+        let digest = view_id(&mut cache, &filter, &peers, &services, &routes);
         nodes.insert(
             id,
             Arc::new(NodeView {
                 id: digest,
-                filter: share.filter,
-                peers: share.peers,
+                node: id,
+                filter,
+                peers,
                 services,
                 routes,
             }),

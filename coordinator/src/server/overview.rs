@@ -95,7 +95,7 @@ fn build(shared: &Shared, history: Vec<AclVersion>) -> Overview {
     let mut peers = Vec::new();
     for id in &drawn {
         if let Some(view) = compiled.nodes.get(id) {
-            for p in view.peers.iter().filter(|p| *p > id && drawn.contains(p)) {
+            for p in drawn.iter().filter(|p| *p > id && view.sees(**p)) {
                 peers.push((*id, *p));
             }
         }

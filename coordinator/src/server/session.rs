@@ -128,7 +128,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
                     ClientMsg::ReportPaths { paths } => {
                         let view = shared.compiled().nodes.get(&id).cloned();
                         shared.paths.report(id, sid, paths, |peer| {
-                            view.as_ref().is_some_and(|v| v.peers.contains(&peer))
+                            view.as_ref().is_some_and(|v| v.sees(peer))
                         });
                     }
                     ClientMsg::Leave => {
@@ -335,7 +335,7 @@ fn forward_one(
         .compiled()
         .nodes
         .get(&from)
-        .is_some_and(|v| v.peers.contains(&dst));
+        .is_some_and(|v| v.sees(dst));
     if !peers {
         return RelayResult::NotPeers;
     }

@@ -3,12 +3,12 @@
 //! they change.
 //!
 //! The registry's change log is global; what a host may see is not. So a
-//! session remembers the peers it has sent and the view it last sent: a
-//! policy change turns into upserts of peers that became visible and
-//! removals of peers that stopped being visible, on top of the ordinary
-//! delta.
+//! session remembers the view it last sent (shared with every session of
+//! the same view: no per-session peer list): the host has exactly the
+//! registry's nodes that view lets it see. A policy change turns into
+//! upserts of peers that became visible and removals of peers that stopped
+//! being visible, on top of the ordinary delta.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
@@ -17,7 +17,7 @@ use weft_proto::{codec, NodeId, Peer, ServiceEntry};
 
 use super::conn::ConnError;
 use super::{Ordering, Serialize, Shared, PEERS_PER_CHUNK};
-use crate::cluster::NodeView;
+use crate::cluster::{NodeView, PeerSet};
 use crate::registry::Changes;
 
 /// The wire form of a netmap update built from shared peer records, so a
@@ -65,9 +65,8 @@ pub(super) struct HostView {
     /// A replica's resume: the version the host has, to be answered from
     /// the revision it stands for.
     claim: Option<u64>,
-    /// The peers the host has.
-    visible: HashSet<NodeId>,
-    /// The view (filter, services, peer set) the host has.
+    /// The view (filter, services, peer set) the host has: it has the
+    /// registry's nodes this view sees.
     sent: Option<Arc<NodeView>>,
 }
 
@@ -89,7 +88,6 @@ impl HostView {
                 epoch,
                 version,
                 claim,
-                visible: v.peers.iter().copied().collect(),
                 sent: Some(v),
             },
             _ => HostView {
@@ -97,7 +95,6 @@ impl HostView {
                 epoch: 0,
                 version: 0,
                 claim: None,
-                visible: HashSet::new(),
                 sent: None,
             },
         }
@@ -183,45 +180,41 @@ impl HostView {
                 view: None,
             },
         };
-        let allowed = &view.peers;
-        if update.full {
-            self.visible.clear();
-        }
+        // What the host had: nothing before a full update.
+        let had = |id: NodeId| !update.full && self.sent.as_ref().is_some_and(|s| s.sees(id));
         // Changed peers the host may not see: drop them, and take them away
         // if the host has them.
         let mut removed: Vec<NodeId> = update
             .removed
             .iter()
             .copied()
-            .filter(|id| self.visible.contains(id))
+            .filter(|id| had(*id))
             .collect();
         update.upserts.retain(|p| {
-            let keep = allowed.contains(&p.id);
-            if !keep && self.visible.contains(&p.id) {
+            let keep = view.sees(p.id);
+            if !keep && had(p.id) {
                 removed.push(p.id);
             }
             keep
         });
         if view_changed && !update.full {
-            let changed: HashSet<NodeId> = update.upserts.iter().map(|p| p.id).collect();
-            for id in allowed {
-                if !self.visible.contains(id) && !changed.contains(id) {
-                    if let Some(p) = reg.get(*id) {
+            if let Some(old) = &self.sent {
+                let changed: std::collections::HashSet<NodeId> = update
+                    .upserts
+                    .iter()
+                    .map(|p| p.id)
+                    .chain(removed.iter().copied())
+                    .collect();
+                let (gained, lost) = view_difference(old, &view, &reg);
+                for id in gained.into_iter().filter(|id| !changed.contains(id)) {
+                    if let Some(p) = reg.get(id) {
                         update.upserts.push(p.clone());
                     }
                 }
-            }
-            for id in &self.visible {
-                if !allowed.contains(id) && !removed.contains(id) {
-                    removed.push(*id);
-                }
+                removed.extend(lost.into_iter().filter(|id| !changed.contains(id)));
             }
         }
         drop(reg);
-        for id in &removed {
-            self.visible.remove(id);
-        }
-        self.visible.extend(update.upserts.iter().map(|p| p.id));
         update.removed = removed;
         if view_changed || update.full {
             update.view = Some(view.clone());
@@ -230,6 +223,42 @@ impl HostView {
         self.epoch = shared.epoch;
         self.version = update.to;
         Some(update)
+    }
+}
+
+/// The registry's nodes `new` sees and `old` did not, and those `old` saw
+/// and `new` does not (the host's own node in neither). O(hosts) when one
+/// side is [`PeerSet::All`], O(the two sets) otherwise.
+fn view_difference(
+    old: &NodeView,
+    new: &NodeView,
+    reg: &crate::registry::Registry,
+) -> (Vec<NodeId>, Vec<NodeId>) {
+    if old.peers.same(&new.peers) {
+        return (Vec::new(), Vec::new());
+    }
+    let me = new.node;
+    let exists = |id: &NodeId| *id != me && reg.get(*id).is_some();
+    match (&old.peers, &new.peers) {
+        (PeerSet::Only(a), PeerSet::Only(b)) => (
+            b.difference(a).copied().filter(exists).collect(),
+            a.difference(b).copied().filter(exists).collect(),
+        ),
+        (PeerSet::Only(a), PeerSet::All) => (
+            reg.peers()
+                .map(|p| p.id)
+                .filter(|id| *id != me && !a.contains(id))
+                .collect(),
+            Vec::new(),
+        ),
+        (PeerSet::All, PeerSet::Only(b)) => (
+            Vec::new(),
+            reg.peers()
+                .map(|p| p.id)
+                .filter(|id| *id != me && !b.contains(id))
+                .collect(),
+        ),
+        (PeerSet::All, PeerSet::All) => (Vec::new(), Vec::new()),
     }
 }
 

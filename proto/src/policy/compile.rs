@@ -1,8 +1,9 @@
 //! Compiling a [`Policy`] against a snapshot of the cluster: each host's
 //! inbound packet filter and the peers it may talk to.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -101,10 +102,23 @@ pub struct NodePolicy {
     /// Enforced on packets arriving from the mesh.
     #[serde(rename = "f")]
     pub filter: PacketFilter,
-    /// The nodes that may send to this one or that it may send to; the host
-    /// learns of no other peer.
+    /// The nodes that may send to this one or that it may send to, less
+    /// the node itself when the set holds it; the host learns of no other
+    /// peer. Shared by every node with the same peers (see [`compile`]).
     #[serde(rename = "p", default)]
-    pub peers: BTreeSet<NodeId>,
+    pub peers: Arc<BTreeSet<NodeId>>,
+}
+
+impl NodePolicy {
+    /// Whether `node` (`me`) may know `peer`.
+    pub fn sees(&self, me: NodeId, peer: NodeId) -> bool {
+        peer != me && self.peers.contains(&peer)
+    }
+
+    /// The peers of node `me`, in order.
+    pub fn peers_of(&self, me: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+        self.peers.iter().copied().filter(move |p| *p != me)
+    }
 }
 
 /// The compiled policy of every node of the snapshot.
@@ -319,6 +333,7 @@ pub fn compile(policy: &Policy, cluster: &Cluster) -> CompiledPolicy {
             }
         }
         if !src.cidrs.is_empty() {
+            let shared_src: Arc<[Cidr]> = src.cidrs.clone().into();
             for ((node, spec), mut cidrs) in dst {
                 cidrs.sort();
                 cidrs.dedup();
@@ -327,7 +342,7 @@ pub fn compile(policy: &Policy, cluster: &Cluster) -> CompiledPolicy {
                 }
                 filters[node].rules.push(FilterRule {
                     action: rule.action,
-                    src: src.cidrs.clone(),
+                    src: shared_src.clone(),
                     dst: cidrs,
                     proto: spec.proto,
                     ports: spec.ports,
@@ -381,19 +396,62 @@ pub fn compile(policy: &Policy, cluster: &Cluster) -> CompiledPolicy {
         }
     }
 
+    let sets = shared_peer_sets(&peers, words, n, |j| cluster.nodes[j].id);
     let nodes = filters
         .into_iter()
+        .zip(sets)
         .enumerate()
-        .map(|(i, filter)| {
-            let row = &peers[i * words..(i + 1) * words];
-            let peers = (0..n)
-                .filter(|&j| row[j / 64] & (1 << (j % 64)) != 0)
-                .map(|j| cluster.nodes[j].id)
-                .collect();
-            (cluster.nodes[i].id, NodePolicy { filter, peers })
-        })
+        .map(|(i, (filter, peers))| (cluster.nodes[i].id, NodePolicy { filter, peers }))
         .collect();
     CompiledPolicy { nodes }
+}
+
+/// Each node's peer set from the `n` x `n` bit matrix (`words` per row),
+/// shared among nodes with the same peers, so memory grows with the number
+/// of distinct sets (about the policy's classes of nodes), not n².
+///
+/// A set stands for "these, less the node itself". Nodes of a class that
+/// may reach each other have rows that differ only in their own bits (each
+/// lacks itself), so they share row-plus-self; nodes of a class that may
+/// not have equal rows, and share the row itself. Row-plus-self is used
+/// where some other node has the same one, the row otherwise.
+fn shared_peer_sets(
+    matrix: &[u64],
+    words: usize,
+    n: usize,
+    id: impl Fn(usize) -> NodeId,
+) -> Vec<Arc<BTreeSet<NodeId>>> {
+    let row = |i: usize| &matrix[i * words..(i + 1) * words];
+    let with_self = |i: usize| {
+        let mut r = row(i).to_vec();
+        r[i / 64] |= 1 << (i % 64);
+        r
+    };
+    let mut counts: HashMap<Vec<u64>, usize> = HashMap::new();
+    for i in 0..n {
+        *counts.entry(with_self(i)).or_default() += 1;
+    }
+    let mut sets: HashMap<Vec<u64>, Arc<BTreeSet<NodeId>>> = HashMap::new();
+    (0..n)
+        .map(|i| {
+            let plus = with_self(i);
+            let key = if counts.get(&plus).copied().unwrap_or(0) > 1 {
+                plus
+            } else {
+                row(i).to_vec()
+            };
+            sets.entry(key)
+                .or_insert_with_key(|bits| {
+                    Arc::new(
+                        (0..n)
+                            .filter(|&j| bits[j / 64] & (1 << (j % 64)) != 0)
+                            .map(&id)
+                            .collect(),
+                    )
+                })
+                .clone()
+        })
+        .collect()
 }
 
 /// `policy` with the rules the published services add, after its own: for a

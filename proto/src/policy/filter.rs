@@ -10,13 +10,15 @@ use super::ports::{PortRange, PortSpec, Proto};
 use super::Action;
 
 /// One compiled rule: packets from `src` to `dst` of `proto` (and, for TCP
-/// and UDP, to a port in `ports`).
+/// and UDP, to a port in `ports`). `src` is shared by every host's copy of
+/// the same policy rule (at 10,000 hosts a tag's sources are thousands of
+/// prefixes, the same for every host that rule reaches).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilterRule {
     #[serde(rename = "a")]
     pub action: Action,
     #[serde(rename = "s")]
-    pub src: Vec<Cidr>,
+    pub src: std::sync::Arc<[Cidr]>,
     #[serde(rename = "d")]
     pub dst: Vec<Cidr>,
     #[serde(rename = "p")]

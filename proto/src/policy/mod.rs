@@ -89,7 +89,9 @@ use serde::{Deserialize, Serialize};
 
 pub use checks::{run_tests, run_tests_compiled, TestFailure};
 pub use cidr::{Cidr, CidrError};
-pub use compile::{compile, Cluster, ClusterNode, CompiledPolicy, NodePolicy, Service};
+pub use compile::{
+    compile, with_service_rules, Cluster, ClusterNode, CompiledPolicy, NodePolicy, Service,
+};
 pub use document::{Policy, PolicyError, PolicyErrors, PolicyTest, Rule};
 pub use filter::{decide, evaluate, FilterRule, PacketFilter, Verdict};
 pub use ports::{ip_proto, PortRange, PortSpec, PortSpecError, Proto};

@@ -97,8 +97,7 @@ fn peers(p: &Policy, id: u64) -> Vec<u64> {
     compile(p, &cluster())
         .node(NodeId(id))
         .unwrap()
-        .peers
-        .iter()
+        .peers_of(NodeId(id))
         .map(|n| n.0)
         .collect()
 }
@@ -394,14 +393,21 @@ fn ipv6_cidrs() {
     );
     let compiled = compile(&p, &cluster());
     let db = &compiled.node(NodeId(3)).unwrap().filter;
-    assert_eq!(db.rules[0].src, vec!["fd00:1::/64".parse().unwrap()]);
+    assert_eq!(*db.rules[0].src, ["fd00:1::/64".parse().unwrap()]);
     // No host has an IPv6 subnet yet, so nobody is a peer through it.
-    assert!(compiled.node(NodeId(3)).unwrap().peers.is_empty());
+    assert_eq!(
+        compiled
+            .node(NodeId(3))
+            .unwrap()
+            .peers_of(NodeId(3))
+            .count(),
+        0
+    );
 
     let filter = PacketFilter {
         rules: vec![FilterRule {
             action: Action::Allow,
-            src: vec!["fd00:1::/64".parse().unwrap()],
+            src: vec!["fd00:1::/64".parse().unwrap()].into(),
             dst: vec!["fd00:2::/64".parse().unwrap()],
             proto: Proto::Icmp,
             ports: PortRange::ALL,
@@ -598,7 +604,7 @@ fn arb_rule() -> impl Strategy<Value = FilterRule> {
     )
         .prop_map(|(action, src, dst, proto, a, b)| FilterRule {
             action,
-            src,
+            src: src.into(),
             dst,
             proto,
             // Ranges may come backwards from the wire: they match nothing.

@@ -176,7 +176,7 @@ pub(super) fn deliver(
         .compiled()
         .nodes
         .get(&from)
-        .is_some_and(|v| v.peers.contains(&dst));
+        .is_some_and(|v| v.sees(dst));
     if !peers {
         return;
     }

@@ -26,7 +26,7 @@ pub fn rule(action: Action, src: &str, proto: Proto, ports: PortRange, n: u32) -
     let (a, len) = src.split_once('/').unwrap();
     FilterRule {
         action,
-        src: vec![Cidr::new(addr(a), len.parse().unwrap()).unwrap()],
+        src: vec![Cidr::new(addr(a), len.parse().unwrap()).unwrap()].into(),
         dst: vec![
             Cidr::new(addr("0.0.0.0"), 0).unwrap(),
             Cidr::new(addr("::"), 0).unwrap(),
