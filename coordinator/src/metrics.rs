@@ -36,6 +36,9 @@ pub struct CoordinatorMetrics {
     pub joins: Family<Labels, Counter>,
     /// Netmap updates written to sessions.
     pub netmap_updates: Counter,
+    /// Of them, frames encoded, and frames another session had encoded
+    /// already (encode once: `result` = encoded, shared).
+    pub netmap_frames: Family<Labels, Counter>,
     /// New netmap versions published to the sessions.
     pub netmap_publishes: Counter,
     /// Seconds from a change reaching the coordinator to the last session
@@ -177,6 +180,15 @@ impl CoordinatorMetrics {
             "Netmap updates written to host sessions",
             netmap_updates.clone(),
         );
+        let netmap_frames = Family::<Labels, Counter>::default();
+        for r in ["encoded", "shared"] {
+            let _ = netmap_frames.get_or_create(&[("result", r)]);
+        }
+        reg.register(
+            "netmap_frames",
+            "Small netmap update frames by result: encoded for this session, or shared with another that sent the same",
+            netmap_frames.clone(),
+        );
         let netmap_publishes = Counter::default();
         reg.register(
             "netmap_publishes",
@@ -249,6 +261,7 @@ impl CoordinatorMetrics {
             nodes_online,
             joins,
             netmap_updates,
+            netmap_frames,
             netmap_publishes,
             fanout,
             queue_max,

@@ -41,6 +41,7 @@ mod admission;
 mod config_ops;
 mod conn;
 mod fanout;
+mod frames;
 mod link;
 mod overview;
 mod path_reports;
@@ -105,6 +106,8 @@ struct Shared {
     replica: Option<Arc<replica::Replica>>,
     metrics: CoordinatorMetrics,
     fanout: fanout::Fanout,
+    /// Update frames many sessions send alike, encoded once.
+    frames: frames::FrameCache,
     /// Each connected host's report of its paths (for the web page).
     paths: path_reports::PathReports,
 }
@@ -311,6 +314,7 @@ impl Coordinator {
             pool: opened.ipam_pool,
             tcp_port: config.tcp_port,
             fanout: fanout::Fanout::new(metrics.fanout.clone()),
+            frames: frames::FrameCache::default(),
             metrics,
             paths: path_reports::PathReports::default(),
             domain: config.domain.clone(),

@@ -152,14 +152,14 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
             let version = *published.borrow_and_update();
             let wrote = match host.next(&shared) {
                 Some(update) => {
-                    send_update(&mut send, shared.epoch, &update).await?;
+                    send_update(&mut send, &shared, &update).await?;
                     first = false;
                     true
                 }
                 // The host waits for one update to finish connecting: a
                 // resume that is current gets an empty one.
                 None if first && host.ready(&shared) => {
-                    send_update(&mut send, shared.epoch, &host.nothing()).await?;
+                    send_update(&mut send, &shared, &host.nothing()).await?;
                     first = false;
                     true
                 }

@@ -262,12 +262,49 @@ fn view_difference(
     }
 }
 
-/// Sends an update in chunks of at most [`PEERS_PER_CHUNK`] peers.
+/// Sends an update in chunks of at most [`PEERS_PER_CHUNK`] peers; a small
+/// one comes from the shared frame cache (encoded once for every session
+/// that sends it alike).
 pub(super) async fn send_update<W: AsyncWrite + Unpin>(
     send: &mut W,
-    epoch: u64,
+    shared: &Shared,
     update: &Update,
 ) -> Result<(), ConnError> {
+    let epoch = shared.epoch;
+    if update.upserts.len() <= super::frames::MAX_CACHED_PEERS {
+        let key = super::frames::FrameKey {
+            epoch,
+            from: update.from,
+            to: update.to,
+            full: update.full,
+            upserts: update.upserts.iter().map(|p| p.id).collect(),
+            removed: update.removed.clone(),
+            view: update.view.as_ref().map(|v| v.id),
+        };
+        let (frame, source) = shared.frames.get_or_encode(key, || {
+            let view = update.view.as_deref();
+            codec::encode(&ServerMsgOut::Netmap(NetmapOut {
+                epoch,
+                from_version: update.from,
+                version: update.to,
+                full: update.full,
+                upserts: update.upserts.iter().map(|p| p.as_ref()).collect(),
+                removed: &update.removed,
+                more: false,
+                filter: view.map(|v| &v.filter),
+                services: view.map(|v| v.services.as_slice()),
+                view: view.map(|v| v.id),
+                routes: view.map(|v| v.routes.as_slice()),
+            }))
+        })?;
+        shared
+            .metrics
+            .netmap_frames
+            .get_or_create(&[("result", source.label())])
+            .inc();
+        send.write_all(&frame).await?;
+        return Ok(());
+    }
     let mut chunks = update.upserts.chunks(PEERS_PER_CHUNK).peekable();
     let mut first = true;
     loop {
