@@ -101,12 +101,7 @@ impl Applier {
 
 /// Applies `netmap`'s peers to the device: adds, updates and removes peers.
 fn apply_peers(reconciler: &mut PeerReconciler, netmap: &Netmap, handle: &DeviceHandle) {
-    let current: Vec<_> = handle
-        .snapshot()
-        .peers
-        .iter()
-        .map(|p| p.public_key)
-        .collect();
+    let current = handle.peer_keys();
     let update = reconciler.plan(netmap, &current);
     if update.peers.is_empty() {
         return;

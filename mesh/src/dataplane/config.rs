@@ -1,6 +1,7 @@
 //! The configuration path: applies UAPI `set` requests and answers `get`.
 //! Runs under one mutex; publishes a fresh [`PeerTable`] after each change.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -10,6 +11,7 @@ use super::peer::{Peer, PeerTable, HANDSHAKE_RATE_LIMIT};
 use super::settings::{DeviceSnapshot, DeviceUpdate, PeerSnapshot};
 use super::udp::UdpEndpoint;
 use super::Shared;
+use crate::allowed_ips::Cidr;
 use crate::key::Key;
 use crate::uapi::protocol::{errno, UapiError};
 
@@ -103,11 +105,25 @@ pub(super) fn apply(shared: &Shared, update: &DeviceUpdate) -> Result<(), UapiEr
         st.peers.clear();
     }
 
+    // Indexes built once per update (O(peers)), so each peer of the update
+    // costs O(1) and a network changes owner without a scan of every peer.
+    let mut index: HashMap<Key, Arc<Peer>> =
+        st.peers.iter().map(|p| (p.public_key, p.clone())).collect();
+    let mut owner: HashMap<Cidr, Key> = HashMap::new();
+    for p in &st.peers {
+        for net in &p.config().allowed_ips {
+            owner.insert(*net, p.public_key);
+        }
+    }
     for pu in &update.peers {
-        let existing = st.peers.iter().position(|p| p.public_key == pu.public_key);
+        let existing = index.get(&pu.public_key).cloned();
         if pu.remove {
-            if let Some(i) = existing {
-                st.peers.remove(i);
+            if let Some(p) = index.remove(&pu.public_key) {
+                for net in &p.config().allowed_ips {
+                    if owner.get(net) == Some(&p.public_key) {
+                        owner.remove(net);
+                    }
+                }
             }
             continue;
         }
@@ -120,11 +136,12 @@ pub(super) fn apply(shared: &Shared, update: &DeviceUpdate) -> Result<(), UapiEr
             }
         }
         let (peer, created) = match existing {
-            Some(i) => (st.peers[i].clone(), false),
+            Some(p) => (p, false),
             None => {
                 let idx = st.alloc_index();
                 let p = Arc::new(Peer::new(pu.public_key, idx));
                 st.peers.push(p.clone());
+                index.insert(pu.public_key, p.clone());
                 (p, true)
             }
         };
@@ -140,13 +157,21 @@ pub(super) fn apply(shared: &Shared, update: &DeviceUpdate) -> Result<(), UapiEr
                 cfg.persistent_keepalive = ka;
             }
             if pu.replace_allowed_ips {
-                cfg.allowed_ips.clear();
+                for net in cfg.allowed_ips.drain(..) {
+                    if owner.get(&net) == Some(&pu.public_key) {
+                        owner.remove(&net);
+                    }
+                }
             }
         }
         // A network belongs to one peer: adding it here takes it from others.
         for net in &pu.allowed_ips {
-            for other in st.peers.iter().filter(|o| !Arc::ptr_eq(o, &peer)) {
-                other.config().allowed_ips.retain(|n| n != net);
+            if let Some(prev) = owner.insert(*net, pu.public_key) {
+                if prev != pu.public_key {
+                    if let Some(other) = index.get(&prev) {
+                        other.config().allowed_ips.retain(|n| n != net);
+                    }
+                }
             }
             let mut cfg = peer.config();
             if !cfg.allowed_ips.contains(net) {
@@ -160,6 +185,10 @@ pub(super) fn apply(shared: &Shared, update: &DeviceUpdate) -> Result<(), UapiEr
             peer.state().endpoint = Some(super::udp::canonical(ep));
         }
     }
+    // Removed peers, and a peer removed and added again in one update (its
+    // old record), leave the list.
+    st.peers
+        .retain(|p| index.get(&p.public_key).is_some_and(|q| Arc::ptr_eq(p, q)));
 
     let table = PeerTable::build(st.private_key.as_ref(), st.rate_limiter.clone(), &st.peers);
     shared.table.store(Arc::new(table));

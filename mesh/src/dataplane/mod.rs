@@ -306,6 +306,12 @@ impl DeviceHandle {
         config::snapshot(&self.shared)
     }
 
+    /// The keys of the device's peers (cheaper than a snapshot: nothing
+    /// per peer but the key).
+    pub fn peer_keys(&self) -> std::collections::HashSet<crate::key::Key> {
+        self.shared.table.load().by_key.keys().copied().collect()
+    }
+
     pub fn counters(&self) -> CounterSnapshot {
         self.shared.counters.snapshot()
     }
