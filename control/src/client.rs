@@ -154,6 +154,11 @@ impl ControlClient {
         let netmap = cached.unwrap_or_default();
         let (have_epoch, have_version, have_view) =
             (netmap.epoch(), netmap.version(), netmap.view());
+        let have_digest = if have_version == 0 {
+            0
+        } else {
+            netmap.content_digest()
+        };
         self.open(info, key, netmap, |proof| {
             HelloRequest::Resume(ResumeRequest {
                 public_key: public,
@@ -162,6 +167,7 @@ impl ControlClient {
                 have_epoch,
                 have_version,
                 have_view,
+                have_digest,
             })
         })
         .await

@@ -21,6 +21,8 @@ const DEFAULT_LOG_CAPACITY: usize = 65_536;
 struct Entry {
     peer: Arc<Peer>,
     created_at: u64,
+    /// [`Peer::durable_digest`] of `peer`.
+    digest: u64,
 }
 
 /// What a session must send to bring a host from its version to now.
@@ -57,6 +59,9 @@ pub struct Registry {
     /// replica, which had applied everything up to some revision, gets
     /// exactly what changed after it. `None` on a lone coordinator.
     revs: Option<Revisions>,
+    /// XOR of every node's [`Peer::durable_digest`] (see
+    /// [`Registry::digest_all`]).
+    digest_all: u64,
 }
 
 /// A change this replica made that etcd has not shown back yet.
@@ -92,6 +97,7 @@ impl Registry {
             log_capacity: log_capacity.max(1),
             log_floor: 1,
             revs: None,
+            digest_all: 0,
         }
     }
 
@@ -105,6 +111,16 @@ impl Registry {
             floor,
             dropped_local: HashSet::new(),
         });
+    }
+
+    /// Starts the version sequence at `version` (at least), with an empty
+    /// log from there: a lone coordinator at start, so every version it
+    /// hands out is above any its previous process did, and no host's older
+    /// version is mistaken for one the log can answer.
+    pub fn start_at(&mut self, version: u64) {
+        self.version = self.version.max(version);
+        self.log.clear();
+        self.log_floor = self.version;
     }
 
     /// Moves the version forward to at least `version` without logging a
@@ -284,13 +300,47 @@ impl Registry {
     pub fn load(&mut self, peer: Peer, created_at: u64) {
         self.by_key.insert(peer.public_key, peer.id);
         self.by_name.insert(peer.name.clone(), peer.id);
-        self.nodes.insert(
+        let digest = peer.durable_digest();
+        self.digest_all ^= digest;
+        if let Some(old) = self.nodes.insert(
             peer.id,
             Entry {
                 peer: Arc::new(peer),
                 created_at,
+                digest,
             },
-        );
+        ) {
+            self.digest_all ^= old.digest;
+        }
+    }
+
+    /// The XOR of every node's durable digest: with the host's own taken
+    /// out, what a host that has every other node has as its netmap's
+    /// [`weft_proto::Netmap::content_digest`].
+    pub fn digest_all(&self) -> u64 {
+        self.digest_all
+    }
+
+    /// Node `id`'s durable digest.
+    pub fn digest_of(&self, id: NodeId) -> Option<u64> {
+        self.nodes.get(&id).map(|e| e.digest)
+    }
+
+    /// Logs a change for every offline node (their records unchanged): a
+    /// restarted coordinator, some time after its start, tells hosts that
+    /// resumed without a snapshot which of their peers did not come back.
+    /// Returns how many.
+    pub fn announce_offline(&mut self) -> usize {
+        let ids: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|e| !e.peer.online)
+            .map(|e| e.peer.id)
+            .collect();
+        for id in &ids {
+            self.touch(*id);
+        }
+        ids.len()
     }
 
     pub fn insert(&mut self, peer: Peer, created_at: u64) {
@@ -301,6 +351,7 @@ impl Registry {
 
     pub fn remove(&mut self, id: NodeId) -> Option<Arc<Peer>> {
         let entry = self.nodes.remove(&id)?;
+        self.digest_all ^= entry.digest;
         self.by_key.remove(&entry.peer.public_key);
         if self.by_name.get(&entry.peer.name) == Some(&id) {
             self.by_name.remove(&entry.peer.name);
@@ -319,6 +370,9 @@ impl Registry {
         if next == *entry.peer {
             return false;
         }
+        let digest = next.durable_digest();
+        self.digest_all ^= entry.digest ^ digest;
+        entry.digest = digest;
         entry.peer = Arc::new(next);
         self.touch(id);
         true

@@ -21,6 +21,9 @@ const COORDINATOR_KEY: &str = "coordinator.key";
 pub const ADMIN_FILE: &str = "admin.json";
 /// The database file in the state dir.
 pub const DB_FILE: &str = "weft.redb";
+/// The epoch of a lone coordinator's netmap versions, kept across restarts
+/// so hosts resume after one (see [`load_or_create_epoch`]).
+const EPOCH_FILE: &str = "epoch";
 
 /// Keys and certificate loaded from (or created in) the state dir. It has
 /// no `Debug`: it holds the coordinator's secrets.
@@ -71,6 +74,26 @@ fn read_opt(path: &Path) -> Result<Option<Vec<u8>>, CoordinatorError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(path)(e)),
     }
+}
+
+/// The epoch of this state dir's netmap versions, created at first start:
+/// the same after a restart, so a host's cached netmap still names this
+/// coordinator's version sequence. Never 0.
+pub fn load_or_create_epoch(dir: &Path) -> Result<u64, CoordinatorError> {
+    let path = dir.join(EPOCH_FILE);
+    if let Some(bytes) = read_opt(&path)? {
+        let text = String::from_utf8_lossy(&bytes);
+        if let Some(e) = u64::from_str_radix(text.trim(), 16)
+            .ok()
+            .filter(|e| *e != 0)
+        {
+            return Ok(e);
+        }
+    }
+    use rand::RngCore as _;
+    let epoch = rand::rngs::OsRng.next_u64() | 1;
+    write_private(&path, format!("{epoch:016x}\n").as_bytes())?;
+    Ok(epoch)
 }
 
 /// Loads the identity from `dir`, creating whatever is missing.

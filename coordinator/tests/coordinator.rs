@@ -255,6 +255,7 @@ async fn resume_claiming(
             have_epoch: 0,
             have_version: 0,
             have_view: 0,
+            have_digest: 0,
         }),
     };
     send.write_all(&codec::encode(&hello).unwrap())
@@ -357,6 +358,7 @@ async fn restart_keeps_nodes_subnets_and_tokens() {
     })
     .await;
     let cached = a_session.into_netmap();
+    let stale = cached.clone();
     drop(b.session);
     h.restart().await;
     assert_eq!(h.coord().pin(), pin, "identity must survive restarts");
@@ -374,9 +376,11 @@ async fn restart_keeps_nodes_subnets_and_tokens() {
         .await
         .unwrap();
     assert_eq!(s.welcome().subnet, a.subnet);
-    // A new coordinator epoch: the cached netmap is replaced by a snapshot.
-    assert!(!s.resumed());
+    // The same epoch after a restart, and the host's peers are the
+    // coordinator's: it resumes with a delta, not a snapshot.
+    assert!(s.resumed());
     assert_eq!(s.netmap().len(), 1);
+    drop(s);
     // Both tokens still work, and new subnets do not collide.
     let (_kc, c) = join(&reusable, "c").await;
     let (_kd, d) = join(&unused, "d").await;
@@ -385,6 +389,16 @@ async fn restart_keeps_nodes_subnets_and_tokens() {
         .collect();
     assert_eq!(subnets.len(), 4);
     assert_eq!(join_err(&unused).await.code(), Some(ErrorCode::TokenUsedUp));
+    // A netmap from before c and d joined no longer matches: after another
+    // restart (no log to answer its version from) it gets a snapshot.
+    h.restart().await;
+    let s = ControlClient::new()
+        .unwrap()
+        .connect(&a.coordinator, &ka, vec![], Some(stale))
+        .await
+        .unwrap();
+    assert!(!s.resumed());
+    assert_eq!(s.netmap().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,7 @@ fn main() {
             have_epoch: 1,
             have_version: 2,
             have_view: 3,
+            have_digest: 0,
         }),
     };
     let welcome = ServerMsg::Welcome(Welcome {

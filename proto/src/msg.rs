@@ -78,6 +78,12 @@ pub struct ResumeRequest {
     /// [`crate::Netmap::view`] of the cached netmap.
     #[serde(default)]
     pub have_view: u64,
+    /// [`crate::Netmap::content_digest`] of the cached netmap (0: none).
+    /// Added 2026-12-01: a coordinator that restarted, and so has no
+    /// delta from `have_version`, resumes a host whose digest matches its
+    /// view without a full snapshot.
+    #[serde(default)]
+    pub have_digest: u64,
 }
 
 /// Sent by a host on its session stream after the welcome.

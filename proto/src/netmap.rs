@@ -136,12 +136,15 @@ pub struct Netmap {
 }
 
 /// What a digest map ([`Netmap::digest`]) keeps: a bit per node id present,
-/// and the full records of the watched ids only.
+/// each present peer's [`Peer::durable_digest`] (by id; ids are dense) and
+/// their XOR, and the full records of the watched ids only.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Digest {
     watch: Vec<NodeId>,
     ids: Vec<u64>,
     count: usize,
+    digests: Vec<u64>,
+    xor: u64,
 }
 
 impl Digest {
@@ -169,10 +172,24 @@ impl Digest {
             Some(word) if *word & b != 0 => {
                 *word &= !b;
                 self.count -= 1;
+                self.set_digest(id, 0);
                 true
             }
             _ => false,
         }
+    }
+
+    /// Records `id`'s durable digest (0: none), keeping the XOR.
+    fn set_digest(&mut self, id: NodeId, d: u64) {
+        let i = usize::try_from(id.0).unwrap_or(usize::MAX);
+        if i >= self.digests.len() {
+            if d == 0 {
+                return;
+            }
+            self.digests.resize(i + 1, 0);
+        }
+        self.xor ^= self.digests[i] ^ d;
+        self.digests[i] = d;
     }
 }
 
@@ -202,6 +219,16 @@ impl Netmap {
         match &self.digest {
             Some(d) => Netmap::digest(d.watch.clone()),
             None => Netmap::new(),
+        }
+    }
+
+    /// The XOR of every peer's [`Peer::durable_digest`]: what a resuming
+    /// host sends so a restarted coordinator can tell whether the host's
+    /// peers (all but their endpoints and online flags) are current.
+    pub fn content_digest(&self) -> u64 {
+        match &self.digest {
+            Some(d) => d.xor,
+            None => self.peers.values().fold(0, |x, p| x ^ p.durable_digest()),
         }
     }
 
@@ -332,6 +359,8 @@ impl Netmap {
             if let Some(d) = &mut self.digest {
                 d.ids.clear();
                 d.count = 0;
+                d.digests.clear();
+                d.xor = 0;
             }
         }
         for id in whole.removed {
@@ -351,6 +380,7 @@ impl Netmap {
             match &mut self.digest {
                 Some(d) => {
                     d.insert(peer.id);
+                    d.set_digest(peer.id, peer.durable_digest());
                     if d.watch.contains(&peer.id) {
                         self.peers.insert(peer.id, peer);
                     }
@@ -456,6 +486,8 @@ mod tests {
             }
         }
         assert_eq!(dig.len(), 2);
+        assert_eq!(dig.content_digest(), full.content_digest());
+        assert_ne!(dig.content_digest(), 0);
         assert!(dig.peer(NodeId(2)).is_some());
         assert!(dig.peer(NodeId(130)).is_none(), "not watched");
         let gap = upd(3, 14, false, vec![], vec![], false);

@@ -106,6 +106,31 @@ pub struct Peer {
     pub routes: Vec<crate::policy::Cidr>,
 }
 
+impl Peer {
+    /// A digest of what the coordinator keeps of this peer across its own
+    /// restarts (everything but `endpoints` and `online`): first 8 bytes of
+    /// a SHA-256. A netmap's content digest is the XOR of its peers'
+    /// ([`crate::Netmap::content_digest`]), so a host resuming with a
+    /// netmap the coordinator cannot give a delta for (it restarted) still
+    /// resumes without a snapshot when the two agree.
+    pub fn durable_digest(&self) -> u64 {
+        use sha2::{Digest as _, Sha256};
+        let bytes = rmp_serde::to_vec(&(
+            self.id,
+            &self.name,
+            self.public_key.0,
+            self.subnet,
+            &self.tags,
+            &self.routes,
+        ))
+        .unwrap_or_default();
+        let d = Sha256::digest(&bytes);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&d[..8]);
+        u64::from_le_bytes(first)
+    }
+}
+
 /// Serde for 32-byte arrays as one byte string (compact in MessagePack).
 pub mod bytes32 {
     use serde::de::{Error, SeqAccess, Visitor};

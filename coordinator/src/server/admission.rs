@@ -12,8 +12,16 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// Connections still in their hello, in all.
+/// Connections still in their hello, in all, from sources that already
+/// have [`QUIET_SOURCE`] or more in theirs: what a reconnect storm (10,000
+/// hosts retrying at once) or a flood from a few addresses can fill.
 pub const MAX_UNAUTHENTICATED: usize = 1024;
+/// Room kept above [`MAX_UNAUTHENTICATED`] for quiet sources, so an admin
+/// (or a new host) still gets in while a storm fills the rest; bounded, so
+/// many addresses cannot take memory without end either.
+pub const RESERVED_FOR_QUIET: usize = 256;
+/// A source with fewer connections than this in their hello is quiet.
+pub const QUIET_SOURCE: usize = 2;
 /// Connections still in their hello, per source address.
 pub const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 64;
 /// Above this many connections in their hello, QUIC clients must prove
@@ -58,7 +66,12 @@ impl Gate {
     pub fn enter(self: &Arc<Self>, source: IpAddr) -> Option<Pass> {
         let mut c = self.lock();
         let here = c.per_source.get(&source).copied().unwrap_or(0);
-        if c.total >= MAX_UNAUTHENTICATED || here >= MAX_UNAUTHENTICATED_PER_SOURCE {
+        let cap = if here < QUIET_SOURCE {
+            MAX_UNAUTHENTICATED + RESERVED_FOR_QUIET
+        } else {
+            MAX_UNAUTHENTICATED
+        };
+        if c.total >= cap || here >= MAX_UNAUTHENTICATED_PER_SOURCE {
             return None;
         }
         c.total += 1;
@@ -218,10 +231,24 @@ mod tests {
         assert!(gate.enter(b).is_some(), "another source still gets in");
         drop(passes);
         assert_eq!(gate.waiting(), 0);
-        let many: Vec<Pass> = (0..2000u32)
-            .filter_map(|i| gate.enter(IpAddr::from(std::net::Ipv4Addr::from(0xC000_0200 + i))))
+        // Busy sources (a storm from 16 addresses) fill the shared room...
+        let busy: Vec<Pass> = (0..2000u32)
+            .filter_map(|i| {
+                gate.enter(IpAddr::from(std::net::Ipv4Addr::from(0xC000_0200 + i % 16)))
+            })
             .collect();
-        assert_eq!(many.len(), MAX_UNAUTHENTICATED);
+        assert_eq!(busy.len(), MAX_UNAUTHENTICATED);
+        // ...and a quiet one (an admin) still gets in, up to the reserve.
+        let admin: IpAddr = "203.0.113.9".parse().unwrap();
+        let admin_pass = gate.enter(admin);
+        assert!(admin_pass.is_some(), "a quiet source during a storm");
+        let quiet: Vec<Pass> = (0..2000u32)
+            .filter_map(|i| gate.enter(IpAddr::from(std::net::Ipv4Addr::from(0xC633_6400 + i))))
+            .collect();
+        assert_eq!(
+            busy.len() + quiet.len() + 1,
+            MAX_UNAUTHENTICATED + RESERVED_FOR_QUIET
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::admin_ops::admin;
 use super::admission::loggable;
 use super::link::{FrameSink, Link};
 use super::session::session;
+use super::view;
 use super::*;
 
 /// Why a connection ended early (for debug logs only).
@@ -244,7 +245,7 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
                         recv,
                         rec.id,
                         req.endpoints,
-                        (0, 0, 0),
+                        view::Have::default(),
                     )
                     .await
                 }
@@ -287,7 +288,12 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
                     .refused(Refusal::Code(ErrorCode::NotRegistered));
                 return Err(refuse_and_close(send, not_registered()).await);
             };
-            let have = (req.have_epoch, req.have_version, req.have_view);
+            let have = view::Have {
+                epoch: req.have_epoch,
+                version: req.have_version,
+                view: req.have_view,
+                digest: req.have_digest,
+            };
             session(shared, link, inbox, send, recv, id, req.endpoints, have).await
         }
         _ => Err(refuse_and_close(

@@ -173,7 +173,12 @@ impl Coordinator {
     pub async fn start(config: Config) -> Result<Self, CoordinatorError> {
         let identity = state::load_or_create(&config.state_dir)?;
         let ipam = Ipam::new(config.pool, config.subnet_prefix)?;
-        let epoch = rand::rngs::OsRng.next_u64() | 1;
+        // A lone coordinator keeps its epoch across restarts (replicas take
+        // theirs from etcd, below).
+        let epoch = match &config.store {
+            crate::StoreConfig::Redb => state::load_or_create_epoch(&config.state_dir)?,
+            _ => rand::rngs::OsRng.next_u64() | 1,
+        };
         let changed = Arc::new(Notify::new());
         let membership_changed = Arc::new(AtomicBool::new(false));
         let on_commit = {
@@ -296,7 +301,17 @@ impl Coordinator {
                 reg.track_revisions(r.epoch, u64::try_from(opened.revision).unwrap_or(0));
                 r.epoch
             }
-            None => epoch,
+            None => {
+                // Above every version the previous process handed out
+                // (fewer than 1,024 changes a millisecond), so hosts'
+                // cached versions are never taken for this one's.
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+                let mut reg = opened.registry.write().unwrap_or_else(|p| p.into_inner());
+                reg.start_at(now_ms << 10);
+                epoch
+            }
         };
         let shared = Arc::new(Shared {
             epoch,
@@ -341,6 +356,9 @@ impl Coordinator {
         let coalescer = tokio::spawn(coalesce(shared.clone(), config.coalesce));
         let acceptor = tokio::spawn(accept(shared.clone(), endpoint.clone()));
         let mut tasks = vec![coalescer, acceptor];
+        if shared.replica.is_none() {
+            tasks.push(tokio::spawn(announce_offline_after_start(shared.clone())));
+        }
         if let Some(r) = &shared.replica {
             r.set_endpoint(endpoint.clone());
             tasks.extend(replica::spawn(&shared));
@@ -541,6 +559,25 @@ async fn coalesce(shared: Arc<Shared>, window: Duration) {
             shared.fanout.start(v, changed_at, open);
         }
         shared.published.send_replace(v);
+    }
+}
+
+/// How long after a start hosts have to come back before the nodes that
+/// did not are announced offline.
+const RESUME_GRACE: Duration = Duration::from_secs(60);
+
+/// Hosts that resumed after a restart without a snapshot kept their peers'
+/// endpoints and online flags from before it; once the others had
+/// [`RESUME_GRACE`] to reconnect, those still away are announced offline.
+async fn announce_offline_after_start(shared: Arc<Shared>) {
+    tokio::time::sleep(RESUME_GRACE).await;
+    let n = shared.write().announce_offline();
+    if n > 0 {
+        debug!(
+            nodes = n,
+            "announced the nodes that did not come back as offline"
+        );
+        shared.changed.notify_one();
     }
 }
 

@@ -27,7 +27,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     mut recv: R,
     id: NodeId,
     endpoints: Vec<SocketAddr>,
-    have: (u64, u64, u64),
+    have: super::view::Have,
 ) -> Result<(), ConnError> {
     let Some(me) = shared.read().get(id).cloned() else {
         return Err(refuse_and_close(send, not_registered()).await);

@@ -57,6 +57,16 @@ pub(super) struct Update {
     view: Option<Arc<NodeView>>,
 }
 
+/// What a resuming host says it has.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Have {
+    pub epoch: u64,
+    pub version: u64,
+    pub view: u64,
+    /// Its netmap's content digest (0: none sent).
+    pub digest: u64,
+}
+
 /// What a session has sent its host.
 pub(super) struct HostView {
     id: NodeId,
@@ -68,14 +78,23 @@ pub(super) struct HostView {
     /// The view (filter, services, peer set) the host has: it has the
     /// registry's nodes this view sees.
     sent: Option<Arc<NodeView>>,
+    /// A host whose version this coordinator cannot answer (it restarted
+    /// since) but whose peers match the view: the registry version its
+    /// netmap is as good as, to give it a delta from there.
+    matched: Option<u64>,
 }
 
 impl HostView {
     /// A session's start. A host whose cached netmap holds the view in
     /// force (same epoch, same view id) resumes with a delta from its
     /// version; any other gets a full update, since what it may see changed.
-    pub(super) fn new(shared: &Shared, id: NodeId, have: (u64, u64, u64)) -> HostView {
-        let (epoch, version, view) = have;
+    pub(super) fn new(shared: &Shared, id: NodeId, have: Have) -> HostView {
+        let Have {
+            epoch,
+            version,
+            view,
+            digest,
+        } = have;
         let current = shared.compiled().nodes.get(&id).cloned();
         // On replicas the version may be another replica's: it says up to
         // which etcd revision the host has every change (see
@@ -83,19 +102,29 @@ impl HostView {
         // changed after that revision.
         let claim = shared.replica.is_some().then_some(version);
         match current {
-            Some(v) if epoch == shared.epoch && view == v.id => HostView {
-                id,
-                epoch,
-                version,
-                claim,
-                sent: Some(v),
-            },
+            Some(v) if epoch == shared.epoch && view == v.id => {
+                let matched = (digest != 0 && claim.is_none())
+                    .then(|| {
+                        let reg = shared.read();
+                        (view_digest(&reg, &v) == digest).then(|| reg.version())
+                    })
+                    .flatten();
+                HostView {
+                    id,
+                    epoch,
+                    version,
+                    claim,
+                    sent: Some(v),
+                    matched,
+                }
+            }
             _ => HostView {
                 id,
                 epoch: 0,
                 version: 0,
                 claim: None,
                 sent: None,
+                matched: None,
             },
         }
     }
@@ -149,7 +178,37 @@ impl HostView {
                     _ => reg.changes_since(0, 0, self.id),
                 }
             }
-            None => reg.changes_since(self.epoch, self.version, self.id),
+            None => match (
+                reg.changes_since(self.epoch, self.version, self.id),
+                self.matched.take(),
+            ) {
+                // The log cannot answer the host's version, but its peers
+                // are the view's as of `base`: what changed since then,
+                // as a delta from the version it has.
+                (Changes::Full { .. }, Some(base)) => {
+                    match reg.changes_since(self.epoch, base, self.id) {
+                        Changes::None => Changes::Delta {
+                            from: self.version,
+                            to: base,
+                            upserts: Vec::new(),
+                            removed: Vec::new(),
+                        },
+                        Changes::Delta {
+                            to,
+                            upserts,
+                            removed,
+                            ..
+                        } => Changes::Delta {
+                            from: self.version,
+                            to,
+                            upserts,
+                            removed,
+                        },
+                        full => full,
+                    }
+                }
+                (changes, _) => changes,
+            },
         };
         let view_changed = !self
             .sent
@@ -223,6 +282,22 @@ impl HostView {
         self.epoch = shared.epoch;
         self.version = update.to;
         Some(update)
+    }
+}
+
+/// The content digest of what `view` lets its host have now: the XOR of
+/// the durable digests of the registry's nodes it sees (what the host's
+/// `Netmap::content_digest` is when it has them). O(1) for
+/// [`PeerSet::All`], O(the set) otherwise.
+fn view_digest(reg: &crate::registry::Registry, view: &NodeView) -> u64 {
+    let me = view.node;
+    match &view.peers {
+        PeerSet::All => reg.digest_all() ^ reg.digest_of(me).unwrap_or(0),
+        PeerSet::Only(s) => s
+            .iter()
+            .filter(|id| **id != me)
+            .filter_map(|id| reg.digest_of(*id))
+            .fold(0, |x, d| x ^ d),
     }
 }
 
