@@ -74,7 +74,12 @@ pub struct Report {
     storm_delta: u64,
     storm_admin: (f64, f64),
     storm_admin_failed: usize,
+    /// Sessions resumed within [`STORM_LIMIT_SECS`].
+    storm_resumed: u64,
 }
+
+/// How long the benchmark waits for every session to resume.
+const STORM_LIMIT_SECS: u64 = 300;
 
 fn ms3(v: (f64, f64, f64)) -> String {
     format!("{:.1} / {:.1} / {:.1}", v.0, v.1, v.2)
@@ -100,12 +105,17 @@ impl Report {
 
     pub fn row(&self) -> String {
         format!(
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {:.1} | {} of {} | {:.0} / {:.0}{} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {} | {} of {} | {:.0} / {:.0}{} |",
             self.store, self.policy, self.n, self.n as f64 / self.join_secs,
             ms3(self.endpoint), self.policy_change.map_or("-".into(), ms3), ms3(self.newcomer),
             self.join_cpu, self.idle_cpu_pct, self.rss_kb as f64 / 1024.0, self.rss_per_host_kb,
             self.idle_bytes_per_min.0, self.idle_bytes_per_min.1,
-            self.storm_secs, self.storm_delta, self.n + (STREAM_RATE * STREAM_SECS) as usize,
+            if self.storm_resumed as usize == self.n + (STREAM_RATE * STREAM_SECS) as usize {
+                format!("{:.1}", self.storm_secs)
+            } else {
+                format!("{} resumed in {STORM_LIMIT_SECS} s", self.storm_resumed)
+            },
+            self.storm_delta, self.n + (STREAM_RATE * STREAM_SECS) as usize,
             self.storm_admin.0, self.storm_admin.1,
             if self.storm_admin_failed > 0 { format!(" ({} failed)", self.storm_admin_failed) } else { String::new() },
         )
@@ -336,6 +346,7 @@ pub async fn run(n: usize, store: &str, policy: &str) -> Report {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     r.endpoint = percentiles(ep_lat);
+    eprintln!("  endpoint change p50/p99/max {}", ms3(r.endpoint));
 
     if tags {
         c.probe.policy_round.store(true, Ordering::Relaxed);
@@ -354,7 +365,9 @@ pub async fn run(n: usize, store: &str, policy: &str) -> Report {
         );
         let lat = wait_all(&c.probe.policy_seen, n, t, "the policy change").await;
         c.probe.policy_round.store(false, Ordering::Relaxed);
-        r.policy_change = Some(percentiles(lat));
+        let p = percentiles(lat);
+        eprintln!("  policy change in every view p50/p99/max {}", ms3(p));
+        r.policy_change = Some(p);
     }
 
     eprintln!("  endpoint and policy changes timed; joining at {STREAM_RATE}/s");
@@ -412,6 +425,7 @@ pub async fn run(n: usize, store: &str, policy: &str) -> Report {
         );
     }
     r.newcomer = percentiles(nc_lat);
+    eprintln!("  new host at every host p50/p99/max {}", ms3(r.newcomer));
 
     // Idle steady state.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -433,7 +447,10 @@ pub async fn run(n: usize, store: &str, policy: &str) -> Report {
     r.rss_kb = c.child.rss_kb();
     r.rss_per_host_kb = r.rss_kb.saturating_sub(rss0) as f64 / total as f64;
 
-    eprintln!("  idle measured; kill -9 and restart");
+    eprintln!(
+        "  idle CPU {:.1}%, RSS {:.1} KB/host; kill -9 and restart",
+        r.idle_cpu_pct, r.rss_per_host_kb
+    );
     storm(&mut c, total, &mut r).await;
     drop(c);
     r
@@ -476,6 +493,7 @@ async fn storm(c: &mut Cluster, total: usize, r: &mut Report) {
         .copied()
         .unwrap_or(t);
     r.storm_secs = last.saturating_duration_since(t).as_secs_f64();
+    r.storm_resumed = c.probe.resumed_count.load(Ordering::Relaxed);
     r.storm_delta = c.probe.resumed_delta.load(Ordering::Relaxed);
     let (p50, _, max) = percentiles(admin_ms);
     r.storm_admin = (p50, max);
