@@ -107,6 +107,19 @@ pub async fn join(
             .await
         {
             Ok(out) => return (out.node_id, out.coordinator, out.session, tries),
+            // An attempt that timed out here had registered the node: as
+            // the error says, reconnect instead.
+            Err(e) if e.code() == Some(weft_control::ErrorCode::KeyInUse) => {
+                let parsed: weft_proto::token::JoinToken = token.parse().unwrap();
+                let info = CoordinatorInfo::from(&parsed);
+                if let Ok(s) = client
+                    .connect(&info, key, vec![endpoint], Some(netmap(host0)))
+                    .await
+                {
+                    return (s.welcome().node_id, info, s, tries + 1);
+                }
+                tries += 1;
+            }
             Err(e) if tries < 20 => {
                 tries += 1;
                 if tries == 1 {
