@@ -76,6 +76,9 @@ pub struct Report {
     storm_admin_failed: usize,
     /// Sessions resumed within [`STORM_LIMIT_SECS`].
     storm_resumed: u64,
+    /// (new host, old host) pairs where the old host had not seen the new
+    /// one 60 s after its join (left out of `newcomer`).
+    newcomer_missed: usize,
 }
 
 /// How long the benchmark waits for every session to resume.
@@ -107,7 +110,12 @@ impl Report {
         format!(
             "| {} | {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {} | {} of {} | {:.0} / {:.0}{} |",
             self.store, self.policy, self.n, self.n as f64 / self.join_secs,
-            ms3(self.endpoint), self.policy_change.map_or("-".into(), ms3), ms3(self.newcomer),
+            ms3(self.endpoint), self.policy_change.map_or("-".into(), ms3),
+            if self.newcomer_missed > 0 {
+                format!("{} ({} not within 60 s)", ms3(self.newcomer), self.newcomer_missed)
+            } else {
+                ms3(self.newcomer)
+            },
             self.join_cpu, self.idle_cpu_pct, self.rss_kb as f64 / 1024.0, self.rss_per_host_kb,
             self.idle_bytes_per_min.0, self.idle_bytes_per_min.1,
             if self.storm_resumed as usize == self.n + (STREAM_RATE * STREAM_SECS) as usize {
@@ -406,16 +414,13 @@ pub async fn run(n: usize, store: &str, policy: &str) -> Report {
                 let nc = c.probe.newcomers.lock().unwrap();
                 nc.1[k].iter().take(n).filter(|s| s.is_none()).count() == 0
             };
-            if done {
+            if done || Instant::now() >= deadline {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "new host {id} not seen everywhere"
-            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let nc = c.probe.newcomers.lock().unwrap();
+        r.newcomer_missed += nc.1[k].iter().take(n).filter(|s| s.is_none()).count();
         nc_lat.extend(
             nc.1[k]
                 .iter()
@@ -425,7 +430,11 @@ pub async fn run(n: usize, store: &str, policy: &str) -> Report {
         );
     }
     r.newcomer = percentiles(nc_lat);
-    eprintln!("  new host at every host p50/p99/max {}", ms3(r.newcomer));
+    eprintln!(
+        "  new host at every host p50/p99/max {} ({} sightings missing after 60 s)",
+        ms3(r.newcomer),
+        r.newcomer_missed
+    );
 
     // Idle steady state.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -465,12 +474,11 @@ async fn storm(c: &mut Cluster, total: usize, r: &mut Report) {
     let mut admin_ms = Vec::new();
     let mut failed = 0;
     let mut up = false;
-    let deadline = t + Duration::from_secs(300);
+    let deadline = t + Duration::from_secs(STORM_LIMIT_SECS);
     while c.probe.resumed_count.load(Ordering::Relaxed) < total as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "sessions did not resume in 300 s"
-        );
+        if Instant::now() >= deadline {
+            break;
+        }
         let a = Instant::now();
         // Timed from the first answer on: before it, the new process is
         // still opening its store.
