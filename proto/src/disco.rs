@@ -261,6 +261,12 @@ impl DiscoMsg {
                 .and_then(|s| s.try_into().ok())
                 .ok_or(DiscoError::Truncated)
         };
+        let sent_at = |b: &[u8]| -> Result<u64, DiscoError> {
+            b.get(44..52)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or(DiscoError::Truncated)
+        };
         let sender = |b: &[u8]| -> Result<[u8; 32], DiscoError> {
             b.get(12..44)
                 .and_then(|s| s.try_into().ok())
@@ -279,11 +285,7 @@ impl DiscoMsg {
                 DiscoMsg::Ping {
                     txid: txid(body)?,
                     sender: sender(body)?,
-                    sent_at: body
-                        .get(44..52)
-                        .and_then(|s| s.try_into().ok())
-                        .map(u64::from_be_bytes)
-                        .ok_or(DiscoError::Truncated)?,
+                    sent_at: sent_at(body)?,
                 },
                 Some(5 + 52),
             ),
@@ -299,11 +301,7 @@ impl DiscoMsg {
                 DiscoMsg::ScanMe {
                     txid: txid(body)?,
                     sender: sender(body)?,
-                    sent_at: body
-                        .get(44..52)
-                        .and_then(|s| s.try_into().ok())
-                        .map(u64::from_be_bytes)
-                        .ok_or(DiscoError::Truncated)?,
+                    sent_at: sent_at(body)?,
                     sockets: body
                         .get(52..54)
                         .map(|s| u16::from_be_bytes([s[0], s[1]]))
