@@ -370,17 +370,7 @@ impl Registry {
         if next == *entry.peer {
             return false;
         }
-        // Endpoints and online flags (most updates) leave the digest be.
-        let durable_same = next.name == entry.peer.name
-            && next.public_key == entry.peer.public_key
-            && next.subnet == entry.peer.subnet
-            && next.tags == entry.peer.tags
-            && next.routes == entry.peer.routes;
-        let digest = if durable_same {
-            entry.digest
-        } else {
-            next.durable_digest()
-        };
+        let digest = next.durable_digest();
         self.digest_all ^= entry.digest ^ digest;
         entry.digest = digest;
         entry.peer = Arc::new(next);

@@ -261,12 +261,6 @@ impl DiscoMsg {
                 .and_then(|s| s.try_into().ok())
                 .ok_or(DiscoError::Truncated)
         };
-        let sent_at = |b: &[u8]| -> Result<u64, DiscoError> {
-            b.get(44..52)
-                .and_then(|s| s.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or(DiscoError::Truncated)
-        };
         let sender = |b: &[u8]| -> Result<[u8; 32], DiscoError> {
             b.get(12..44)
                 .and_then(|s| s.try_into().ok())
@@ -285,7 +279,11 @@ impl DiscoMsg {
                 DiscoMsg::Ping {
                     txid: txid(body)?,
                     sender: sender(body)?,
-                    sent_at: sent_at(body)?,
+                    sent_at: body
+                        .get(44..52)
+                        .and_then(|s| s.try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .ok_or(DiscoError::Truncated)?,
                 },
                 Some(5 + 52),
             ),
@@ -301,7 +299,11 @@ impl DiscoMsg {
                 DiscoMsg::ScanMe {
                     txid: txid(body)?,
                     sender: sender(body)?,
-                    sent_at: sent_at(body)?,
+                    sent_at: body
+                        .get(44..52)
+                        .and_then(|s| s.try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .ok_or(DiscoError::Truncated)?,
                     sockets: body
                         .get(52..54)
                         .map(|s| u16::from_be_bytes([s[0], s[1]]))
