@@ -17,7 +17,7 @@ use weft_proto::token::JoinToken;
 use weft_proto::{codec, HostSubnet, Netmap, NetmapChange, NodeId, WgPublicKey, PROTOCOL_VERSION};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use super::liveness::{ping_tcp, watch_quic, AbortOnDrop, Heard};
+use super::liveness::{ping, watch_quic, AbortOnDrop, Heard};
 use super::transport::{DatagramLink, DatagramSource, FrameReader, FrameWriter};
 use super::ControlError;
 
@@ -181,12 +181,12 @@ impl ControlClient {
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport
-            // Liveness (see `liveness`): a dead coordinator is noticed
-            // within the deadline, a restarted one at the first keep-alive
-            // it answers with a stateless reset.
-            .keep_alive_interval(Some(weft_proto::KEEPALIVE))
+            // Liveness (see `liveness`): the session pings at the interval
+            // the welcome asks for, and gives up after its deadline; QUIC's
+            // own idle timeout is only the backstop past every deadline.
+            .keep_alive_interval(None)
             .max_idle_timeout(Some(
-                quinn::IdleTimeout::try_from(weft_proto::LIVENESS_DEADLINE)
+                quinn::IdleTimeout::try_from(weft_proto::SESSION_IDLE_TIMEOUT)
                     .map_err(|e| ControlError::Protocol(e.to_string()))?,
             ))
             .stream_receive_window(quinn::VarInt::from_u32(256 * 1024))
@@ -381,15 +381,23 @@ impl ControlClient {
             }
         };
         let heard = Heard::now();
-        let keepalive = Duration::from_millis(u64::from(welcome.keepalive_ms));
-        let liveness = match &quic {
-            Some(c) => Some(watch_quic(c.clone(), heard.clone())),
-            None if welcome.keepalive_ms > 0 => Some(ping_tcp(send.clone(), keepalive)),
-            None => None,
+        let keepalive = match welcome.keepalive_ms {
+            0 => weft_proto::KEEPALIVE,
+            ms => Duration::from_millis(u64::from(ms)).min(weft_proto::MAX_KEEPALIVE),
         };
+        // A coordinator that sets no interval answers no pings (on TCP
+        // nothing else would tell it is alive: no deadline there).
+        let pings = welcome.keepalive_ms > 0 || quic.is_some();
+        let deadline = pings.then(|| weft_proto::liveness_deadline(keepalive));
+        let mut liveness = Vec::new();
+        if pings {
+            liveness.push(ping(send.clone(), keepalive));
+        }
+        if let Some(c) = &quic {
+            liveness.push(watch_quic(c.clone(), heard.clone(), keepalive));
+        }
         let mut session = Session {
-            tcp_deadline: (quic.is_none() && welcome.keepalive_ms > 0)
-                .then_some(weft_proto::LIVENESS_DEADLINE),
+            deadline,
             quic,
             send,
             recv,
@@ -521,11 +529,10 @@ pub struct Session {
         weft_proto::queue::ByteBudget,
     )>,
     heard: Heard,
-    /// On TCP with a coordinator that answers pings: the longest silence
-    /// before the session counts as dead.
-    tcp_deadline: Option<Duration>,
-    /// The QUIC watcher or the TCP pinger; ends with the session.
-    _liveness: Option<AbortOnDrop>,
+    /// The longest silence before the session counts as dead.
+    deadline: Option<Duration>,
+    /// The pinger, and on QUIC the watcher; they end with the session.
+    _liveness: Vec<AbortOnDrop>,
 }
 
 impl Session {
@@ -580,19 +587,7 @@ impl Session {
     /// ends the session: reconnect (with [`ControlClient::connect`]).
     pub async fn next_change(&mut self) -> Result<NetmapChange, ControlError> {
         loop {
-            let read = read_msg(self.quic.as_ref(), &mut self.recv);
-            let msg = match self.tcp_deadline {
-                Some(d) => {
-                    let until = tokio::time::Instant::from_std(self.heard.at() + d);
-                    tokio::time::timeout_at(until, read).await.map_err(|_| {
-                        ControlError::Connection(format!(
-                            "no word from the coordinator for {}s",
-                            d.as_secs()
-                        ))
-                    })??
-                }
-                None => read.await?,
-            };
+            let msg = self.read_live().await?;
             if self.quic.is_none() {
                 self.heard.mark();
             }
@@ -621,6 +616,30 @@ impl Session {
                     })
                 }
                 _ => continue,
+            }
+        }
+    }
+
+    /// The next message, or an error once the coordinator has been silent
+    /// past the deadline (on QUIC the watcher marks `heard` while this
+    /// waits, so the deadline moves).
+    async fn read_live(&mut self) -> Result<ServerMsg, ControlError> {
+        let read = read_msg(self.quic.as_ref(), &mut self.recv);
+        tokio::pin!(read);
+        let Some(d) = self.deadline else {
+            return read.await;
+        };
+        loop {
+            let until = tokio::time::Instant::from_std(self.heard.at() + d);
+            match tokio::time::timeout_at(until, &mut read).await {
+                Ok(r) => return r,
+                Err(_) if self.heard.ago() < d => continue,
+                Err(_) => {
+                    return Err(ControlError::Connection(format!(
+                        "no word from the coordinator for {}s",
+                        d.as_secs()
+                    )))
+                }
             }
         }
     }

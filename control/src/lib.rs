@@ -7,9 +7,10 @@
 //! then calls [`Session::next_change`] in a loop. Netmap folding is the pure
 //! reducer [`weft_proto::Netmap::apply`]; this module only moves bytes.
 //!
-//! Liveness ([`Heard`], `liveness`): keep-alives every
-//! [`weft_proto::KEEPALIVE`] and a deadline of
-//! [`weft_proto::LIVENESS_DEADLINE`] on both transports.
+//! Liveness ([`Heard`], `liveness`): a ping at the interval the welcome
+//! asks for ([`weft_proto::KEEPALIVE`] in a small cluster, longer in a
+//! large one) and a deadline of [`weft_proto::liveness_deadline`] of it
+//! on both transports.
 //!
 //! What a host must keep to reconnect later is [`CoordinatorInfo`] (from the
 //! token) plus its own private key.

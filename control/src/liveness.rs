@@ -1,11 +1,13 @@
 //! Session liveness: when the coordinator was last heard from, and the
 //! keep-alives that bound how long a dead coordinator goes unnoticed.
 //!
-//! On QUIC, quinn sends the keep-alives and enforces the deadline (the idle
-//! timeout); a watcher reads the connection's receive counter to record
-//! when something last arrived. On TCP, a pinger sends
-//! [`ClientMsg::Ping`] every [`weft_proto::KEEPALIVE`] and the session's
-//! reader gives up after [`weft_proto::LIVENESS_DEADLINE`] of silence.
+//! On both transports a pinger sends [`ClientMsg::Ping`] at the interval
+//! the coordinator's welcome asks for (see [`weft_proto::keepalive_for`]),
+//! and the session's reader gives up after
+//! [`weft_proto::liveness_deadline`] of silence. On TCP the coordinator
+//! answers with a pong; on QUIC its acknowledgement is the answer, and a
+//! watcher reads the connection's receive counter to record when
+//! something last arrived.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +18,7 @@ use weft_proto::msg::ClientMsg;
 
 use super::transport::FrameWriter;
 
-/// How often the QUIC watcher looks at the receive counter.
+/// How often the QUIC watcher looks at the receive counter, at the least.
 const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// When the coordinator was last heard from; shared with `weft status`.
@@ -52,11 +54,16 @@ impl Drop for AbortOnDrop {
 }
 
 /// Marks `heard` whenever the QUIC connection received a datagram since the
-/// last look (keep-alive acknowledgements included).
-pub(crate) fn watch_quic(conn: quinn::Connection, heard: Heard) -> AbortOnDrop {
+/// last look (keep-alive acknowledgements included), looking four times a
+/// keep-alive interval.
+pub(crate) fn watch_quic(
+    conn: quinn::Connection,
+    heard: Heard,
+    keepalive: Duration,
+) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
         let mut seen = conn.stats().udp_rx.datagrams;
-        let mut tick = tokio::time::interval(WATCH_EVERY);
+        let mut tick = tokio::time::interval((keepalive / 4).max(WATCH_EVERY));
         loop {
             tick.tick().await;
             if conn.close_reason().is_some() {
@@ -71,8 +78,8 @@ pub(crate) fn watch_quic(conn: quinn::Connection, heard: Heard) -> AbortOnDrop {
     }))
 }
 
-/// Sends a ping every `every` on a TCP session until the write fails.
-pub(crate) fn ping_tcp(send: FrameWriter, every: Duration) -> AbortOnDrop {
+/// Sends a ping every `every` on the session until the write fails.
+pub(crate) fn ping(send: FrameWriter, every: Duration) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
         let Ok(frame) = codec::encode(&ClientMsg::Ping) else {
             return;

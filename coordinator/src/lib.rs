@@ -15,6 +15,7 @@ pub mod admin;
 pub mod cluster;
 pub mod endpoints;
 pub mod ipam;
+pub mod live_hint;
 pub mod metrics;
 pub mod names;
 pub mod registry;

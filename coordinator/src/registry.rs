@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use weft_proto::{NodeId, Peer, WgPublicKey};
 
+use crate::live_hint::{LiveHint, Loaded};
+
 /// Changes kept for delta resumption.
 const DEFAULT_LOG_CAPACITY: usize = 65_536;
 
@@ -23,6 +25,8 @@ struct Entry {
     created_at: u64,
     /// [`Peer::durable_digest`] of `peer`.
     digest: u64,
+    /// The version of its latest change (0: none since it was loaded).
+    version: u64,
 }
 
 /// What a session must send to bring a host from its version to now.
@@ -62,6 +66,11 @@ pub struct Registry {
     /// XOR of every node's [`Peer::durable_digest`] (see
     /// [`Registry::digest_all`]).
     digest_all: u64,
+    /// A lone coordinator's note of every change (see [`crate::live_hint`]).
+    hint: Option<LiveHint>,
+    /// Versions strictly between these two were handed out by a previous
+    /// process after its last hint record: the log cannot answer them.
+    gap: Option<(u64, u64)>,
 }
 
 /// A change this replica made that etcd has not shown back yet.
@@ -98,6 +107,8 @@ impl Registry {
             log_floor: 1,
             revs: None,
             digest_all: 0,
+            hint: None,
+            gap: None,
         }
     }
 
@@ -121,6 +132,87 @@ impl Registry {
         self.version = self.version.max(version);
         self.log.clear();
         self.log_floor = self.version;
+    }
+
+    /// After [`Registry::start_at`]: takes a previous process's live hint
+    /// as the truth about its nodes' online flags and endpoints, and its
+    /// record of when each changed as the log, so a host resuming at any
+    /// version since the hint's floor gets exactly what changed after it.
+    /// A stored node the hint does not know (a join committed just before
+    /// the previous process died) is a change now.
+    pub fn seed(&mut self, hint: Loaded) {
+        let start = self.version;
+        if hint.floor >= start || hint.last >= start {
+            // Not from a process before this one.
+            return;
+        }
+        let mut log: Vec<(u64, NodeId)> = Vec::with_capacity(hint.nodes.len());
+        let mut unknown = Vec::new();
+        for (id, e) in &mut self.nodes {
+            match hint.nodes.get(id) {
+                Some(live) if live.version < start => {
+                    if e.peer.online != live.online || e.peer.endpoints != live.endpoints {
+                        let p = Arc::make_mut(&mut e.peer);
+                        p.online = live.online;
+                        p.endpoints.clone_from(&live.endpoints);
+                    }
+                    e.version = live.version;
+                    if live.version > hint.floor {
+                        log.push((live.version, *id));
+                    }
+                }
+                _ => unknown.push(*id),
+            }
+        }
+        for (id, v) in &hint.removed {
+            if !self.nodes.contains_key(id) && *v > hint.floor && *v < start {
+                log.push((*v, *id));
+            }
+        }
+        // In the hint but no longer stored: removed, as far as anyone knows
+        // at its last version.
+        for id in hint.nodes.keys() {
+            if !self.nodes.contains_key(id) && hint.last < start {
+                log.push((hint.last, *id));
+            }
+        }
+        log.sort_unstable();
+        self.log = log.into();
+        self.log_floor = hint.floor;
+        self.gap = Some((hint.last, start));
+        for id in unknown {
+            self.touch(id);
+        }
+    }
+
+    /// From now on every change is noted in `hint`, which starts over with
+    /// what the registry holds.
+    pub fn attach_hint(&mut self, hint: LiveHint) {
+        self.hint = Some(hint);
+        self.rewrite_hint();
+    }
+
+    /// Stops noting changes (a coordinator shutting down).
+    pub fn detach_hint(&mut self) {
+        self.hint = None;
+    }
+
+    fn rewrite_hint(&mut self) {
+        let Some(hint) = self.hint.as_mut() else {
+            return;
+        };
+        let mut removed: HashMap<NodeId, u64> = HashMap::new();
+        for (v, id) in &self.log {
+            if !self.nodes.contains_key(id) {
+                removed.insert(*id, *v);
+            }
+        }
+        hint.rewrite(
+            self.epoch,
+            self.log_floor,
+            self.nodes.values().map(|e| (e.version, &*e.peer)),
+            removed.into_iter().map(|(id, v)| (v, id)),
+        );
     }
 
     /// Moves the version forward to at least `version` without logging a
@@ -270,8 +362,17 @@ impl Registry {
                 }
             }
         }
+        let version = self.version;
+        if let Some(e) = self.nodes.get_mut(&id) {
+            e.version = version;
+        }
+        if let Some(h) = self.hint.as_mut() {
+            h.node(version, id, self.nodes.get(&id).map(|e| &*e.peer));
+            if h.due() {
+                self.rewrite_hint();
+            }
+        }
         if let Some(r) = self.revs.as_mut() {
-            let version = self.version;
             let tag = r.tag;
             // The highest revision of the node's changes; a revision
             // replaces a local change (etcd's order wins over this
@@ -294,6 +395,9 @@ impl Registry {
     /// and sees its netmap version move.
     pub fn bump(&mut self) {
         self.version += 1;
+        if let Some(h) = self.hint.as_mut() {
+            h.version(self.version);
+        }
     }
 
     /// Adds a node loaded at start: no change is logged.
@@ -308,6 +412,7 @@ impl Registry {
                 peer: Arc::new(peer),
                 created_at,
                 digest,
+                version: 0,
             },
         ) {
             self.digest_all ^= old.digest;
@@ -326,18 +431,24 @@ impl Registry {
         self.nodes.get(&id).map(|e| e.digest)
     }
 
-    /// Logs a change for every offline node (their records unchanged): a
-    /// restarted coordinator, some time after its start, tells hosts that
-    /// resumed without a snapshot which of their peers did not come back.
-    /// Returns how many.
-    pub fn announce_offline(&mut self) -> usize {
+    /// A restarted coordinator, some time after its start: nodes that did
+    /// not come back (`connected` says which did) go offline, and a change
+    /// is logged for every offline node, so hosts that resumed without a
+    /// snapshot or a hint of their version learn which peers are away.
+    /// Returns how many are offline.
+    pub fn announce_offline(&mut self, connected: impl Fn(NodeId) -> bool) -> usize {
         let ids: Vec<NodeId> = self
             .nodes
             .values()
-            .filter(|e| !e.peer.online)
+            .filter(|e| !e.peer.online || !connected(e.peer.id))
             .map(|e| e.peer.id)
             .collect();
         for id in &ids {
+            if let Some(e) = self.nodes.get_mut(id) {
+                if e.peer.online {
+                    Arc::make_mut(&mut e.peer).online = false;
+                }
+            }
             self.touch(*id);
         }
         ids.len()
@@ -395,7 +506,8 @@ impl Registry {
     /// What a host at `(epoch, from)` needs to catch up, leaving out the
     /// host's own node.
     pub fn changes_since(&self, epoch: u64, from: u64, me: NodeId) -> Changes {
-        if epoch != self.epoch || from < self.log_floor || from > self.version {
+        let lost = self.gap.is_some_and(|(a, b)| from > a && from < b);
+        if epoch != self.epoch || from < self.log_floor || from > self.version || lost {
             return Changes::Full {
                 version: self.version,
                 peers: self
@@ -517,6 +629,70 @@ mod tests {
         ));
         assert!(matches!(
             reg.changes_since(8, reg.version(), me),
+            Changes::Full { .. }
+        ));
+    }
+
+    #[test]
+    fn a_seeded_registry_answers_versions_of_the_process_before_it() {
+        use crate::live_hint::{Live, Loaded};
+        let me = NodeId(100);
+        let mut reg = Registry::new(7);
+        for i in 1..=3 {
+            reg.load(peer(i), 0);
+        }
+        let ep = SocketAddr::from(([192, 0, 2, 1], 7));
+        let live = |version, online| Live {
+            version,
+            online,
+            endpoints: vec![ep],
+        };
+        let hint = Loaded {
+            floor: 100,
+            last: 106,
+            nodes: [(NodeId(1), live(105, true)), (NodeId(2), live(90, false))].into(),
+            removed: [(NodeId(5), 104)].into(),
+        };
+        reg.start_at(1000);
+        reg.seed(hint);
+        let got = |from| match reg.changes_since(7, from, me) {
+            Changes::Delta {
+                upserts, removed, ..
+            } => {
+                let mut u: Vec<u64> = upserts.iter().map(|p| p.id.0).collect();
+                u.sort();
+                Some((u, removed))
+            }
+            Changes::None => Some((vec![], vec![])),
+            Changes::Full { .. } => None,
+        };
+        // Node 3 was stored but not in the hint: a change now.
+        assert_eq!(got(100), Some((vec![1, 3], vec![NodeId(5)])));
+        assert_eq!(got(104), Some((vec![1, 3], vec![])));
+        assert_eq!(got(106), Some((vec![3], vec![])));
+        // Versions the hint never saw, or from before its floor: no delta.
+        assert_eq!(got(107), None);
+        assert_eq!(got(99), None);
+        let one = reg.get(NodeId(1)).unwrap();
+        assert!(one.online);
+        assert_eq!(one.endpoints, vec![ep]);
+        assert!(!reg.get(NodeId(2)).unwrap().online);
+        // Announcing the ones that did not come back (3 did): 1 goes
+        // offline, and 2 stays so.
+        reg.set_online(NodeId(3), true, None);
+        assert_eq!(reg.announce_offline(|id| id == NodeId(3)), 2);
+        assert!(!reg.get(NodeId(1)).unwrap().online);
+        // A hint that is not from before this process is ignored.
+        let mut fresh = Registry::new(7);
+        fresh.load(peer(1), 0);
+        fresh.start_at(50);
+        fresh.seed(Loaded {
+            floor: 10,
+            last: 60,
+            ..Loaded::default()
+        });
+        assert!(matches!(
+            fresh.changes_since(7, 20, me),
             Changes::Full { .. }
         ));
     }

@@ -389,9 +389,24 @@ async fn restart_keeps_nodes_subnets_and_tokens() {
         .collect();
     assert_eq!(subnets.len(), 4);
     assert_eq!(join_err(&unused).await.code(), Some(ErrorCode::TokenUsedUp));
-    // A netmap from before c and d joined no longer matches: after another
-    // restart (no log to answer its version from) it gets a snapshot.
+    // A netmap from before c and d joined: the live hint knows what
+    // changed since its version, so after another restart it still
+    // resumes, with c and d in its delta.
     h.restart().await;
+    let s = ControlClient::new()
+        .unwrap()
+        .connect(&a.coordinator, &ka, vec![], Some(stale.clone()))
+        .await
+        .unwrap();
+    assert!(s.resumed());
+    assert_eq!(s.netmap().len(), 3);
+    drop(s);
+    // Without the hint (lost, say, in a machine crash) the log cannot
+    // answer its version, and its peers no longer match: a snapshot.
+    h.restart_with(|state| {
+        std::fs::remove_file(state.join(weft_coordinator::live_hint::HINT_FILE)).unwrap()
+    })
+    .await;
     let s = ControlClient::new()
         .unwrap()
         .connect(&a.coordinator, &ka, vec![], Some(stale))
@@ -399,6 +414,58 @@ async fn restart_keeps_nodes_subnets_and_tokens() {
         .unwrap();
     assert!(!s.resumed());
     assert_eq!(s.netmap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_that_come_back_as_they_were_are_no_news_after_a_restart() {
+    let mut h = Harness::start().await;
+    let token = h.token(None).await;
+    let (ka, a) = join(&token, "a").await;
+    let (kb, b) = join(&token, "b").await;
+    let mut a_session = a.session;
+    wait_for(&mut a_session, Duration::from_secs(2), |s| {
+        s.netmap().peer(b.node_id).is_some_and(|p| p.online)
+    })
+    .await;
+    let a_cached = a_session.into_netmap();
+    let b_cached = b.session.into_netmap();
+    let b_endpoints = a_cached.peer(b.node_id).unwrap().endpoints.clone();
+    assert!(!b_endpoints.is_empty());
+    h.restart().await;
+    let client = ControlClient::new().unwrap();
+    let mut a_session = client
+        .connect(&a.coordinator, &ka, vec![], Some(a_cached))
+        .await
+        .unwrap();
+    assert!(a_session.resumed());
+    // b as it was: online, with the endpoints a has for it.
+    let b_again = client
+        .connect(&b.coordinator, &kb, b_endpoints.clone(), Some(b_cached))
+        .await
+        .unwrap();
+    assert!(b_again.resumed());
+    let news = tokio::time::timeout(Duration::from_millis(800), a_session.next_change()).await;
+    assert!(news.is_err(), "b's return was sent to a: {news:?}");
+    let seen = a_session.netmap().peer(b.node_id).unwrap();
+    assert!(seen.online);
+    assert_eq!(seen.endpoints, b_endpoints);
+    // b back somewhere else is news.
+    let moved: std::net::SocketAddr = "192.0.2.77:4000".parse().unwrap();
+    let b_cached = b_again.into_netmap();
+    wait_for(&mut a_session, Duration::from_secs(3), |s| {
+        s.netmap().peer(b.node_id).is_some_and(|p| !p.online)
+    })
+    .await;
+    let _b = client
+        .connect(&b.coordinator, &kb, vec![moved], Some(b_cached))
+        .await
+        .unwrap();
+    wait_for(&mut a_session, Duration::from_secs(3), |s| {
+        s.netmap()
+            .peer(b.node_id)
+            .is_some_and(|p| p.online && p.endpoints.contains(&moved))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

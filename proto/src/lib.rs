@@ -34,6 +34,13 @@
 //!   `Welcome::keepalive_ms` (0 from older coordinators) says the
 //!   coordinator answers `ClientMsg::Ping` with `ServerMsg::Pong`; a host
 //!   sends a ping only when it is set. See [`KEEPALIVE`].
+//! - 2026-12-01, version 3, additive: keep-alives that scale.
+//!   `Welcome::keepalive_ms` grows with the number of hosts connected
+//!   ([`keepalive_for`]); hosts send `ClientMsg::Ping` at that interval on
+//!   QUIC sessions too (not QUIC PINGs, whose interval is fixed when the
+//!   connection opens), and the coordinator answers with `ServerMsg::Pong`
+//!   only on TCP (a QUIC acknowledgement says as much). Both sides give a
+//!   session up after [`liveness_deadline`] of silence.
 
 pub mod auth;
 pub mod codec;
@@ -54,14 +61,42 @@ pub mod web;
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// How often a host shows its coordinator it is alive when nothing else is
-/// sent: QUIC keep-alives on a QUIC session, `ClientMsg::Ping` on a TCP
-/// one. About 120 bytes a second in both directions together, headers
-/// included (measured in the coordinator benchmark).
+/// sent, in a small cluster: `ClientMsg::Ping` on its session stream (QUIC
+/// or TCP). About 120 bytes a second in both directions together, headers
+/// included (measured in the coordinator benchmark). A coordinator with
+/// many hosts asks for less ([`keepalive_for`]).
 pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The longest keep-alive interval a coordinator asks for.
+pub const MAX_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A session that hears nothing for this long is dead: the host reconnects
 /// and `weft status` says so. Five keep-alives in a row must be lost first.
+/// The floor of [`liveness_deadline`].
 pub const LIVENESS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The QUIC idle timeout both ends of a session offer: past the longest
+/// [`liveness_deadline`], which each side enforces itself.
+pub const SESSION_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(35);
+
+/// The keep-alive interval a coordinator with `sessions` hosts connected
+/// asks for in its welcome: [`KEEPALIVE`] up to about 1,700 hosts, then
+/// 0.6 ms per host, so keep-alives cost it about 1,700 packets a second
+/// (and as many acknowledgements) however large the cluster, up to
+/// [`MAX_KEEPALIVE`] (16,700 hosts). What it costs is noticing a vanished
+/// coordinator later (see [`liveness_deadline`]).
+pub fn keepalive_for(sessions: usize) -> std::time::Duration {
+    let scaled = std::time::Duration::from_micros(600)
+        .saturating_mul(u32::try_from(sessions).unwrap_or(u32::MAX));
+    scaled.clamp(KEEPALIVE, MAX_KEEPALIVE)
+}
+
+/// How long a session may be silent, on either side, when the host sends a
+/// keep-alive every `keepalive`: three lost in a row, plus two seconds for
+/// a loaded coordinator, and never less than [`LIVENESS_DEADLINE`].
+pub fn liveness_deadline(keepalive: std::time::Duration) -> std::time::Duration {
+    (keepalive.saturating_mul(3) + std::time::Duration::from_secs(2)).max(LIVENESS_DEADLINE)
+}
 
 /// The ALPN protocol id of the coordinator's QUIC endpoint.
 pub const ALPN: &[u8] = b"weft/3";
@@ -72,3 +107,24 @@ pub const SERVER_NAME: &str = "weft-coordinator";
 
 pub use netmap::{Netmap, NetmapChange, NetmapError, NetmapUpdate, ServiceEntry};
 pub use types::{HostSubnet, NodeId, Peer, WgPublicKey};
+
+#[cfg(test)]
+mod keepalive_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn keepalives_stretch_with_the_cluster_and_deadlines_with_them() {
+        assert_eq!(keepalive_for(0), KEEPALIVE);
+        assert_eq!(keepalive_for(1_000), KEEPALIVE);
+        assert_eq!(keepalive_for(10_000), Duration::from_secs(6));
+        assert_eq!(keepalive_for(1_000_000), MAX_KEEPALIVE);
+        assert_eq!(liveness_deadline(KEEPALIVE), LIVENESS_DEADLINE);
+        assert_eq!(
+            liveness_deadline(Duration::from_secs(6)),
+            Duration::from_secs(20)
+        );
+        assert!(liveness_deadline(MAX_KEEPALIVE) > MAX_KEEPALIVE * 3);
+        assert!(SESSION_IDLE_TIMEOUT > liveness_deadline(MAX_KEEPALIVE));
+    }
+}

@@ -6,7 +6,7 @@
 //! on any change, waits `Config::coalesce`, then publishes once, so a burst of
 //! changes costs each host one message.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -310,6 +310,18 @@ impl Coordinator {
                     .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
                 let mut reg = opened.registry.write().unwrap_or_else(|p| p.into_inner());
                 reg.start_at(now_ms << 10);
+                // What hosts' cached netmaps hold, so the ones that come
+                // back unchanged are no news to the others.
+                if let Some(hint) = crate::live_hint::load(&config.state_dir, epoch) {
+                    debug!(
+                        nodes = hint.nodes.len(),
+                        floor = hint.floor,
+                        last = hint.last,
+                        "resuming from the live hint"
+                    );
+                    reg.seed(hint);
+                }
+                reg.attach_hint(crate::live_hint::LiveHint::new(&config.state_dir));
                 epoch
             }
         };
@@ -431,6 +443,9 @@ impl Coordinator {
 
     /// Closes every connection and stops serving.
     pub async fn shutdown(self) {
+        // Hosts keep their peers as they are now; so does the hint (the
+        // sessions closing below are no news to a restarted coordinator).
+        self.shared.write().detach_hint();
         self.endpoint
             .close(0u32.into(), b"coordinator shutting down");
         for t in &self.tasks {
@@ -512,9 +527,8 @@ fn server_config(identity: &state::Identity) -> Result<quinn::ServerConfig, Coor
     transport
         .max_concurrent_bidi_streams(2u32.into())
         .max_concurrent_uni_streams(0u32.into())
-        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
-            30_000,
-        ))))
+        // Sessions enforce their own, shorter deadline (`session.rs`).
+        .max_idle_timeout(quinn::IdleTimeout::try_from(weft_proto::SESSION_IDLE_TIMEOUT).ok())
         .stream_receive_window(quinn::VarInt::from_u32(64 * 1024))
         .receive_window(quinn::VarInt::from_u32(128 * 1024))
         .send_window(96 * 1024)
@@ -567,11 +581,15 @@ async fn coalesce(shared: Arc<Shared>, window: Duration) {
 const RESUME_GRACE: Duration = Duration::from_secs(60);
 
 /// Hosts that resumed after a restart without a snapshot kept their peers'
-/// endpoints and online flags from before it; once the others had
-/// [`RESUME_GRACE`] to reconnect, those still away are announced offline.
+/// endpoints and online flags from before it, as did the live hint; once
+/// the others had [`RESUME_GRACE`] to reconnect, those still away are
+/// announced offline.
 async fn announce_offline_after_start(shared: Arc<Shared>) {
     tokio::time::sleep(RESUME_GRACE).await;
-    let n = shared.write().announce_offline();
+    let connected: HashSet<NodeId> = shared.sessions().keys().copied().collect();
+    let n = shared
+        .write()
+        .announce_offline(|id| connected.contains(&id));
     if n > 0 {
         debug!(
             nodes = n,

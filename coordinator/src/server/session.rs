@@ -32,6 +32,11 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     let Some(me) = shared.read().get(id).cloned() else {
         return Err(refuse_and_close(send, not_registered()).await);
     };
+    // Fewer keep-alives the more hosts there are (see `keepalive_for`).
+    let keepalive = weft_proto::keepalive_for(shared.sessions().len());
+    let deadline = weft_proto::liveness_deadline(keepalive);
+    // On QUIC the acknowledgement of a ping is answer enough.
+    let answer_pings = matches!(link, Link::Tcp(_));
     let welcome = Welcome {
         node_id: id,
         name: me.name.clone(),
@@ -39,7 +44,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
         tags: me.tags.clone(),
         pool: shared.pool,
         domain: shared.domain.clone(),
-        keepalive_ms: u32::try_from(weft_proto::KEEPALIVE.as_millis()).unwrap_or(u32::MAX),
+        keepalive_ms: u32::try_from(keepalive.as_millis()).unwrap_or(u32::MAX),
         accepts_leave: true,
         accepts_paths: true,
     };
@@ -99,12 +104,13 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
         let budget = budget.clone();
         async move {
             // A host that pings must keep pinging: silence past the
-            // deadline ends its session (QUIC has its idle timeout).
+            // deadline ends its session (one that never pings has QUIC's
+            // idle timeout).
             let mut pinged = false;
             loop {
                 let read = read_frame(&mut recv);
                 let msg: ClientMsg = if pinged {
-                    match tokio::time::timeout(weft_proto::LIVENESS_DEADLINE, read).await {
+                    match tokio::time::timeout(deadline, read).await {
                         Ok(Ok(m)) => m,
                         Ok(Err(e)) => return e,
                         Err(_) => return ConnError::Timeout,
@@ -118,7 +124,9 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
                 match msg {
                     ClientMsg::Ping => {
                         pinged = true;
-                        pong.notify_one();
+                        if answer_pings {
+                            pong.notify_one();
+                        }
                     }
                     ClientMsg::SetEndpoints { endpoints } => reported.offer(&shared, endpoints),
                     ClientMsg::AdvertiseRoutes { routes } => {

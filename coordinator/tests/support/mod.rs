@@ -68,7 +68,14 @@ impl Harness {
 
     /// Stops the coordinator and starts it again on the same port and state.
     pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await;
+    }
+
+    /// [`Harness::restart`], running `between` on the state dir while the
+    /// coordinator is down.
+    pub async fn restart_with(&mut self, between: impl FnOnce(&std::path::Path)) {
         self.coord.take().unwrap().shutdown().await;
+        between(&self.config.state_dir);
         self.coord = Some(Coordinator::start(self.config.clone()).await.unwrap());
     }
 
