@@ -118,17 +118,19 @@ impl ControlClient {
         let info = CoordinatorInfo::from(&token);
         let public = WgPublicKey(PublicKey::from(key).to_bytes());
         let session = self
-            .open(&info, key, netmap, |proof| {
+            .open(&info, key, netmap, weft_proto::KEEPALIVE, |proof| {
                 HelloRequest::Join(JoinRequest {
                     token_id: token.id.clone(),
                     token_secret: token.secret,
                     public_key: public,
                     proof,
                     hostname: hostname.to_string(),
-                    endpoints,
+                    endpoints: endpoints.clone(),
                 })
             })
             .await?;
+        // Joining a large cluster: at its interval from the start.
+        let session = self.settled(session, &info, key, endpoints).await;
         let w = session.welcome().clone();
         Ok(JoinOutcome {
             node_id: w.node_id,
@@ -150,6 +152,23 @@ impl ControlClient {
         endpoints: Vec<SocketAddr>,
         cached: Option<Netmap>,
     ) -> Result<Session, ControlError> {
+        // The interval a cluster of this size asks for, most likely.
+        let guess = weft_proto::keepalive_for(cached.as_ref().map_or(0, |n| n.len()) + 1);
+        let first = self
+            .connect_at(info, key, endpoints.clone(), cached, guess)
+            .await?;
+        Ok(self.settled(first, info, key, endpoints).await)
+    }
+
+    /// [`ControlClient::connect`] with QUIC keep-alives every `keepalive`.
+    async fn connect_at(
+        &self,
+        info: &CoordinatorInfo,
+        key: &StaticSecret,
+        endpoints: Vec<SocketAddr>,
+        cached: Option<Netmap>,
+        keepalive: Duration,
+    ) -> Result<Session, ControlError> {
         let public = WgPublicKey(PublicKey::from(key).to_bytes());
         let netmap = cached.unwrap_or_default();
         let (have_epoch, have_version, have_view) =
@@ -159,7 +178,7 @@ impl ControlClient {
         } else {
             netmap.content_digest()
         };
-        self.open(info, key, netmap, |proof| {
+        self.open(info, key, netmap, keepalive, |proof| {
             HelloRequest::Resume(ResumeRequest {
                 public_key: public,
                 proof,
@@ -173,7 +192,11 @@ impl ControlClient {
         .await
     }
 
-    async fn dial(&self, info: &CoordinatorInfo) -> Result<quinn::Connection, ControlError> {
+    async fn dial(
+        &self,
+        info: &CoordinatorInfo,
+        keepalive: Duration,
+    ) -> Result<quinn::Connection, ControlError> {
         let (tls, outcome) = weft_proto::tls::pinned_client_config(info.pin)
             .map_err(|e| ControlError::Protocol(e.to_string()))?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
@@ -181,12 +204,13 @@ impl ControlClient {
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport
-            // Liveness (see `liveness`): the session pings at the interval
-            // the welcome asks for, and gives up after its deadline; QUIC's
-            // own idle timeout is only the backstop past every deadline.
-            .keep_alive_interval(None)
+            // Liveness (see `liveness`): a dead coordinator is noticed
+            // within the deadline, a restarted one at the first keep-alive
+            // it answers with a stateless reset. The interval is fixed for
+            // the connection's life (see `Session::renew_at`).
+            .keep_alive_interval(Some(keepalive))
             .max_idle_timeout(Some(
-                quinn::IdleTimeout::try_from(weft_proto::SESSION_IDLE_TIMEOUT)
+                quinn::IdleTimeout::try_from(weft_proto::liveness_deadline(keepalive))
                     .map_err(|e| ControlError::Protocol(e.to_string()))?,
             ))
             .stream_receive_window(quinn::VarInt::from_u32(256 * 1024))
@@ -249,19 +273,20 @@ impl ControlClient {
         &self,
         info: &CoordinatorInfo,
         public: &[u8; 32],
+        keepalive: Duration,
     ) -> Result<Wire, ControlError> {
         let tcp_first = self.prefer_tcp.load(Ordering::Relaxed);
         let first = if tcp_first {
             self.wire_tcp(info, public).await
         } else {
-            self.wire_quic(info, public).await
+            self.wire_quic(info, public, keepalive).await
         };
         match first {
             Ok(w) => Ok(w),
             Err(e @ ControlError::IdentityMismatch { .. }) => Err(e),
             Err(first_err) => {
                 let second = if tcp_first {
-                    self.wire_quic(info, public).await
+                    self.wire_quic(info, public, keepalive).await
                 } else {
                     self.wire_tcp(info, public).await
                 };
@@ -286,8 +311,9 @@ impl ControlClient {
         &self,
         info: &CoordinatorInfo,
         public: &[u8; 32],
+        keepalive: Duration,
     ) -> Result<Wire, ControlError> {
-        let conn = self.dial(info).await?;
+        let conn = self.dial(info, keepalive).await?;
         let lost = |e: &dyn std::fmt::Display| ControlError::Connection(e.to_string());
         let (send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
         let mut exporter = [0u8; 32];
@@ -326,10 +352,11 @@ impl ControlClient {
         info: &CoordinatorInfo,
         key: &StaticSecret,
         netmap: Netmap,
+        keepalive: Duration,
         request: impl FnOnce([u8; 32]) -> HelloRequest,
     ) -> Result<Session, ControlError> {
         let public = PublicKey::from(key).to_bytes();
-        let wire = self.connect_any(info, &public).await?;
+        let wire = self.connect_any(info, &public, keepalive).await?;
         let Wire {
             mut send,
             mut recv,
@@ -345,7 +372,8 @@ impl ControlClient {
         };
         let frame = codec::encode(&hello).map_err(|e| ControlError::Protocol(e.to_string()))?;
         send.write_all(&frame).await.map_err(|e| lost(&e))?;
-        let welcome = match read_msg(quic.as_ref(), &mut recv).await? {
+        let welcome = match read_msg(quic.as_ref(), &mut recv, &mut PartialFrame::default()).await?
+        {
             ServerMsg::Welcome(w) => w,
             ServerMsg::Error(e) => {
                 if let Some(c) = &quic {
@@ -381,26 +409,29 @@ impl ControlClient {
             }
         };
         let heard = Heard::now();
-        let keepalive = match welcome.keepalive_ms {
-            0 => weft_proto::KEEPALIVE,
-            ms => Duration::from_millis(u64::from(ms)).min(weft_proto::MAX_KEEPALIVE),
+        let asked = asked_keepalive(welcome.keepalive_ms);
+        let (deadline, liveness) = match &quic {
+            Some(c) => (
+                Some(weft_proto::liveness_deadline(keepalive)),
+                vec![watch_quic(c.clone(), heard.clone(), keepalive)],
+            ),
+            // A coordinator that sets no interval answers no pings.
+            None if welcome.keepalive_ms == 0 => (None, Vec::new()),
+            None => (
+                Some(weft_proto::liveness_deadline(asked)),
+                vec![ping(send.clone(), asked)],
+            ),
         };
-        // A coordinator that sets no interval answers no pings (on TCP
-        // nothing else would tell it is alive: no deadline there).
-        let pings = welcome.keepalive_ms > 0 || quic.is_some();
-        let deadline = pings.then(|| weft_proto::liveness_deadline(keepalive));
-        let mut liveness = Vec::new();
-        if pings {
-            liveness.push(ping(send.clone(), keepalive));
-        }
-        if let Some(c) = &quic {
-            liveness.push(watch_quic(c.clone(), heard.clone(), keepalive));
-        }
+        let quic_keepalive = quic.is_some().then_some(keepalive);
         let mut session = Session {
             deadline,
+            quic_keepalive,
+            asked,
+            renew_at: None,
             quic,
             send,
             recv,
+            partial: PartialFrame::default(),
             welcome,
             netmap,
             resumed: false,
@@ -410,11 +441,76 @@ impl ControlClient {
             heard,
             _liveness: liveness,
         };
+        session.asked_for(welcome_keepalive(&session), false);
         let first = session.next_change().await?;
         session.resumed = !first.full;
         Ok(session)
     }
+
+    /// A new session in place of `old`, at the keep-alive interval the
+    /// coordinator asks for now (see [`Session::renew_at`]), resuming from
+    /// `old`'s netmap. `endpoints`: what the host last reported. Open it
+    /// before dropping `old`: the coordinator replaces the old session with
+    /// it, and no peer sees the host go offline.
+    pub async fn renew(
+        &self,
+        old: &Session,
+        info: &CoordinatorInfo,
+        key: &StaticSecret,
+        endpoints: Vec<SocketAddr>,
+    ) -> Result<Session, ControlError> {
+        self.connect_at(info, key, endpoints, Some(old.netmap.clone()), old.asked)
+            .await
+    }
+
+    /// `first`, or when the coordinator asked it for a very different
+    /// keep-alive interval, a session renewed at that one (`first` if that
+    /// fails: it works, only with more keep-alives than asked for).
+    async fn settled(
+        &self,
+        first: Session,
+        info: &CoordinatorInfo,
+        key: &StaticSecret,
+        endpoints: Vec<SocketAddr>,
+    ) -> Session {
+        if first.renew_at.is_none() {
+            return first;
+        }
+        match self.renew(&first, info, key, endpoints).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not renew the session at the keep-alive asked for");
+                first
+            }
+        }
+    }
 }
+
+/// Waits until `at` ([`Session::renew_at`]), forever if `None`: a select
+/// branch beside [`Session::next_change`].
+pub async fn renewal_due(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The interval a welcome or update asks for (0: an older coordinator's
+/// default).
+fn asked_keepalive(ms: u32) -> Duration {
+    match ms {
+        0 => weft_proto::KEEPALIVE,
+        ms => Duration::from_millis(u64::from(ms)).min(weft_proto::MAX_KEEPALIVE),
+    }
+}
+
+fn welcome_keepalive(s: &Session) -> Duration {
+    asked_keepalive(s.welcome.keepalive_ms)
+}
+
+/// A renewal asked for by an update waits up to this long (at random), so
+/// thousands of hosts do not reconnect in the same second.
+const RENEW_SPREAD: Duration = Duration::from_secs(60);
 
 /// A connected frame stream before the hello.
 struct Wire {
@@ -484,19 +580,47 @@ async fn resolve(addr: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// A frame being read. What arrived survives a read that was cancelled
+/// (a `select!` branch beside [`Session::next_change`] that fired first):
+/// the next read goes on from there, and the stream stays in step.
+#[derive(Default)]
+struct PartialFrame {
+    header: [u8; codec::HEADER_LEN],
+    got: usize,
+    /// Once the header is in: the body and how much of it arrived.
+    body: Option<(Vec<u8>, usize)>,
+}
+
+/// Reads one message. Cancel-safe: it reads with `read` (which loses
+/// nothing when cancelled) into `part`.
 async fn read_msg(
     quic: Option<&quinn::Connection>,
     recv: &mut FrameReader,
+    part: &mut PartialFrame,
 ) -> Result<ServerMsg, ControlError> {
-    let mut header = [0u8; codec::HEADER_LEN];
-    if let Err(e) = recv.read_exact(&mut header).await {
-        return Err(closed(quic, &e));
+    while part.got < codec::HEADER_LEN {
+        match recv.read(&mut part.header[part.got..]).await {
+            Ok(0) => return Err(closed(quic, &"the coordinator closed the stream")),
+            Ok(n) => part.got += n,
+            Err(e) => return Err(closed(quic, &e)),
+        }
     }
-    let len = codec::frame_len(header).map_err(|e| ControlError::Protocol(e.to_string()))?;
-    let mut body = vec![0u8; len];
-    if let Err(e) = recv.read_exact(&mut body).await {
-        return Err(closed(quic, &e));
+    if part.body.is_none() {
+        let len =
+            codec::frame_len(part.header).map_err(|e| ControlError::Protocol(e.to_string()))?;
+        part.body = Some((vec![0u8; len], 0));
     }
+    if let Some((body, filled)) = part.body.as_mut() {
+        while *filled < body.len() {
+            match recv.read(&mut body[*filled..]).await {
+                Ok(0) => return Err(closed(quic, &"the coordinator closed the stream")),
+                Ok(n) => *filled += n,
+                Err(e) => return Err(closed(quic, &e)),
+            }
+        }
+    }
+    let (body, _) = part.body.take().unwrap_or_default();
+    part.got = 0;
     codec::decode(&body).map_err(|e| ControlError::Protocol(e.to_string()))
 }
 
@@ -517,6 +641,8 @@ pub struct Session {
     quic: Option<quinn::Connection>,
     send: FrameWriter,
     recv: FrameReader,
+    /// The frame being read (see [`PartialFrame`]).
+    partial: PartialFrame,
     welcome: Welcome,
     netmap: Netmap,
     resumed: bool,
@@ -531,6 +657,13 @@ pub struct Session {
     heard: Heard,
     /// The longest silence before the session counts as dead.
     deadline: Option<Duration>,
+    /// On QUIC: the connection's keep-alive interval.
+    quic_keepalive: Option<Duration>,
+    /// The interval the coordinator last asked for.
+    asked: Duration,
+    /// When to open a session at `asked` instead (see
+    /// [`Session::renew_at`]).
+    renew_at: Option<tokio::time::Instant>,
     /// The pinger, and on QUIC the watcher; they end with the session.
     _liveness: Vec<AbortOnDrop>,
 }
@@ -592,15 +725,20 @@ impl Session {
                 self.heard.mark();
             }
             match msg {
-                ServerMsg::Netmap(update) => match self.netmap.apply(update) {
-                    Ok(Some(change)) => return Ok(change),
-                    Ok(None) => continue,
-                    Err(e) => {
-                        // Start over from a full snapshot on reconnect.
-                        self.netmap = self.netmap.emptied();
-                        return Err(ControlError::Protocol(e.to_string()));
+                ServerMsg::Netmap(update) => {
+                    if let Some(ms) = update.keepalive_ms {
+                        self.asked_for(asked_keepalive(ms), true);
                     }
-                },
+                    match self.netmap.apply(update) {
+                        Ok(Some(change)) => return Ok(change),
+                        Ok(None) => continue,
+                        Err(e) => {
+                            // Start over from a full snapshot on reconnect.
+                            self.netmap = self.netmap.emptied();
+                            return Err(ControlError::Protocol(e.to_string()));
+                        }
+                    }
+                }
                 ServerMsg::Datagram(bytes) => {
                     if let Some((tx, budget)) = &self.tcp_in {
                         let len = bytes.len();
@@ -624,16 +762,17 @@ impl Session {
     /// past the deadline (on QUIC the watcher marks `heard` while this
     /// waits, so the deadline moves).
     async fn read_live(&mut self) -> Result<ServerMsg, ControlError> {
-        let read = read_msg(self.quic.as_ref(), &mut self.recv);
+        let read = read_msg(self.quic.as_ref(), &mut self.recv, &mut self.partial);
         tokio::pin!(read);
         let Some(d) = self.deadline else {
             return read.await;
         };
+        let heard = &self.heard;
         loop {
-            let until = tokio::time::Instant::from_std(self.heard.at() + d);
+            let until = tokio::time::Instant::from_std(heard.at() + d);
             match tokio::time::timeout_at(until, &mut read).await {
                 Ok(r) => return r,
-                Err(_) if self.heard.ago() < d => continue,
+                Err(_) if heard.ago() < d => continue,
                 Err(_) => {
                     return Err(ControlError::Connection(format!(
                         "no word from the coordinator for {}s",
@@ -641,6 +780,43 @@ impl Session {
                     )))
                 }
             }
+        }
+    }
+
+    /// When this session should give way to one at the keep-alive interval
+    /// the coordinator asks for ([`ControlClient::renew`]): QUIC fixes a
+    /// connection's keep-alive interval when it opens, and the coordinator
+    /// asks for longer ones as its cluster grows (see
+    /// [`weft_proto::keepalive_for`]). `None`: this one is fine.
+    pub fn renew_at(&self) -> Option<tokio::time::Instant> {
+        self.renew_at
+    }
+
+    /// A renewal failed: try again later.
+    pub fn renewal_failed(&mut self) {
+        if self.renew_at.is_some() {
+            self.renew_at = Some(tokio::time::Instant::now() + RENEW_SPREAD);
+        }
+    }
+
+    /// The coordinator asks for keep-alives every `asked`: on QUIC, at least
+    /// twice or at most half the connection's interval, a renewal is due
+    /// (at once, or within [`RENEW_SPREAD`] when `spread`).
+    fn asked_for(&mut self, asked: Duration, spread: bool) {
+        self.asked = asked;
+        let Some(k) = self.quic_keepalive else {
+            return;
+        };
+        let far = asked >= k * 2 || asked * 2 <= k;
+        if !far {
+            self.renew_at = None;
+        } else if self.renew_at.is_none() {
+            let wait = if spread {
+                RENEW_SPREAD.mul_f64(rand::random::<f64>())
+            } else {
+                Duration::ZERO
+            };
+            self.renew_at = Some(tokio::time::Instant::now() + wait);
         }
     }
 

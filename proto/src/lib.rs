@@ -35,12 +35,15 @@
 //!   coordinator answers `ClientMsg::Ping` with `ServerMsg::Pong`; a host
 //!   sends a ping only when it is set. See [`KEEPALIVE`].
 //! - 2026-12-01, version 3, additive: keep-alives that scale.
-//!   `Welcome::keepalive_ms` grows with the number of hosts connected
-//!   ([`keepalive_for`]); hosts send `ClientMsg::Ping` at that interval on
-//!   QUIC sessions too (not QUIC PINGs, whose interval is fixed when the
-//!   connection opens), and the coordinator answers with `ServerMsg::Pong`
-//!   only on TCP (a QUIC acknowledgement says as much). Both sides give a
-//!   session up after [`liveness_deadline`] of silence.
+//!   `Welcome::keepalive_ms`, and `NetmapUpdate::keepalive_ms` in every
+//!   update, grow with the number of hosts connected ([`keepalive_for`]).
+//!   On TCP a host pings at that interval. On QUIC the interval of QUIC's
+//!   own keep-alives is fixed when the connection opens, so a host opens
+//!   its session at the interval it expects and, when the coordinator asks
+//!   for one at least twice as long or half as long, opens a new session
+//!   at that interval before closing the old one (the coordinator replaces
+//!   the old session; peers see no change). Both sides give a session up
+//!   after [`liveness_deadline`] of silence.
 
 pub mod auth;
 pub mod codec;
@@ -61,8 +64,8 @@ pub mod web;
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// How often a host shows its coordinator it is alive when nothing else is
-/// sent, in a small cluster: `ClientMsg::Ping` on its session stream (QUIC
-/// or TCP). About 120 bytes a second in both directions together, headers
+/// sent, in a small cluster: QUIC keep-alives on a QUIC session,
+/// `ClientMsg::Ping` on a TCP one. About 120 bytes a second in both directions together, headers
 /// included (measured in the coordinator benchmark). A coordinator with
 /// many hosts asks for less ([`keepalive_for`]).
 pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -75,8 +78,9 @@ pub const MAX_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10
 /// The floor of [`liveness_deadline`].
 pub const LIVENESS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The QUIC idle timeout both ends of a session offer: past the longest
-/// [`liveness_deadline`], which each side enforces itself.
+/// The QUIC idle timeout a coordinator offers: past the longest
+/// [`liveness_deadline`]. A host offers the deadline of its interval,
+/// which both ends then keep (QUIC takes the smaller).
 pub const SESSION_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(35);
 
 /// The keep-alive interval a coordinator with `sessions` hosts connected

@@ -99,10 +99,9 @@ pub enum ClientMsg {
     /// A [`crate::relay::Datagram`], on a TCP session (where QUIC datagrams
     /// do not exist).
     Datagram(serde_bytes::ByteBuf),
-    /// Liveness, every `Welcome::keepalive_ms`; answered with
-    /// [`ServerMsg::Pong`] on a TCP session (on QUIC the acknowledgement
-    /// answers). Sent on TCP only to a coordinator whose welcome sets
-    /// `keepalive_ms`.
+    /// Liveness on a TCP session, every `Welcome::keepalive_ms`; answered
+    /// with [`ServerMsg::Pong`]. Sent only to a coordinator whose welcome
+    /// sets `keepalive_ms`.
     Ping,
     /// This host leaves the cluster (`weft down`): the coordinator removes
     /// the node, as `weft node remove` would, and closes the session with
@@ -187,9 +186,9 @@ pub struct Welcome {
     /// The cluster's DNS domain: services resolve as `NAME.<domain>`.
     #[serde(default = "default_domain")]
     pub domain: String,
-    /// How often the host should ping, in milliseconds (it grows with the
-    /// cluster: [`crate::keepalive_for`]); 0: the coordinator does not
-    /// answer pings (older than liveness).
+    /// How often the host should keep its session alive, in milliseconds
+    /// (it grows with the cluster: [`crate::keepalive_for`]); 0: the
+    /// coordinator does not answer pings (older than liveness).
     #[serde(default)]
     pub keepalive_ms: u32,
     /// Whether the coordinator understands [`ClientMsg::Leave`].

@@ -55,6 +55,13 @@ pub struct NetmapUpdate {
     /// from an older coordinator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routes: Option<Vec<Cidr>>,
+    /// The keep-alive interval the coordinator asks for now, in
+    /// milliseconds (as `Welcome::keepalive_ms`; it grows with the
+    /// cluster): a host whose session keeps alive at a very different
+    /// interval opens a new session at this one. Added 2026-12-01; not
+    /// part of the netmap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_ms: Option<u32>,
 }
 
 impl NetmapUpdate {
@@ -73,6 +80,7 @@ impl NetmapUpdate {
             services: None,
             view: None,
             routes: None,
+            keepalive_ms: None,
         }
     }
 }

@@ -40,6 +40,9 @@ pub struct Probe {
     /// Sessions resumed after their coordinator went away, and when each.
     pub resumed: Mutex<Vec<Option<Instant>>>,
     pub resumed_count: AtomicU64,
+    /// Sessions renewed at the keep-alive interval the coordinator asked
+    /// for.
+    pub renewed: AtomicU64,
     /// Sessions that resumed with a delta (not a full snapshot).
     pub resumed_delta: AtomicU64,
 }
@@ -56,6 +59,7 @@ impl Probe {
             converged: AtomicU64::new(0),
             resumed: Mutex::new(vec![None; capacity]),
             resumed_count: AtomicU64::new(0),
+            renewed: AtomicU64::new(0),
             resumed_delta: AtomicU64::new(0),
         })
     }
@@ -149,7 +153,24 @@ impl Host {
         let mut converged = false;
         loop {
             self.check_converged(&session, &probe, &mut converged);
-            match session.next_change().await {
+            let renew_at = session.renew_at();
+            let change = tokio::select! {
+                c = session.next_change() => c,
+                // As an agent does: a new session at the keep-alive
+                // interval the coordinator asks for, before this one
+                // closes.
+                () = weft_control::renewal_due(renew_at) => {
+                    match self.client.renew(&session, &self.info, &self.key, vec![self.endpoint]).await {
+                        Ok(new) => {
+                            probe.renewed.fetch_add(1, Ordering::Relaxed);
+                            session = new;
+                        }
+                        Err(_) => session.renewal_failed(),
+                    }
+                    continue;
+                }
+            };
+            match change {
                 Ok(change) => self.note(&session, &change, &probe),
                 Err(_) => {
                     let cached = session.into_netmap();

@@ -457,8 +457,10 @@ pub async fn run(n: usize, store: &str, policy: &str) -> Report {
     r.rss_per_host_kb = r.rss_kb.saturating_sub(rss0) as f64 / total as f64;
 
     eprintln!(
-        "  idle CPU {:.1}%, RSS {:.1} KB/host; kill -9 and restart",
-        r.idle_cpu_pct, r.rss_per_host_kb
+        "  idle CPU {:.1}%, RSS {:.1} KB/host ({} sessions renewed at a longer keep-alive so far); kill -9 and restart",
+        r.idle_cpu_pct,
+        r.rss_per_host_kb,
+        c.probe.renewed.load(Ordering::Relaxed)
     );
     storm(&mut c, total, &mut r).await;
     drop(c);

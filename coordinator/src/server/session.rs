@@ -34,9 +34,9 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     };
     // Fewer keep-alives the more hosts there are (see `keepalive_for`).
     let keepalive = weft_proto::keepalive_for(shared.sessions().len());
+    // A TCP session's pings come at this interval (QUIC sessions do not
+    // ping: their QUIC keep-alives and idle timeout do it).
     let deadline = weft_proto::liveness_deadline(keepalive);
-    // On QUIC the acknowledgement of a ping is answer enough.
-    let answer_pings = matches!(link, Link::Tcp(_));
     let welcome = Welcome {
         node_id: id,
         name: me.name.clone(),
@@ -124,9 +124,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
                 match msg {
                     ClientMsg::Ping => {
                         pinged = true;
-                        if answer_pings {
-                            pong.notify_one();
-                        }
+                        pong.notify_one();
                     }
                     ClientMsg::SetEndpoints { endpoints } => reported.offer(&shared, endpoints),
                     ClientMsg::AdvertiseRoutes { routes } => {

@@ -40,6 +40,8 @@ struct NetmapOut<'a> {
     view: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     routes: Option<&'a [weft_proto::policy::Cidr]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keepalive_ms: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -346,6 +348,9 @@ pub(super) async fn send_update<W: AsyncWrite + Unpin>(
     update: &Update,
 ) -> Result<(), ConnError> {
     let epoch = shared.epoch;
+    // The same for every host (a shared frame may carry a value a few
+    // sessions old).
+    let keepalive_ms = Some(shared.keepalive_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0);
     if update.upserts.len() <= super::frames::MAX_CACHED_PEERS {
         let key = super::frames::FrameKey {
             epoch,
@@ -370,6 +375,7 @@ pub(super) async fn send_update<W: AsyncWrite + Unpin>(
                 services: view.map(|v| v.services.as_slice()),
                 view: view.map(|v| v.id),
                 routes: view.map(|v| v.routes.as_slice()),
+                keepalive_ms,
             }))
         })?;
         shared
@@ -401,6 +407,7 @@ pub(super) async fn send_update<W: AsyncWrite + Unpin>(
             services: view.map(|v| v.services.as_slice()),
             view: view.map(|v| v.id),
             routes: view.map(|v| v.routes.as_slice()),
+            keepalive_ms,
         });
         let frame = codec::encode(&msg)?;
         send.write_all(&frame).await?;
