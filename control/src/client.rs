@@ -903,3 +903,49 @@ impl EndpointUpdater {
             .map_err(|e| ControlError::Connection(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_cancelled_read_keeps_the_stream_in_step() {
+        let (mut tx, rx) = tokio::io::duplex(1024);
+        let mut recv: FrameReader = Box::new(rx);
+        let mut part = PartialFrame::default();
+        let first = codec::encode(&ServerMsg::Pong).unwrap();
+        let second = codec::encode(&ServerMsg::Datagram(serde_bytes::ByteBuf::from(vec![
+            7u8;
+            300
+        ])))
+        .unwrap();
+        // Half a header, then half a body: each read is cancelled while
+        // waiting for the rest.
+        tx.write_all(&second[..2]).await.unwrap();
+        let cut = tokio::time::timeout(
+            Duration::from_millis(20),
+            read_msg(None, &mut recv, &mut part),
+        )
+        .await;
+        assert!(cut.is_err());
+        tx.write_all(&second[2..100]).await.unwrap();
+        let cut = tokio::time::timeout(
+            Duration::from_millis(20),
+            read_msg(None, &mut recv, &mut part),
+        )
+        .await;
+        assert!(cut.is_err());
+        tx.write_all(&second[100..]).await.unwrap();
+        tx.write_all(&first).await.unwrap();
+        match read_msg(None, &mut recv, &mut part).await.unwrap() {
+            ServerMsg::Datagram(d) => assert_eq!(d.into_vec(), vec![7u8; 300]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            read_msg(None, &mut recv, &mut part).await.unwrap(),
+            ServerMsg::Pong
+        ));
+        drop(tx);
+        assert!(read_msg(None, &mut recv, &mut part).await.is_err());
+    }
+}

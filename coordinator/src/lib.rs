@@ -51,6 +51,10 @@ pub struct Config {
     pub advertise: Vec<String>,
     /// How long changes are gathered before they are sent to hosts.
     pub coalesce: Duration,
+    /// How much longer hosts' keep-alive interval gets per connected host
+    /// (see [`weft_proto::keepalive_for`]); tests make it large to see a
+    /// large cluster's behaviour with two hosts.
+    pub keepalive_per_host: Duration,
     /// TCP port of the TLS fallback for hosts whose UDP is blocked; `None`:
     /// the QUIC port.
     pub tcp_port: Option<u16>,
@@ -97,6 +101,7 @@ impl Config {
             subnet_prefix: DEFAULT_SUBNET_PREFIX,
             advertise: Vec::new(),
             coalesce: Duration::from_millis(25),
+            keepalive_per_host: weft_proto::KEEPALIVE_PER_HOST,
             tcp_port: None,
             domain: weft_proto::msg::DEFAULT_DOMAIN.to_string(),
             allow_loopback_endpoints: false,

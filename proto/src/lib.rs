@@ -90,8 +90,15 @@ pub const SESSION_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_
 /// [`MAX_KEEPALIVE`] (16,700 hosts). What it costs is noticing a vanished
 /// coordinator later (see [`liveness_deadline`]).
 pub fn keepalive_for(sessions: usize) -> std::time::Duration {
-    let scaled = std::time::Duration::from_micros(600)
-        .saturating_mul(u32::try_from(sessions).unwrap_or(u32::MAX));
+    keepalive_scaled(sessions, KEEPALIVE_PER_HOST)
+}
+
+/// How much longer [`keepalive_for`] gets per connected host.
+pub const KEEPALIVE_PER_HOST: std::time::Duration = std::time::Duration::from_micros(600);
+
+/// [`keepalive_for`] with another step per host.
+pub fn keepalive_scaled(sessions: usize, per_host: std::time::Duration) -> std::time::Duration {
+    let scaled = per_host.saturating_mul(u32::try_from(sessions).unwrap_or(u32::MAX));
     scaled.clamp(KEEPALIVE, MAX_KEEPALIVE)
 }
 

@@ -15,6 +15,13 @@ pub fn serve(dir: PathBuf, listen: SocketAddr, store: String) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let mut config = Config::new(dir, listen);
+        // To see a larger cluster's keep-alive renewals with fewer hosts.
+        if let Some(us) = std::env::var("BENCH_KEEPALIVE_PER_HOST_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config.keepalive_per_host = std::time::Duration::from_micros(us);
+        }
         if store != "redb" {
             let mut etcd = weft_coordinator::store::etcd::EtcdConfig::from_url(&store).unwrap();
             // A fresh prefix per run: earlier runs' keys do not count. The

@@ -45,6 +45,11 @@ pub struct Probe {
     pub renewed: AtomicU64,
     /// Sessions that resumed with a delta (not a full snapshot).
     pub resumed_delta: AtomicU64,
+    /// Each host's current session's traffic counters (a renewed or
+    /// reconnected session starts from zero).
+    pub wire: Mutex<Vec<Option<weft_control::WireStats>>>,
+    /// Host 0's current session, to announce endpoints through.
+    pub updater0: Mutex<Option<weft_control::EndpointUpdater>>,
 }
 
 impl Probe {
@@ -61,6 +66,8 @@ impl Probe {
             resumed_count: AtomicU64::new(0),
             renewed: AtomicU64::new(0),
             resumed_delta: AtomicU64::new(0),
+            wire: Mutex::new(vec![None; capacity]),
+            updater0: Mutex::new(None),
         })
     }
 }
@@ -151,6 +158,7 @@ impl Host {
     /// reconnects with the netmap it has.
     pub async fn run(self, mut session: Session, probe: Arc<Probe>) {
         let mut converged = false;
+        self.current(&session, &probe);
         loop {
             self.check_converged(&session, &probe, &mut converged);
             let renew_at = session.renew_at();
@@ -164,6 +172,7 @@ impl Host {
                         Ok(new) => {
                             probe.renewed.fetch_add(1, Ordering::Relaxed);
                             session = new;
+                            self.current(&session, &probe);
                         }
                         Err(_) => session.renewal_failed(),
                     }
@@ -175,6 +184,7 @@ impl Host {
                 Err(_) => {
                     let cached = session.into_netmap();
                     session = self.reconnect(cached).await;
+                    self.current(&session, &probe);
                     let mut r = probe.resumed.lock().unwrap();
                     if r[self.idx].is_none() {
                         r[self.idx] = Some(Instant::now());
@@ -185,6 +195,34 @@ impl Host {
                     }
                 }
             }
+        }
+    }
+
+    /// Points the probe at this host's session now in use. A new session's
+    /// first update was folded inside `connect`: what it brought is noted
+    /// from the netmap.
+    fn current(&self, session: &Session, probe: &Probe) {
+        let now = Instant::now();
+        let port = probe.port.load(Ordering::Relaxed);
+        let hit = session
+            .netmap()
+            .peer(self.host0)
+            .is_some_and(|p| p.endpoints.iter().any(|e| u64::from(e.port()) == port));
+        if port != 0 && hit {
+            probe.ep_seen.lock().unwrap()[self.idx].get_or_insert(now);
+        }
+        {
+            let mut nc = probe.newcomers.lock().unwrap();
+            let (ids, seen) = &mut *nc;
+            for (k, id) in ids.iter().enumerate() {
+                if session.netmap().peer(*id).is_some() {
+                    seen[k][self.idx].get_or_insert(now);
+                }
+            }
+        }
+        probe.wire.lock().unwrap()[self.idx] = Some(session.wire_stats());
+        if self.idx == 0 {
+            *probe.updater0.lock().unwrap() = Some(session.updater());
         }
     }
 

@@ -71,6 +71,9 @@ pub struct Report {
     /// After kill -9: seconds until every session resumed, how many with a
     /// delta, and the admin command's p50 / max (ms) meanwhile.
     storm_secs: f64,
+    /// Sessions renewed at another keep-alive interval during the idle
+    /// seconds (their handshakes are in the idle CPU figure).
+    idle_renewed: u64,
     storm_delta: u64,
     storm_admin: (f64, f64),
     storm_admin_failed: usize,
@@ -160,8 +163,12 @@ async fn wait_all(
                     .collect();
             }
             if Instant::now() > deadline {
-                let missing = s.iter().take(hosts).filter(|x| x.is_none()).count();
-                panic!("{what} did not reach {missing} of {hosts} hosts in 60 s");
+                let missing: Vec<usize> = (0..hosts).filter(|i| s[*i].is_none()).collect();
+                panic!(
+                    "{what} did not reach {} of {hosts} hosts in 60 s (hosts {:?}...)",
+                    missing.len(),
+                    &missing[..missing.len().min(8)]
+                );
             }
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -180,8 +187,6 @@ struct Cluster {
     tokens: Vec<Arc<String>>,
     /// The hosts' tasks, stopped at the end of the run.
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// Each first session's traffic counters.
-    wire: Vec<weft_control::WireStats>,
 }
 
 impl Drop for Cluster {
@@ -278,7 +283,6 @@ pub async fn run(n: usize, store: &str, policy: &str) -> Report {
         host0: NodeId(1),
         tokens,
         tasks: Vec::new(),
-        wire: Vec::new(),
     };
     let mut r = Report {
         store: if store == "redb" {
@@ -306,20 +310,14 @@ pub async fn run(n: usize, store: &str, policy: &str) -> Report {
     for i in 1..n {
         joins.push(c.spawn_join(i, c.token_for(i), Some(sem.clone())));
     }
-    let mut updater0 = None;
     for j in joins {
-        let (id, _, tries, session, host) = j.await.unwrap();
+        let (_, _, tries, session, host) = j.await.unwrap();
         r.retries += tries;
-        if id == c.host0 {
-            updater0 = Some(session.updater());
-        }
-        c.wire.push(session.wire_stats());
         c.tasks
             .push(tokio::spawn(host.run(session, c.probe.clone())));
     }
     r.join_secs = t0.elapsed().as_secs_f64();
     eprintln!("  {n} joined in {:.1} s", r.join_secs);
-    let updater0 = updater0.unwrap();
     let deadline = Instant::now() + Duration::from_secs(600);
     while c.probe.converged.load(Ordering::Relaxed) < n as u64 {
         assert!(Instant::now() < deadline, "netmaps did not converge");
@@ -343,6 +341,7 @@ pub async fn run(n: usize, store: &str, policy: &str) -> Report {
         c.probe.port.store(u64::from(port), Ordering::Relaxed);
         let t = Instant::now();
         c.probe.ep_seen.lock().unwrap()[0] = Some(t);
+        let updater0 = c.probe.updater0.lock().unwrap().clone().unwrap();
         updater0
             .set_endpoints(vec![([192, 0, 2, 1], port).into()])
             .await
@@ -438,29 +437,46 @@ pub async fn run(n: usize, store: &str, policy: &str) -> Report {
 
     // Idle steady state.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let wire_total = |c: &Cluster| {
-        c.wire
+    // Per host, and only hosts whose session stayed the same throughout.
+    let wire_now = |c: &Cluster| -> Vec<Option<(u64, u64)>> {
+        c.probe
+            .wire
+            .lock()
+            .unwrap()
             .iter()
-            .filter_map(weft_control::WireStats::bytes)
-            .fold((0u64, 0u64), |(t, r), (a, b)| (t + a, r + b))
+            .map(|w| w.as_ref().and_then(weft_control::WireStats::bytes))
+            .collect()
     };
     let cpu = c.child.cpu_secs();
-    let b0 = wire_total(&c);
+    let renewed0 = c.probe.renewed.load(Ordering::Relaxed);
+    let b0 = wire_now(&c);
     let ti = Instant::now();
     tokio::time::sleep(Duration::from_secs(IDLE_SECS)).await;
     let idle = ti.elapsed().as_secs_f64();
     r.idle_cpu_pct = (c.child.cpu_secs() - cpu) / idle * 100.0;
-    let b1 = wire_total(&c);
-    let per_min = |d: u64| d as f64 / c.wire.len() as f64 / idle * 60.0;
-    r.idle_bytes_per_min = (per_min(b1.0 - b0.0), per_min(b1.1 - b0.1));
+    let b1 = wire_now(&c);
+    r.idle_renewed = c.probe.renewed.load(Ordering::Relaxed) - renewed0;
+    let (mut sent, mut recvd, mut hosts) = (0u64, 0u64, 0u64);
+    for (a, b) in b0.iter().zip(&b1) {
+        if let (Some(a), Some(b)) = (a, b) {
+            if b.0 >= a.0 && b.1 >= a.1 {
+                sent += b.0 - a.0;
+                recvd += b.1 - a.1;
+                hosts += 1;
+            }
+        }
+    }
+    let per_min = |d: u64| d as f64 / hosts.max(1) as f64 / idle * 60.0;
+    r.idle_bytes_per_min = (per_min(sent), per_min(recvd));
     r.rss_kb = c.child.rss_kb();
     r.rss_per_host_kb = r.rss_kb.saturating_sub(rss0) as f64 / total as f64;
 
     eprintln!(
-        "  idle CPU {:.1}%, RSS {:.1} KB/host ({} sessions renewed at a longer keep-alive so far); kill -9 and restart",
+        "  idle CPU {:.1}%, RSS {:.1} KB/host ({} sessions renewed at another keep-alive so far, {} of them while idle); kill -9 and restart",
         r.idle_cpu_pct,
         r.rss_per_host_kb,
-        c.probe.renewed.load(Ordering::Relaxed)
+        c.probe.renewed.load(Ordering::Relaxed),
+        r.idle_renewed
     );
     storm(&mut c, total, &mut r).await;
     drop(c);

@@ -64,14 +64,14 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_HELLO: usize = 64 * 1024;
 /// The longest the coalescer waits, however many sessions there are.
 const MAX_COALESCE: Duration = Duration::from_millis(50);
-/// [`weft_proto::keepalive_for`] in milliseconds.
-pub(super) fn keepalive_ms(sessions: usize) -> u32 {
-    u32::try_from(weft_proto::keepalive_for(sessions).as_millis()).unwrap_or(u32::MAX)
+/// [`weft_proto::keepalive_scaled`] in milliseconds.
+pub(super) fn keepalive_ms(sessions: usize, per_host: Duration) -> u32 {
+    u32::try_from(weft_proto::keepalive_scaled(sessions, per_host).as_millis()).unwrap_or(u32::MAX)
 }
 
 /// The longest the coalescer waits for sessions to finish with the last
 /// version before publishing the next.
-const MAX_FANOUT_WAIT: Duration = Duration::from_secs(1);
+const MAX_FANOUT_WAIT: Duration = Duration::from_millis(250);
 
 struct Shared {
     epoch: u64,
@@ -84,6 +84,7 @@ struct Shared {
     /// The keep-alive interval updates ask hosts for (see
     /// `weft_proto::keepalive_for`), set by the coalescer.
     keepalive_ms: std::sync::atomic::AtomicU32,
+    keepalive_per_host: Duration,
     secret: StaticSecret,
     public: [u8; 32],
     pin: [u8; 32],
@@ -344,7 +345,11 @@ impl Coordinator {
             published,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
-            keepalive_ms: std::sync::atomic::AtomicU32::new(keepalive_ms(0)),
+            keepalive_ms: std::sync::atomic::AtomicU32::new(keepalive_ms(
+                0,
+                config.keepalive_per_host,
+            )),
+            keepalive_per_host: config.keepalive_per_host,
             secret: identity.secret,
             public: identity.public,
             pin: identity.pin,
@@ -566,9 +571,10 @@ async fn coalesce(shared: Arc<Shared>, window: Duration) {
         shared.changed.notified().await;
         let changed_at = std::time::Instant::now();
         let sessions = shared.sessions().len() as u64;
-        shared
-            .keepalive_ms
-            .store(keepalive_ms(sessions as usize), Ordering::Relaxed);
+        shared.keepalive_ms.store(
+            keepalive_ms(sessions as usize, shared.keepalive_per_host),
+            Ordering::Relaxed,
+        );
         let scaled = window.max(Duration::from_micros(sessions * 10));
         tokio::time::sleep(scaled.min(MAX_COALESCE.max(window))).await;
         // Not before the sessions are done with the last version (see

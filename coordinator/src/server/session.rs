@@ -33,7 +33,8 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
         return Err(refuse_and_close(send, not_registered()).await);
     };
     // Fewer keep-alives the more hosts there are (see `keepalive_for`).
-    let keepalive = weft_proto::keepalive_for(shared.sessions().len());
+    let keepalive =
+        weft_proto::keepalive_scaled(shared.sessions().len(), shared.keepalive_per_host);
     // A TCP session's pings come at this interval (QUIC sessions do not
     // ping: their QUIC keep-alives and idle timeout do it).
     let deadline = weft_proto::liveness_deadline(keepalive);
