@@ -69,10 +69,6 @@ pub(super) fn keepalive_ms(sessions: usize, per_host: Duration) -> u32 {
     u32::try_from(weft_proto::keepalive_scaled(sessions, per_host).as_millis()).unwrap_or(u32::MAX)
 }
 
-/// The longest the coalescer waits for sessions to finish with the last
-/// version before publishing the next.
-const MAX_FANOUT_WAIT: Duration = Duration::from_millis(250);
-
 struct Shared {
     epoch: u64,
     registry: Arc<RwLock<Registry>>,
@@ -577,9 +573,6 @@ async fn coalesce(shared: Arc<Shared>, window: Duration) {
         );
         let scaled = window.max(Duration::from_micros(sessions * 10));
         tokio::time::sleep(scaled.min(MAX_COALESCE.max(window))).await;
-        // Not before the sessions are done with the last version (see
-        // `fanout`).
-        shared.fanout.settled(MAX_FANOUT_WAIT).await;
         if shared.membership_changed.load(Ordering::Acquire) {
             let rest = (compile_took * 4).saturating_sub(compiled_at.elapsed());
             tokio::time::sleep(rest).await;
