@@ -441,7 +441,7 @@ impl ControlClient {
             heard,
             _liveness: liveness,
         };
-        session.asked_for(welcome_keepalive(&session), false);
+        session.asked_for(asked, false);
         let first = session.next_change().await?;
         session.resumed = !first.full;
         Ok(session)
@@ -502,10 +502,6 @@ fn asked_keepalive(ms: u32) -> Duration {
         0 => weft_proto::KEEPALIVE,
         ms => Duration::from_millis(u64::from(ms)).min(weft_proto::MAX_KEEPALIVE),
     }
-}
-
-fn welcome_keepalive(s: &Session) -> Duration {
-    asked_keepalive(s.welcome.keepalive_ms)
 }
 
 /// A renewal asked for by an update waits up to this long (at random), so
@@ -921,20 +917,15 @@ mod tests {
         .unwrap();
         // Half a header, then half a body: each read is cancelled while
         // waiting for the rest.
-        tx.write_all(&second[..2]).await.unwrap();
-        let cut = tokio::time::timeout(
-            Duration::from_millis(20),
-            read_msg(None, &mut recv, &mut part),
-        )
-        .await;
-        assert!(cut.is_err());
-        tx.write_all(&second[2..100]).await.unwrap();
-        let cut = tokio::time::timeout(
-            Duration::from_millis(20),
-            read_msg(None, &mut recv, &mut part),
-        )
-        .await;
-        assert!(cut.is_err());
+        for piece in [&second[..2], &second[2..100]] {
+            tx.write_all(piece).await.unwrap();
+            let cut = tokio::time::timeout(
+                Duration::from_millis(20),
+                read_msg(None, &mut recv, &mut part),
+            )
+            .await;
+            assert!(cut.is_err());
+        }
         tx.write_all(&second[100..]).await.unwrap();
         tx.write_all(&first).await.unwrap();
         match read_msg(None, &mut recv, &mut part).await.unwrap() {

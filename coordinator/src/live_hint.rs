@@ -295,22 +295,12 @@ impl LiveHint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
-    use weft_proto::{HostSubnet, WgPublicKey};
 
     fn peer(id: u64, port: u16) -> Peer {
         Peer {
-            id: NodeId(id),
-            name: format!("h{id}"),
-            public_key: WgPublicKey([id as u8; 32]),
-            subnet: HostSubnet {
-                addr: Ipv4Addr::new(100, 64, id as u8, 0),
-                prefix_len: 24,
-            },
             endpoints: vec![SocketAddr::from(([192, 0, 2, 1], port))],
-            tags: vec![],
             online: true,
-            routes: Vec::new(),
+            ..crate::registry::tests::peer(id)
         }
     }
 

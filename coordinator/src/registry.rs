@@ -544,12 +544,13 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::net::Ipv4Addr;
     use weft_proto::{HostSubnet, Netmap, NetmapUpdate};
 
-    fn peer(id: u64) -> Peer {
+    /// A node record for tests: offline, no endpoints.
+    pub(crate) fn peer(id: u64) -> Peer {
         Peer {
             id: NodeId(id),
             name: format!("h{id}"),
