@@ -17,7 +17,7 @@ use weft_proto::token::JoinToken;
 use weft_proto::{codec, HostSubnet, Netmap, NetmapChange, NodeId, WgPublicKey, PROTOCOL_VERSION};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use super::liveness::{ping, watch_quic, AbortOnDrop, Heard};
+use super::liveness::{keep_quic, ping, AbortOnDrop, Heard, Interval};
 use super::transport::{DatagramLink, DatagramSource, FrameReader, FrameWriter};
 use super::ControlError;
 
@@ -92,6 +92,12 @@ impl ControlClient {
         }
     }
 
+    /// A client on this one's UDP socket with its own transport preference
+    /// (the benchmark's simulated hosts share a few sockets).
+    pub fn sharing_socket(&self) -> Self {
+        Self::with_endpoint(self.endpoint.clone())
+    }
+
     /// Joins the coordinator named in `token` as a new node.
     pub async fn join(
         &self,
@@ -118,7 +124,7 @@ impl ControlClient {
         let info = CoordinatorInfo::from(&token);
         let public = WgPublicKey(PublicKey::from(key).to_bytes());
         let session = self
-            .open(&info, key, netmap, weft_proto::KEEPALIVE, |proof| {
+            .open(&info, key, netmap, |proof| {
                 HelloRequest::Join(JoinRequest {
                     token_id: token.id.clone(),
                     token_secret: token.secret,
@@ -129,8 +135,6 @@ impl ControlClient {
                 })
             })
             .await?;
-        // Joining a large cluster: at its interval from the start.
-        let session = self.settled(session, &info, key, endpoints).await;
         let w = session.welcome().clone();
         Ok(JoinOutcome {
             node_id: w.node_id,
@@ -152,23 +156,6 @@ impl ControlClient {
         endpoints: Vec<SocketAddr>,
         cached: Option<Netmap>,
     ) -> Result<Session, ControlError> {
-        // The interval a cluster of this size asks for, most likely.
-        let guess = weft_proto::keepalive_for(cached.as_ref().map_or(0, |n| n.len()) + 1);
-        let first = self
-            .connect_at(info, key, endpoints.clone(), cached, guess)
-            .await?;
-        Ok(self.settled(first, info, key, endpoints).await)
-    }
-
-    /// [`ControlClient::connect`] with QUIC keep-alives every `keepalive`.
-    async fn connect_at(
-        &self,
-        info: &CoordinatorInfo,
-        key: &StaticSecret,
-        endpoints: Vec<SocketAddr>,
-        cached: Option<Netmap>,
-        keepalive: Duration,
-    ) -> Result<Session, ControlError> {
         let public = WgPublicKey(PublicKey::from(key).to_bytes());
         let netmap = cached.unwrap_or_default();
         let (have_epoch, have_version, have_view) =
@@ -178,7 +165,7 @@ impl ControlClient {
         } else {
             netmap.content_digest()
         };
-        self.open(info, key, netmap, keepalive, |proof| {
+        self.open(info, key, netmap, |proof| {
             HelloRequest::Resume(ResumeRequest {
                 public_key: public,
                 proof,
@@ -192,11 +179,7 @@ impl ControlClient {
         .await
     }
 
-    async fn dial(
-        &self,
-        info: &CoordinatorInfo,
-        keepalive: Duration,
-    ) -> Result<quinn::Connection, ControlError> {
+    async fn dial(&self, info: &CoordinatorInfo) -> Result<quinn::Connection, ControlError> {
         let (tls, outcome) = weft_proto::tls::pinned_client_config(info.pin)
             .map_err(|e| ControlError::Protocol(e.to_string()))?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
@@ -204,14 +187,18 @@ impl ControlClient {
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport
-            // Liveness (see `liveness`): a dead coordinator is noticed
-            // within the deadline, a restarted one at the first keep-alive
-            // it answers with a stateless reset. The interval is fixed for
-            // the connection's life (see `Session::renew_at`).
-            .keep_alive_interval(Some(keepalive))
+            // Liveness is the session's (see `liveness`): its keep-alives
+            // are datagrams at the interval the coordinator asks for, which
+            // may change while the connection lasts, and its deadline
+            // follows. A restarted coordinator is noticed at the first
+            // keep-alive it answers with a stateless reset. QUIC's own idle
+            // timeout only backs that up, past the longest deadline.
+            .keep_alive_interval(None)
             .max_idle_timeout(Some(
-                quinn::IdleTimeout::try_from(weft_proto::liveness_deadline(keepalive))
-                    .map_err(|e| ControlError::Protocol(e.to_string()))?,
+                quinn::IdleTimeout::try_from(weft_proto::liveness_deadline(
+                    weft_proto::MAX_KEEPALIVE,
+                ))
+                .map_err(|e| ControlError::Protocol(e.to_string()))?,
             ))
             .stream_receive_window(quinn::VarInt::from_u32(256 * 1024))
             .receive_window(quinn::VarInt::from_u32(512 * 1024))
@@ -273,20 +260,19 @@ impl ControlClient {
         &self,
         info: &CoordinatorInfo,
         public: &[u8; 32],
-        keepalive: Duration,
     ) -> Result<Wire, ControlError> {
         let tcp_first = self.prefer_tcp.load(Ordering::Relaxed);
         let first = if tcp_first {
             self.wire_tcp(info, public).await
         } else {
-            self.wire_quic(info, public, keepalive).await
+            self.wire_quic(info, public).await
         };
         match first {
             Ok(w) => Ok(w),
             Err(e @ ControlError::IdentityMismatch { .. }) => Err(e),
             Err(first_err) => {
                 let second = if tcp_first {
-                    self.wire_quic(info, public, keepalive).await
+                    self.wire_quic(info, public).await
                 } else {
                     self.wire_tcp(info, public).await
                 };
@@ -311,9 +297,8 @@ impl ControlClient {
         &self,
         info: &CoordinatorInfo,
         public: &[u8; 32],
-        keepalive: Duration,
     ) -> Result<Wire, ControlError> {
-        let conn = self.dial(info, keepalive).await?;
+        let conn = self.dial(info).await?;
         let lost = |e: &dyn std::fmt::Display| ControlError::Connection(e.to_string());
         let (send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
         let mut exporter = [0u8; 32];
@@ -352,11 +337,10 @@ impl ControlClient {
         info: &CoordinatorInfo,
         key: &StaticSecret,
         netmap: Netmap,
-        keepalive: Duration,
         request: impl FnOnce([u8; 32]) -> HelloRequest,
     ) -> Result<Session, ControlError> {
         let public = PublicKey::from(key).to_bytes();
-        let wire = self.connect_any(info, &public, keepalive).await?;
+        let wire = self.connect_any(info, &public).await?;
         let Wire {
             mut send,
             mut recv,
@@ -409,25 +393,16 @@ impl ControlClient {
             }
         };
         let heard = Heard::now();
-        let asked = asked_keepalive(welcome.keepalive_ms);
-        let (deadline, liveness) = match &quic {
-            Some(c) => (
-                Some(weft_proto::liveness_deadline(keepalive)),
-                vec![watch_quic(c.clone(), heard.clone(), keepalive)],
-            ),
+        let asked = Interval::new(asked_keepalive(welcome.keepalive_ms));
+        let (checked, liveness) = match &quic {
+            Some(c) => (true, keep_quic(c.clone(), heard.clone(), asked.clone())),
             // A coordinator that sets no interval answers no pings.
-            None if welcome.keepalive_ms == 0 => (None, Vec::new()),
-            None => (
-                Some(weft_proto::liveness_deadline(asked)),
-                vec![ping(send.clone(), asked)],
-            ),
+            None if welcome.keepalive_ms == 0 => (false, AbortOnDrop(tokio::spawn(async {}))),
+            None => (true, ping(send.clone(), asked.clone())),
         };
-        let quic_keepalive = quic.is_some().then_some(keepalive);
         let mut session = Session {
-            deadline,
-            quic_keepalive,
+            checked,
             asked,
-            renew_at: None,
             quic,
             send,
             recv,
@@ -441,57 +416,9 @@ impl ControlClient {
             heard,
             _liveness: liveness,
         };
-        session.asked_for(asked, false);
         let first = session.next_change().await?;
         session.resumed = !first.full;
         Ok(session)
-    }
-
-    /// A new session in place of `old`, at the keep-alive interval the
-    /// coordinator asks for now (see [`Session::renew_at`]), resuming from
-    /// `old`'s netmap. `endpoints`: what the host last reported. Open it
-    /// before dropping `old`: the coordinator replaces the old session with
-    /// it, and no peer sees the host go offline.
-    pub async fn renew(
-        &self,
-        old: &Session,
-        info: &CoordinatorInfo,
-        key: &StaticSecret,
-        endpoints: Vec<SocketAddr>,
-    ) -> Result<Session, ControlError> {
-        self.connect_at(info, key, endpoints, Some(old.netmap.clone()), old.asked)
-            .await
-    }
-
-    /// `first`, or when the coordinator asked it for a very different
-    /// keep-alive interval, a session renewed at that one (`first` if that
-    /// fails: it works, only with more keep-alives than asked for).
-    async fn settled(
-        &self,
-        first: Session,
-        info: &CoordinatorInfo,
-        key: &StaticSecret,
-        endpoints: Vec<SocketAddr>,
-    ) -> Session {
-        if first.renew_at.is_none() {
-            return first;
-        }
-        match self.renew(&first, info, key, endpoints).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "could not renew the session at the keep-alive asked for");
-                first
-            }
-        }
-    }
-}
-
-/// Waits until `at` ([`Session::renew_at`]), forever if `None`: a select
-/// branch beside [`Session::next_change`].
-pub async fn renewal_due(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -503,10 +430,6 @@ fn asked_keepalive(ms: u32) -> Duration {
         ms => Duration::from_millis(u64::from(ms)).min(weft_proto::MAX_KEEPALIVE),
     }
 }
-
-/// A renewal asked for by an update waits up to this long (at random), so
-/// thousands of hosts do not reconnect in the same second.
-const RENEW_SPREAD: Duration = Duration::from_secs(60);
 
 /// A connected frame stream before the hello.
 struct Wire {
@@ -651,17 +574,14 @@ pub struct Session {
         weft_proto::queue::ByteBudget,
     )>,
     heard: Heard,
-    /// The longest silence before the session counts as dead.
-    deadline: Option<Duration>,
-    /// On QUIC: the connection's keep-alive interval.
-    quic_keepalive: Option<Duration>,
-    /// The interval the coordinator last asked for.
-    asked: Duration,
-    /// When to open a session at `asked` instead (see
-    /// [`Session::renew_at`]).
-    renew_at: Option<tokio::time::Instant>,
-    /// The pinger, and on QUIC the watcher; they end with the session.
-    _liveness: Vec<AbortOnDrop>,
+    /// Whether silence past [`weft_proto::liveness_deadline`] of `asked`
+    /// ends the session (not on TCP to a coordinator that answers no
+    /// pings).
+    checked: bool,
+    /// The keep-alive interval the coordinator last asked for.
+    asked: Interval,
+    /// The pinger; it ends with the session.
+    _liveness: AbortOnDrop,
 }
 
 impl Session {
@@ -717,13 +637,12 @@ impl Session {
     pub async fn next_change(&mut self) -> Result<NetmapChange, ControlError> {
         loop {
             let msg = self.read_live().await?;
-            if self.quic.is_none() {
-                self.heard.mark();
-            }
+            // Heard now: a shorter deadline asked for below starts here.
+            self.heard.mark();
             match msg {
                 ServerMsg::Netmap(update) => {
                     if let Some(ms) = update.keepalive_ms {
-                        self.asked_for(asked_keepalive(ms), true);
+                        self.asked.set(asked_keepalive(ms));
                     }
                     match self.netmap.apply(update) {
                         Ok(Some(change)) => return Ok(change),
@@ -755,16 +674,18 @@ impl Session {
     }
 
     /// The next message, or an error once the coordinator has been silent
-    /// past the deadline (on QUIC the watcher marks `heard` while this
-    /// waits, so the deadline moves).
+    /// past the deadline (on QUIC the pinger marks `heard` while this
+    /// waits, and an update may ask for another interval, so the deadline
+    /// moves).
     async fn read_live(&mut self) -> Result<ServerMsg, ControlError> {
         let read = read_msg(self.quic.as_ref(), &mut self.recv, &mut self.partial);
         tokio::pin!(read);
-        let Some(d) = self.deadline else {
+        if !self.checked {
             return read.await;
-        };
+        }
         let heard = &self.heard;
         loop {
+            let d = weft_proto::liveness_deadline(self.asked.get());
             let until = tokio::time::Instant::from_std(heard.at() + d);
             match tokio::time::timeout_at(until, &mut read).await {
                 Ok(r) => return r,
@@ -779,41 +700,9 @@ impl Session {
         }
     }
 
-    /// When this session should give way to one at the keep-alive interval
-    /// the coordinator asks for ([`ControlClient::renew`]): QUIC fixes a
-    /// connection's keep-alive interval when it opens, and the coordinator
-    /// asks for longer ones as its cluster grows (see
-    /// [`weft_proto::keepalive_for`]). `None`: this one is fine.
-    pub fn renew_at(&self) -> Option<tokio::time::Instant> {
-        self.renew_at
-    }
-
-    /// A renewal failed: try again later.
-    pub fn renewal_failed(&mut self) {
-        if self.renew_at.is_some() {
-            self.renew_at = Some(tokio::time::Instant::now() + RENEW_SPREAD);
-        }
-    }
-
-    /// The coordinator asks for keep-alives every `asked`: on QUIC, at least
-    /// twice or at most half the connection's interval, a renewal is due
-    /// (at once, or within [`RENEW_SPREAD`] when `spread`).
-    fn asked_for(&mut self, asked: Duration, spread: bool) {
-        self.asked = asked;
-        let Some(k) = self.quic_keepalive else {
-            return;
-        };
-        let far = asked >= k * 2 || asked * 2 <= k;
-        if !far {
-            self.renew_at = None;
-        } else if self.renew_at.is_none() {
-            let wait = if spread {
-                RENEW_SPREAD.mul_f64(rand::random::<f64>())
-            } else {
-                Duration::ZERO
-            };
-            self.renew_at = Some(tokio::time::Instant::now() + wait);
-        }
+    /// The keep-alive interval the coordinator asks for now.
+    pub fn keepalive(&self) -> Duration {
+        self.asked.get()
     }
 
     /// A handle to report endpoint changes while another task reads.
@@ -842,6 +731,14 @@ impl Session {
 pub struct WireStats(Option<quinn::Connection>);
 
 impl WireStats {
+    /// UDP datagrams sent and received so far; `None` on TCP.
+    pub fn packets(&self) -> Option<(u64, u64)> {
+        self.0.as_ref().map(|c| {
+            let s = c.stats();
+            (s.udp_tx.datagrams, s.udp_rx.datagrams)
+        })
+    }
+
     /// Bytes sent and received so far, counting IPv4 and UDP headers;
     /// `None` on TCP.
     pub fn bytes(&self) -> Option<(u64, u64)> {

@@ -1,14 +1,19 @@
 //! Session liveness: when the coordinator was last heard from, and the
 //! keep-alives that bound how long a dead coordinator goes unnoticed.
 //!
-//! On both transports a pinger sends [`ClientMsg::Ping`] at the interval
-//! the coordinator's welcome asks for (see [`weft_proto::keepalive_for`]),
-//! and the session's reader gives up after
-//! [`weft_proto::liveness_deadline`] of silence. On TCP the coordinator
-//! answers with a pong; on QUIC its acknowledgement is the answer, and a
-//! watcher reads the connection's receive counter to record when
-//! something last arrived.
+//! A host sends a keep-alive at the interval the coordinator asks for
+//! ([`weft_proto::keepalive_for`]; it grows with the cluster and may change
+//! while a session lasts, see [`Interval`]), and the session's reader gives
+//! up after [`weft_proto::liveness_deadline`] of it with nothing heard.
+//! - On TCP the keep-alive is [`ClientMsg::Ping`], answered with a pong.
+//! - On QUIC it is an empty QUIC datagram: QUIC's own keep-alive interval
+//!   is fixed when a connection opens, a datagram's is not, and it costs the
+//!   same (one ack-eliciting packet, answered by an acknowledgement). The
+//!   coordinator drops empty datagrams unread by the relay. The pinger also
+//!   reads the connection's receive counter to record when something last
+//!   arrived.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,19 +58,39 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Marks `heard` whenever the QUIC connection received a datagram since the
-/// last look (keep-alive acknowledgements included), looking four times a
-/// keep-alive interval.
-pub(crate) fn watch_quic(
-    conn: quinn::Connection,
-    heard: Heard,
-    keepalive: Duration,
-) -> AbortOnDrop {
+/// The keep-alive interval the coordinator asks for now, shared by a
+/// session (which sets it from every update) and its pinger.
+#[derive(Clone, Debug)]
+pub(crate) struct Interval(Arc<AtomicU64>);
+
+impl Interval {
+    pub fn new(every: Duration) -> Interval {
+        let i = Interval(Arc::default());
+        i.set(every);
+        i
+    }
+
+    pub fn set(&self, every: Duration) {
+        let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.0.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// On QUIC: sends an empty datagram every `every` (as it is now), and marks
+/// `heard` whenever the connection received something since the last look
+/// (acknowledgements of those datagrams included), looking four times an
+/// interval.
+pub(crate) fn keep_quic(conn: quinn::Connection, heard: Heard, every: Interval) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
         let mut seen = conn.stats().udp_rx.datagrams;
-        let mut tick = tokio::time::interval((keepalive / 4).max(WATCH_EVERY));
+        let mut sent = Instant::now();
         loop {
-            tick.tick().await;
+            let k = every.get();
+            tokio::time::sleep((k / 4).max(WATCH_EVERY)).await;
             if conn.close_reason().is_some() {
                 return;
             }
@@ -74,21 +99,24 @@ pub(crate) fn watch_quic(
                 seen = now;
                 heard.mark();
             }
+            if sent.elapsed() >= every.get() {
+                // Refused only once the connection is closing (or by a
+                // peer without datagrams, which no coordinator is).
+                let _ = conn.send_datagram(Default::default());
+                sent = Instant::now();
+            }
         }
     }))
 }
 
-/// Sends a ping every `every` on the session until the write fails.
-pub(crate) fn ping(send: FrameWriter, every: Duration) -> AbortOnDrop {
+/// On TCP: sends a ping every `every` (as it is now) until the write fails.
+pub(crate) fn ping(send: FrameWriter, every: Interval) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
         let Ok(frame) = codec::encode(&ClientMsg::Ping) else {
             return;
         };
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
         loop {
-            tick.tick().await;
+            tokio::time::sleep(every.get()).await;
             if send.lock().await.write_all(&frame).await.is_err() {
                 return;
             }
@@ -109,5 +137,15 @@ mod tests {
         h.mark();
         assert!(h.at() > first);
         assert!(h.ago() < Duration::from_millis(5));
+    }
+
+    #[test]
+    fn an_interval_is_read_as_it_was_last_set() {
+        let i = Interval::new(Duration::from_secs(1));
+        let pinger = i.clone();
+        i.set(Duration::from_millis(3_500));
+        assert_eq!(pinger.get(), Duration::from_millis(3_500));
+        i.set(Duration::ZERO);
+        assert_eq!(pinger.get(), Duration::from_millis(1), "never a busy loop");
     }
 }

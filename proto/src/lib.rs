@@ -37,12 +37,10 @@
 //! - 2026-12-01, version 3, additive: keep-alives that scale.
 //!   `Welcome::keepalive_ms`, and `NetmapUpdate::keepalive_ms` in every
 //!   update, grow with the number of hosts connected ([`keepalive_for`]).
-//!   On TCP a host pings at that interval. On QUIC the interval of QUIC's
-//!   own keep-alives is fixed when the connection opens, so a host opens
-//!   its session at the interval it expects and, when the coordinator asks
-//!   for one at least twice as long or half as long, opens a new session
-//!   at that interval before closing the old one (the coordinator replaces
-//!   the old session; peers see no change). Both sides give a session up
+//!   A host keeps alive at that interval: on TCP with pings, on QUIC with
+//!   empty QUIC datagrams (which the coordinator drops before the relay;
+//!   QUIC's own keep-alive interval could not change while a connection
+//!   lasts). Both sides give a session up
 //!   after [`liveness_deadline`] of silence.
 
 pub mod auth;

@@ -40,13 +40,12 @@ pub struct Probe {
     /// Sessions resumed after their coordinator went away, and when each.
     pub resumed: Mutex<Vec<Option<Instant>>>,
     pub resumed_count: AtomicU64,
-    /// Sessions renewed at the keep-alive interval the coordinator asked
-    /// for.
-    pub renewed: AtomicU64,
     /// Sessions that resumed with a delta (not a full snapshot).
     pub resumed_delta: AtomicU64,
-    /// Each host's current session's traffic counters (a renewed or
-    /// reconnected session starts from zero).
+    /// The keep-alive interval host 0 was last asked for (ms).
+    pub keepalive_ms: AtomicU64,
+    /// Each host's current session's traffic counters (a reconnected
+    /// session starts from zero).
     pub wire: Mutex<Vec<Option<weft_control::WireStats>>>,
     /// Host 0's current session, to announce endpoints through.
     pub updater0: Mutex<Option<weft_control::EndpointUpdater>>,
@@ -64,8 +63,8 @@ impl Probe {
             converged: AtomicU64::new(0),
             resumed: Mutex::new(vec![None; capacity]),
             resumed_count: AtomicU64::new(0),
-            renewed: AtomicU64::new(0),
             resumed_delta: AtomicU64::new(0),
+            keepalive_ms: AtomicU64::new(0),
             wire: Mutex::new(vec![None; capacity]),
             updater0: Mutex::new(None),
         })
@@ -161,24 +160,7 @@ impl Host {
         self.current(&session, &probe);
         loop {
             self.check_converged(&session, &probe, &mut converged);
-            let renew_at = session.renew_at();
-            let change = tokio::select! {
-                c = session.next_change() => c,
-                // As an agent does: a new session at the keep-alive
-                // interval the coordinator asks for, before this one
-                // closes.
-                () = weft_control::renewal_due(renew_at) => {
-                    match self.client.renew(&session, &self.info, &self.key, vec![self.endpoint]).await {
-                        Ok(new) => {
-                            probe.renewed.fetch_add(1, Ordering::Relaxed);
-                            session = new;
-                            self.current(&session, &probe);
-                        }
-                        Err(_) => session.renewal_failed(),
-                    }
-                    continue;
-                }
-            };
+            let change = session.next_change().await;
             match change {
                 Ok(change) => self.note(&session, &change, &probe),
                 Err(_) => {
@@ -235,6 +217,10 @@ impl Host {
 
     fn note(&self, session: &Session, change: &weft_proto::NetmapChange, probe: &Probe) {
         let now = Instant::now();
+        if self.idx == 0 {
+            let ms = u64::try_from(session.keepalive().as_millis()).unwrap_or(u64::MAX);
+            probe.keepalive_ms.store(ms, Ordering::Relaxed);
+        }
         let port = probe.port.load(Ordering::Relaxed);
         if port != 0 {
             let hit = session

@@ -35,9 +35,6 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     // Fewer keep-alives the more hosts there are (see `keepalive_for`).
     let keepalive =
         weft_proto::keepalive_scaled(shared.sessions().len(), shared.keepalive_per_host);
-    // A TCP session's pings come at this interval (QUIC sessions do not
-    // ping: their QUIC keep-alives and idle timeout do it).
-    let deadline = weft_proto::liveness_deadline(keepalive);
     let welcome = Welcome {
         node_id: id,
         name: me.name.clone(),
@@ -109,6 +106,14 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
             // idle timeout).
             let mut pinged = false;
             loop {
+                // A TCP session's pings come at the interval asked for,
+                // which the updates move as the cluster grows (QUIC
+                // sessions keep alive with datagrams and QUIC's idle
+                // timeout).
+                let now = std::time::Duration::from_millis(u64::from(
+                    shared.keepalive_ms.load(Ordering::Relaxed),
+                ));
+                let deadline = weft_proto::liveness_deadline(keepalive.max(now));
                 let read = read_frame(&mut recv);
                 let msg: ClientMsg = if pinged {
                     match tokio::time::timeout(deadline, read).await {
@@ -375,6 +380,8 @@ async fn relay(
     };
     loop {
         match conn.read_datagram().await {
+            // A keep-alive (see `weft_control`'s liveness).
+            Ok(b) if b.is_empty() => {}
             Ok(b) => forward(shared, budget, id, b.to_vec()),
             Err(e) => return ConnError::from(e),
         }
