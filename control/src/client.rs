@@ -394,15 +394,27 @@ impl ControlClient {
         };
         let heard = Heard::now();
         let asked = Interval::new(asked_keepalive(welcome.keepalive_ms));
-        let (checked, liveness) = match &quic {
-            Some(c) => (true, keep_quic(c.clone(), heard.clone(), asked.clone())),
+        let (checked, fixed, liveness) = match &quic {
+            // Kept alive by the coordinator at this interval for good.
+            Some(c) if welcome.keeps_quic_alive => {
+                let k = asked.get();
+                let watch = keep_quic(c.clone(), heard.clone(), Interval::new(k), false);
+                (true, Some(k), watch)
+            }
+            Some(c) => (
+                true,
+                None,
+                keep_quic(c.clone(), heard.clone(), asked.clone(), true),
+            ),
             // A coordinator that sets no interval answers no pings.
-            None if welcome.keepalive_ms == 0 => (false, AbortOnDrop(tokio::spawn(async {}))),
-            None => (true, ping(send.clone(), asked.clone())),
+            None if welcome.keepalive_ms == 0 => (false, None, AbortOnDrop(tokio::spawn(async {}))),
+            None => (true, None, ping(send.clone(), asked.clone())),
         };
         let mut session = Session {
             checked,
             asked,
+            fixed,
+            renew_at: None,
             quic,
             send,
             recv,
@@ -420,6 +432,22 @@ impl ControlClient {
         session.resumed = !first.full;
         Ok(session)
     }
+
+    /// A new session in place of `old`, at the keep-alive interval the
+    /// coordinator asks for now (see [`Session::renew_at`]), resuming from
+    /// `old`'s netmap. `endpoints`: what the host last reported. Open it
+    /// before dropping `old`: the coordinator replaces the old session with
+    /// it, and no peer sees the host go offline.
+    pub async fn renew(
+        &self,
+        old: &Session,
+        info: &CoordinatorInfo,
+        key: &StaticSecret,
+        endpoints: Vec<SocketAddr>,
+    ) -> Result<Session, ControlError> {
+        self.connect(info, key, endpoints, Some(old.netmap.clone()))
+            .await
+    }
 }
 
 /// The interval a welcome or update asks for (0: an older coordinator's
@@ -428,6 +456,19 @@ fn asked_keepalive(ms: u32) -> Duration {
     match ms {
         0 => weft_proto::KEEPALIVE,
         ms => Duration::from_millis(u64::from(ms)).min(weft_proto::MAX_KEEPALIVE),
+    }
+}
+
+/// A renewal asked for by an update waits up to this long (at random), so
+/// thousands of hosts do not reconnect in the same second.
+const RENEW_SPREAD: Duration = Duration::from_secs(60);
+
+/// Waits until `at` ([`Session::renew_at`]), forever if `None`: a select
+/// branch beside [`Session::next_change`].
+pub async fn renewal_due(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -580,6 +621,13 @@ pub struct Session {
     checked: bool,
     /// The keep-alive interval the coordinator last asked for.
     asked: Interval,
+    /// On QUIC: the interval the coordinator keeps this connection alive
+    /// at, for its life (`None`: it does not; the host keeps it alive at
+    /// `asked`).
+    fixed: Option<Duration>,
+    /// When to open a session at `asked` instead (see
+    /// [`Session::renew_at`]).
+    renew_at: Option<tokio::time::Instant>,
     /// The pinger; it ends with the session.
     _liveness: AbortOnDrop,
 }
@@ -642,7 +690,7 @@ impl Session {
             match msg {
                 ServerMsg::Netmap(update) => {
                     if let Some(ms) = update.keepalive_ms {
-                        self.asked.set(asked_keepalive(ms));
+                        self.asked_for(asked_keepalive(ms));
                     }
                     match self.netmap.apply(update) {
                         Ok(Some(change)) => return Ok(change),
@@ -685,7 +733,7 @@ impl Session {
         }
         let heard = &self.heard;
         loop {
-            let d = weft_proto::liveness_deadline(self.asked.get());
+            let d = weft_proto::liveness_deadline(self.fixed.unwrap_or_else(|| self.asked.get()));
             let until = tokio::time::Instant::from_std(heard.at() + d);
             match tokio::time::timeout_at(until, &mut read).await {
                 Ok(r) => return r,
@@ -703,6 +751,41 @@ impl Session {
     /// The keep-alive interval the coordinator asks for now.
     pub fn keepalive(&self) -> Duration {
         self.asked.get()
+    }
+
+    /// When this session should give way to one at the keep-alive interval
+    /// the coordinator asks for now ([`ControlClient::renew`]): the
+    /// coordinator keeps a QUIC connection alive at the interval it asked
+    /// for when the connection opened, and asks for longer ones as its
+    /// cluster grows (see [`weft_proto::keepalive_for`]). `None`: this one
+    /// is fine.
+    pub fn renew_at(&self) -> Option<tokio::time::Instant> {
+        self.renew_at
+    }
+
+    /// A renewal failed: try again later.
+    pub fn renewal_failed(&mut self) {
+        if self.renew_at.is_some() {
+            self.renew_at = Some(tokio::time::Instant::now() + RENEW_SPREAD);
+        }
+    }
+
+    /// The coordinator asks for keep-alives every `asked`. On a QUIC
+    /// connection it keeps alive, at least twice or at most half the
+    /// connection's interval, a renewal is due within [`RENEW_SPREAD`] (at
+    /// random, so thousands of hosts do not reconnect in the same second).
+    fn asked_for(&mut self, asked: Duration) {
+        self.asked.set(asked);
+        let Some(k) = self.fixed else {
+            return;
+        };
+        let far = asked >= k * 2 || asked * 2 <= k;
+        if !far {
+            self.renew_at = None;
+        } else if self.renew_at.is_none() {
+            let wait = RENEW_SPREAD.mul_f64(rand::random::<f64>());
+            self.renew_at = Some(tokio::time::Instant::now() + wait);
+        }
     }
 
     /// A handle to report endpoint changes while another task reads.

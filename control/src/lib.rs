@@ -21,7 +21,7 @@ mod liveness;
 mod transport;
 
 pub use client::{
-    ControlClient, CoordinatorInfo, EndpointUpdater, JoinOutcome, Session, WireStats,
+    renewal_due, ControlClient, CoordinatorInfo, EndpointUpdater, JoinOutcome, Session, WireStats,
 };
 pub use error::ControlError;
 pub use liveness::AbortOnDrop;

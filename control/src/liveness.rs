@@ -1,17 +1,18 @@
 //! Session liveness: when the coordinator was last heard from, and the
 //! keep-alives that bound how long a dead coordinator goes unnoticed.
 //!
-//! A host sends a keep-alive at the interval the coordinator asks for
-//! ([`weft_proto::keepalive_for`]; it grows with the cluster and may change
-//! while a session lasts, see [`Interval`]), and the session's reader gives
-//! up after [`weft_proto::liveness_deadline`] of it with nothing heard.
-//! - On TCP the keep-alive is [`ClientMsg::Ping`], answered with a pong.
-//! - On QUIC it is an empty QUIC datagram: QUIC's own keep-alive interval
-//!   is fixed when a connection opens, a datagram's is not, and it costs the
-//!   same (one ack-eliciting packet, answered by an acknowledgement). The
-//!   coordinator drops empty datagrams unread by the relay. The pinger also
+//! The coordinator asks for a keep-alive interval
+//! ([`weft_proto::keepalive_for`]; it grows with the cluster), and the
+//! session's reader gives up after [`weft_proto::liveness_deadline`] of it
+//! with nothing heard.
+//! - On TCP the host pings ([`ClientMsg::Ping`], answered with a pong) at
+//!   the interval asked for now ([`Interval`]: updates move it).
+//! - On QUIC the coordinator sends QUIC keep-alives at the interval it
+//!   asked for when it accepted the connection, and the host's QUIC stack
+//!   answers them: no application wakes for them on either side. A watcher
 //!   reads the connection's receive counter to record when something last
-//!   arrived.
+//!   arrived. To an older coordinator that does not, the host sends an empty
+//!   datagram at the interval asked for instead.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -80,11 +81,17 @@ impl Interval {
     }
 }
 
-/// On QUIC: sends an empty datagram every `every` (as it is now), and marks
-/// `heard` whenever the connection received something since the last look
-/// (acknowledgements of those datagrams included), looking four times an
-/// interval.
-pub(crate) fn keep_quic(conn: quinn::Connection, heard: Heard, every: Interval) -> AbortOnDrop {
+/// On QUIC: marks `heard` whenever the connection received something since
+/// the last look (the coordinator's keep-alives, or the acknowledgements of
+/// ours), looking four times an interval `every` (as it is now). With
+/// `send`, for a coordinator that does not keep the connection alive,
+/// sends an empty datagram every `every` too.
+pub(crate) fn keep_quic(
+    conn: quinn::Connection,
+    heard: Heard,
+    every: Interval,
+    send: bool,
+) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
         let mut seen = conn.stats().udp_rx.datagrams;
         let mut sent = Instant::now();
@@ -99,7 +106,7 @@ pub(crate) fn keep_quic(conn: quinn::Connection, heard: Heard, every: Interval) 
                 seen = now;
                 heard.mark();
             }
-            if sent.elapsed() >= every.get() {
+            if send && sent.elapsed() >= every.get() {
                 // Refused only once the connection is closing (or by a
                 // peer without datagrams, which no coordinator is).
                 let _ = conn.send_datagram(Default::default());

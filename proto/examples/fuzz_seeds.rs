@@ -56,6 +56,7 @@ fn main() {
         keepalive_ms: 1000,
         accepts_leave: true,
         accepts_paths: true,
+        keeps_quic_alive: true,
     });
     let peer = |i: u8| Peer {
         id: NodeId(u64::from(i)),

@@ -37,11 +37,20 @@
 //! - 2026-12-01, version 3, additive: keep-alives that scale.
 //!   `Welcome::keepalive_ms`, and `NetmapUpdate::keepalive_ms` in every
 //!   update, grow with the number of hosts connected ([`keepalive_for`]).
-//!   A host keeps alive at that interval: on TCP with pings, on QUIC with
-//!   empty QUIC datagrams (which the coordinator drops before the relay;
-//!   QUIC's own keep-alive interval could not change while a connection
-//!   lasts). Both sides give a session up
+//!   On TCP a host pings at that interval. On QUIC a host set QUIC's own
+//!   keep-alives at the interval it expected and renewed its session when
+//!   asked for one twice or half as long. Both sides give a session up
 //!   after [`liveness_deadline`] of silence.
+//! - 2026-12-02, version 3, additive: the coordinator keeps QUIC sessions
+//!   alive (`Welcome::keeps_quic_alive`), with QUIC keep-alives at the
+//!   interval it asks for when it accepts the connection: the host's QUIC
+//!   stack answers them, and neither side's application wakes for them.
+//!   QUIC fixes that interval for the connection's life, so when an update
+//!   asks for one at least twice or at most half as long, the host opens a
+//!   new session and only then closes the old one (the coordinator
+//!   replaces the session; peers see nothing). To a coordinator that does
+//!   not keep it alive, a host sends an empty QUIC datagram at the interval
+//!   asked for (a coordinator of this version drops it before the relay).
 
 pub mod auth;
 pub mod codec;

@@ -197,6 +197,12 @@ pub struct Welcome {
     /// Whether the coordinator understands [`ClientMsg::ReportPaths`].
     #[serde(default)]
     pub accepts_paths: bool,
+    /// On QUIC: whether the coordinator keeps this connection alive itself,
+    /// with QUIC keep-alives every `keepalive_ms` for the connection's life
+    /// (the host's QUIC stack answers them). Older coordinators do not: a
+    /// host then sends an empty datagram every `keepalive_ms`.
+    #[serde(default)]
+    pub keeps_quic_alive: bool,
 }
 
 /// The DNS domain of a cluster that did not choose one.

@@ -42,10 +42,13 @@ pub struct Probe {
     pub resumed_count: AtomicU64,
     /// Sessions that resumed with a delta (not a full snapshot).
     pub resumed_delta: AtomicU64,
+    /// Sessions renewed at the keep-alive interval the coordinator asked
+    /// for.
+    pub renewed: AtomicU64,
     /// The keep-alive interval host 0 was last asked for (ms).
     pub keepalive_ms: AtomicU64,
-    /// Each host's current session's traffic counters (a reconnected
-    /// session starts from zero).
+    /// Each host's current session's traffic counters (a renewed or
+    /// reconnected session starts from zero).
     pub wire: Mutex<Vec<Option<weft_control::WireStats>>>,
     /// Host 0's current session, to announce endpoints through.
     pub updater0: Mutex<Option<weft_control::EndpointUpdater>>,
@@ -64,6 +67,7 @@ impl Probe {
             resumed: Mutex::new(vec![None; capacity]),
             resumed_count: AtomicU64::new(0),
             resumed_delta: AtomicU64::new(0),
+            renewed: AtomicU64::new(0),
             keepalive_ms: AtomicU64::new(0),
             wire: Mutex::new(vec![None; capacity]),
             updater0: Mutex::new(None),
@@ -160,7 +164,24 @@ impl Host {
         self.current(&session, &probe);
         loop {
             self.check_converged(&session, &probe, &mut converged);
-            let change = session.next_change().await;
+            let renew_at = session.renew_at();
+            let change = tokio::select! {
+                c = session.next_change() => c,
+                // As an agent does: a new session at the keep-alive
+                // interval the coordinator asks for, before this one
+                // closes.
+                () = weft_control::renewal_due(renew_at) => {
+                    match self.client.renew(&session, &self.info, &self.key, vec![self.endpoint]).await {
+                        Ok(new) => {
+                            probe.renewed.fetch_add(1, Ordering::Relaxed);
+                            session = new;
+                            self.current(&session, &probe);
+                        }
+                        Err(_) => session.renewal_failed(),
+                    }
+                    continue;
+                }
+            };
             match change {
                 Ok(change) => self.note(&session, &change, &probe),
                 Err(_) => {

@@ -73,6 +73,9 @@ pub struct Report {
     storm_secs: f64,
     /// The keep-alive interval the coordinator asks for while idle.
     idle_keepalive: Duration,
+    /// Sessions renewed at another keep-alive interval during the idle
+    /// seconds (their handshakes are in the idle CPU figure).
+    idle_renewed: u64,
     storm_delta: u64,
     storm_admin: (f64, f64),
     storm_admin_failed: usize,
@@ -449,12 +452,14 @@ pub async fn run(n: usize, store: &str, policy: &str) -> Report {
             .collect()
     };
     let cpu = c.child.cpu_secs();
+    let renewed0 = c.probe.renewed.load(Ordering::Relaxed);
     let b0 = wire_now(&c);
     let ti = Instant::now();
     tokio::time::sleep(Duration::from_secs(IDLE_SECS)).await;
     let idle = ti.elapsed().as_secs_f64();
     r.idle_cpu_pct = (c.child.cpu_secs() - cpu) / idle * 100.0;
     let b1 = wire_now(&c);
+    r.idle_renewed = c.probe.renewed.load(Ordering::Relaxed) - renewed0;
     r.idle_keepalive = Duration::from_millis(c.probe.keepalive_ms.load(Ordering::Relaxed));
     let (mut sent, mut recvd, mut hosts) = (0u64, 0u64, 0u64);
     for (a, b) in b0.iter().zip(&b1) {
@@ -472,8 +477,12 @@ pub async fn run(n: usize, store: &str, policy: &str) -> Report {
     r.rss_per_host_kb = r.rss_kb.saturating_sub(rss0) as f64 / total as f64;
 
     eprintln!(
-        "  idle CPU {:.1}%, RSS {:.1} KB/host, keep-alives every {:?}; kill -9 and restart",
-        r.idle_cpu_pct, r.rss_per_host_kb, r.idle_keepalive
+        "  idle CPU {:.1}%, RSS {:.1} KB/host, keep-alives asked every {:?} ({} sessions renewed at another interval so far, {} of them while idle); kill -9 and restart",
+        r.idle_cpu_pct,
+        r.rss_per_host_kb,
+        r.idle_keepalive,
+        c.probe.renewed.load(Ordering::Relaxed),
+        r.idle_renewed
     );
     storm(&mut c, total, &mut r).await;
     drop(c);

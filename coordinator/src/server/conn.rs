@@ -76,6 +76,7 @@ pub(super) async fn serve(
     shared: Arc<Shared>,
     conn: quinn::Connection,
     pass: super::admission::Pass,
+    keepalive: std::time::Duration,
 ) -> Result<(), ConnError> {
     let (send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
         .await
@@ -89,7 +90,7 @@ pub(super) async fn serve(
     }
     dispatch(
         shared,
-        (Link::Quic(conn.clone()), remote),
+        (Link::Quic(conn.clone(), keepalive), remote),
         None,
         send,
         recv,

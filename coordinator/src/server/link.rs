@@ -21,7 +21,8 @@ pub(super) const DATAGRAM_SEND_BUFFER: usize = 1 << 20;
 /// One host's connection, as other sessions and admin commands see it.
 #[derive(Clone)]
 pub(super) enum Link {
-    Quic(quinn::Connection),
+    /// And the interval the coordinator keeps it alive at.
+    Quic(quinn::Connection, Duration),
     Tcp(TcpLink),
 }
 
@@ -65,7 +66,7 @@ impl Link {
     /// Ends the session with `code` (see `CLOSE_REMOVED`, `CLOSE_REPLACED`).
     pub(super) fn close(&self, code: u32, reason: &[u8]) {
         match self {
-            Link::Quic(c) => c.close(code.into(), reason),
+            Link::Quic(c, _) => c.close(code.into(), reason),
             Link::Tcp(t) => {
                 let _ = t.close.send(Some(code));
             }
@@ -75,7 +76,7 @@ impl Link {
     /// Bytes of datagrams queued for the host and not yet sent.
     pub(super) fn queued_bytes(&self) -> usize {
         match self {
-            Link::Quic(c) => DATAGRAM_SEND_BUFFER.saturating_sub(c.datagram_send_buffer_space()),
+            Link::Quic(c, _) => DATAGRAM_SEND_BUFFER.saturating_sub(c.datagram_send_buffer_space()),
             Link::Tcp(t) => t.budget.queued(),
         }
     }
@@ -83,7 +84,7 @@ impl Link {
     /// Queues a datagram to the host; dropped when the link is congested.
     pub(super) fn send_datagram(&self, bytes: Vec<u8>) {
         match self {
-            Link::Quic(c) => {
+            Link::Quic(c, _) => {
                 let _ = c.send_datagram(bytes.into());
             }
             Link::Tcp(t) => {

@@ -289,7 +289,7 @@ impl Coordinator {
         });
         let endpoint = quinn::Endpoint::new(
             endpoint_config,
-            Some(server_config),
+            Some(server_config.clone()),
             socket,
             Arc::new(quinn::TokioRuntime),
         )
@@ -379,7 +379,7 @@ impl Coordinator {
         info!(listen = %local, nodes, pin = %hex::encode(shared.pin), "coordinator started");
 
         let coalescer = tokio::spawn(coalesce(shared.clone(), config.coalesce));
-        let acceptor = tokio::spawn(accept(shared.clone(), endpoint.clone()));
+        let acceptor = tokio::spawn(accept(shared.clone(), endpoint.clone(), server_config));
         let mut tasks = vec![coalescer, acceptor];
         if shared.replica.is_none() {
             tasks.push(tokio::spawn(announce_offline_after_start(shared.clone())));
@@ -536,20 +536,31 @@ fn server_config(identity: &state::Identity) -> Result<quinn::ServerConfig, Coor
     let tls = tls_config(identity)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls_err(&e))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(quic_transport(weft_proto::KEEPALIVE)));
+    Ok(cfg)
+}
+
+/// The QUIC transport of a connection the coordinator keeps alive every
+/// `keepalive` (QUIC keep-alives, answered by the host's QUIC stack: no
+/// application on either side wakes for them), given up after
+/// [`weft_proto::liveness_deadline`] of it with nothing heard. The
+/// interval is fixed for the connection's life; [`accept`] picks it for
+/// the number of hosts connected then.
+fn quic_transport(keepalive: Duration) -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
+    let idle = weft_proto::liveness_deadline(keepalive).min(weft_proto::SESSION_IDLE_TIMEOUT);
     transport
         .max_concurrent_bidi_streams(2u32.into())
         .max_concurrent_uni_streams(0u32.into())
-        // Sessions enforce their own, shorter deadline (`session.rs`).
-        .max_idle_timeout(quinn::IdleTimeout::try_from(weft_proto::SESSION_IDLE_TIMEOUT).ok())
+        .keep_alive_interval(Some(keepalive))
+        .max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok())
         .stream_receive_window(quinn::VarInt::from_u32(64 * 1024))
         .receive_window(quinn::VarInt::from_u32(128 * 1024))
         .send_window(96 * 1024)
         // Relayed WireGuard datagrams and punch requests (see session.rs).
         .datagram_receive_buffer_size(Some(1 << 20))
         .datagram_send_buffer_size(link::DATAGRAM_SEND_BUFFER);
-    cfg.transport_config(Arc::new(transport));
-    Ok(cfg)
+    transport
 }
 
 /// Gathers changes for `window`, then publishes the version to every
@@ -659,7 +670,7 @@ async fn accept_tcp(
     }
 }
 
-async fn accept(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
+async fn accept(shared: Arc<Shared>, endpoint: quinn::Endpoint, base: quinn::ServerConfig) {
     while let Some(incoming) = endpoint.accept().await {
         let remote = incoming.remote_address();
         // Under load, a client must show it owns its address (a Retry
@@ -674,6 +685,20 @@ async fn accept(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             incoming.refuse();
             continue;
         };
+        // Kept alive at the interval asked of a host joining now (see
+        // `quic_transport`); its welcome says which.
+        let keepalive =
+            weft_proto::keepalive_scaled(shared.sessions().len(), shared.keepalive_per_host);
+        let mut cfg = base.clone();
+        cfg.transport_config(Arc::new(quic_transport(keepalive)));
+        let incoming = match incoming.accept_with(Arc::new(cfg)) {
+            Ok(c) => c,
+            Err(e) => {
+                shared.metrics.refused(Refusal::Handshake);
+                debug!(%remote, error = %e, "QUIC connection refused");
+                continue;
+            }
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let connecting = tokio::time::timeout(HELLO_TIMEOUT, incoming);
@@ -687,7 +712,7 @@ async fn accept(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                     }
                 }
                 Ok(conn) => {
-                    if let Err(e) = serve(shared, conn, pass).await {
+                    if let Err(e) = serve(shared, conn, pass, keepalive).await {
                         debug!(%remote, error = %e, "connection ended");
                     }
                 }
@@ -771,7 +796,7 @@ impl Shared {
         let (mut quic, mut tcp, mut deepest) = (0i64, 0i64, 0usize);
         for (_, link) in self.sessions().values() {
             match link {
-                link::Link::Quic(_) => quic += 1,
+                link::Link::Quic(..) => quic += 1,
                 link::Link::Tcp(_) => tcp += 1,
             }
             deepest = deepest.max(link.queued_bytes());

@@ -32,9 +32,15 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     let Some(me) = shared.read().get(id).cloned() else {
         return Err(refuse_and_close(send, not_registered()).await);
     };
-    // Fewer keep-alives the more hosts there are (see `keepalive_for`).
-    let keepalive =
-        weft_proto::keepalive_scaled(shared.sessions().len(), shared.keepalive_per_host);
+    // Fewer keep-alives the more hosts there are (see `keepalive_for`): on
+    // QUIC the interval this connection was accepted with, kept for its
+    // life.
+    let keepalive = match &link {
+        Link::Quic(_, k) => *k,
+        Link::Tcp(_) => {
+            weft_proto::keepalive_scaled(shared.sessions().len(), shared.keepalive_per_host)
+        }
+    };
     let welcome = Welcome {
         node_id: id,
         name: me.name.clone(),
@@ -45,6 +51,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
         keepalive_ms: u32::try_from(keepalive.as_millis()).unwrap_or(u32::MAX),
         accepts_leave: true,
         accepts_paths: true,
+        keeps_quic_alive: true,
     };
     write_msg(&mut send, &ServerMsg::Welcome(welcome)).await?;
 
@@ -207,7 +214,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
         }
     };
     let quic = match &link {
-        Link::Quic(c) => Some(c.clone()),
+        Link::Quic(c, _) => Some(c.clone()),
         Link::Tcp(_) => None,
     };
     let result = tokio::select! {

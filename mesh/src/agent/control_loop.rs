@@ -209,7 +209,7 @@ impl ControlLoop {
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), AgentError> {
         let mut attempt = 0u32;
-        loop {
+        'session: loop {
             let mut s = match session.take() {
                 Some(s) => s,
                 None => {
@@ -267,11 +267,29 @@ impl ControlLoop {
             scan.tick().await;
             let changed = self.shared.endpoints_changed.clone();
             let lost = loop {
+                let renew_at = s.renew_at();
                 tokio::select! {
                     _ = changed.notified() => scan.reset_immediately(),
                     _ = self.shared.routes_changed.notified() => {
                         if let Err(e) = self.advertise(&s).await {
                             break e;
+                        }
+                    }
+                    // The coordinator asks for a keep-alive interval this
+                    // connection cannot change to: a new session at it,
+                    // opened before this one closes (peers see nothing).
+                    _ = weft_control::renewal_due(renew_at) => {
+                        let info = self.shared.identity().coordinator;
+                        match self.client.renew(&s, &info, &self.key, reported.clone()).await {
+                            Ok(new) => {
+                                tracing::debug!(keepalive_ms = new.welcome().keepalive_ms, "renewed the session at the keep-alive interval asked for");
+                                session = Some(new);
+                                continue 'session;
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "could not renew the session; keeping this one");
+                                s.renewal_failed();
+                            }
                         }
                     }
                     change = s.next_change() => match change {
