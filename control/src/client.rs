@@ -17,7 +17,7 @@ use weft_proto::token::JoinToken;
 use weft_proto::{codec, HostSubnet, Netmap, NetmapChange, NodeId, WgPublicKey, PROTOCOL_VERSION};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use super::liveness::{keep_quic, ping, AbortOnDrop, Heard, Interval};
+use super::liveness::{keep_quic, ping, AbortOnDrop, Heard, Interval, KeptBy};
 use super::transport::{DatagramLink, DatagramSource, FrameReader, FrameWriter};
 use super::ControlError;
 
@@ -398,13 +398,18 @@ impl ControlClient {
             // Kept alive by the coordinator at this interval for good.
             Some(c) if welcome.keeps_quic_alive => {
                 let k = asked.get();
-                let watch = keep_quic(c.clone(), heard.clone(), Interval::new(k), false);
+                let watch = keep_quic(
+                    c.clone(),
+                    heard.clone(),
+                    Interval::new(k),
+                    KeptBy::Coordinator,
+                );
                 (true, Some(k), watch)
             }
             Some(c) => (
                 true,
                 None,
-                keep_quic(c.clone(), heard.clone(), asked.clone(), true),
+                keep_quic(c.clone(), heard.clone(), asked.clone(), KeptBy::Host),
             ),
             // A coordinator that sets no interval answers no pings.
             None if welcome.keepalive_ms == 0 => (false, None, AbortOnDrop(tokio::spawn(async {}))),

@@ -11,8 +11,10 @@
 //!   asked for when it accepted the connection, and the host's QUIC stack
 //!   answers them: no application wakes for them on either side. A watcher
 //!   reads the connection's receive counter to record when something last
-//!   arrived. To an older coordinator that does not, the host sends an empty
-//!   datagram at the interval asked for instead.
+//!   arrived, and when a keep-alive is overdue sends an empty datagram,
+//!   which a restarted coordinator answers with a stateless reset (see
+//!   [`KeptBy`]). To an older coordinator that keeps nothing alive, the host
+//!   sends an empty datagram at the interval asked for instead.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,16 +83,31 @@ impl Interval {
     }
 }
 
+/// Who keeps a QUIC connection alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeptBy {
+    /// The coordinator, with a QUIC keep-alive every interval: the host
+    /// sends an empty datagram only once one is overdue, so a coordinator
+    /// that restarted (and lost the connection) answers it with a stateless
+    /// reset, and the host notices within about 1.25 intervals.
+    Coordinator,
+    /// The host: an empty datagram every interval (an older coordinator).
+    Host,
+}
+
+/// The silence, in intervals, after which a host probes a coordinator that
+/// keeps the connection alive.
+const OVERDUE: f64 = 1.25;
+
 /// On QUIC: marks `heard` whenever the connection received something since
 /// the last look (the coordinator's keep-alives, or the acknowledgements of
-/// ours), looking four times an interval `every` (as it is now). With
-/// `send`, for a coordinator that does not keep the connection alive,
-/// sends an empty datagram every `every` too.
+/// ours), looking four times an interval `every` (as it is now), and sends
+/// empty datagrams as `by` says.
 pub(crate) fn keep_quic(
     conn: quinn::Connection,
     heard: Heard,
     every: Interval,
-    send: bool,
+    by: KeptBy,
 ) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
         let mut seen = conn.stats().udp_rx.datagrams;
@@ -106,7 +123,12 @@ pub(crate) fn keep_quic(
                 seen = now;
                 heard.mark();
             }
-            if send && sent.elapsed() >= every.get() {
+            let k = every.get();
+            let due = match by {
+                KeptBy::Host => sent.elapsed() >= k,
+                KeptBy::Coordinator => heard.ago() >= k.mul_f64(OVERDUE) && sent.elapsed() >= k / 2,
+            };
+            if due {
                 // Refused only once the connection is closing (or by a
                 // peer without datagrams, which no coordinator is).
                 let _ = conn.send_datagram(Default::default());

@@ -17,7 +17,7 @@ use std::time::Duration;
 use support::*;
 
 /// Idle seconds over which the coordinator's keep-alives are counted.
-const IDLE: Duration = Duration::from_secs(8);
+const IDLE: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_growing_cluster_asks_for_longer_keepalives_and_sessions_renew_without_a_flap() {
@@ -68,7 +68,7 @@ async fn a_growing_cluster_asks_for_longer_keepalives_and_sessions_renew_without
     drop(a_session);
 
     // Idle: b never sees a offline, or moved, and the coordinator keeps
-    // a's new session alive at the longer interval (at the old 1 s, eight
+    // a's new session alive at the longer interval (at the old 1 s, ten
     // or more keep-alives would arrive).
     let wire = renewed.wire_stats();
     let (_, got0) = wire.packets().unwrap();
@@ -89,7 +89,7 @@ async fn a_growing_cluster_asks_for_longer_keepalives_and_sessions_renew_without
     let (_, got1) = wire.packets().unwrap();
     let got = got1 - got0;
     assert!(
-        (1..=5).contains(&got),
+        (1..=6).contains(&got),
         "{got} packets reached a in {IDLE:?}, kept alive every {asked:?}"
     );
     assert!(

@@ -85,13 +85,13 @@ pub const MAX_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10
 /// The floor of [`liveness_deadline`].
 pub const LIVENESS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The QUIC idle timeout a coordinator offers: past the longest
-/// [`liveness_deadline`]. A host offers the deadline of its interval,
-/// which both ends then keep (QUIC takes the smaller).
+/// The longest QUIC idle timeout: past the longest [`liveness_deadline`].
+/// A coordinator offers the deadline of the interval it keeps a connection
+/// alive at, a host the longest deadline, and both ends keep the smaller.
 pub const SESSION_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(35);
 
-/// The keep-alive interval a coordinator with `sessions` hosts connected
-/// asks for in its welcome: [`KEEPALIVE`] up to about 1,700 hosts, then
+/// The keep-alive interval a coordinator with `sessions` hosts registered
+/// asks for: [`KEEPALIVE`] up to about 1,700 hosts, then
 /// 0.6 ms per host, so keep-alives cost it about 1,700 packets a second
 /// (and as many acknowledgements) however large the cluster, up to
 /// [`MAX_KEEPALIVE`] (16,700 hosts). What it costs is noticing a vanished

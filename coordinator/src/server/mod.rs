@@ -65,8 +65,18 @@ const MAX_HELLO: usize = 64 * 1024;
 /// The longest the coalescer waits, however many sessions there are.
 const MAX_COALESCE: Duration = Duration::from_millis(50);
 /// [`weft_proto::keepalive_scaled`] in milliseconds.
-pub(super) fn keepalive_ms(sessions: usize, per_host: Duration) -> u32 {
-    u32::try_from(weft_proto::keepalive_scaled(sessions, per_host).as_millis()).unwrap_or(u32::MAX)
+pub(super) fn keepalive_ms(hosts: usize, per_host: Duration) -> u32 {
+    u32::try_from(weft_proto::keepalive_scaled(hosts, per_host).as_millis()).unwrap_or(u32::MAX)
+}
+
+impl Shared {
+    /// The keep-alive interval asked of hosts now. It scales with the hosts
+    /// registered, not those connected: after a restart, the first hosts to
+    /// reconnect are asked for what they will be asked once all are back,
+    /// and none has to renew its session for it.
+    fn keepalive_now(&self) -> Duration {
+        weft_proto::keepalive_scaled(self.read().len(), self.keepalive_per_host)
+    }
 }
 
 struct Shared {
@@ -578,8 +588,9 @@ async fn coalesce(shared: Arc<Shared>, window: Duration) {
         shared.changed.notified().await;
         let changed_at = std::time::Instant::now();
         let sessions = shared.sessions().len() as u64;
+        let hosts = shared.read().len();
         shared.keepalive_ms.store(
-            keepalive_ms(sessions as usize, shared.keepalive_per_host),
+            keepalive_ms(hosts, shared.keepalive_per_host),
             Ordering::Relaxed,
         );
         let scaled = window.max(Duration::from_micros(sessions * 10));
@@ -687,8 +698,7 @@ async fn accept(shared: Arc<Shared>, endpoint: quinn::Endpoint, base: quinn::Ser
         };
         // Kept alive at the interval asked of a host joining now (see
         // `quic_transport`); its welcome says which.
-        let keepalive =
-            weft_proto::keepalive_scaled(shared.sessions().len(), shared.keepalive_per_host);
+        let keepalive = shared.keepalive_now();
         let mut cfg = base.clone();
         cfg.transport_config(Arc::new(quic_transport(keepalive)));
         let incoming = match incoming.accept_with(Arc::new(cfg)) {

@@ -37,9 +37,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     // life.
     let keepalive = match &link {
         Link::Quic(_, k) => *k,
-        Link::Tcp(_) => {
-            weft_proto::keepalive_scaled(shared.sessions().len(), shared.keepalive_per_host)
-        }
+        Link::Tcp(_) => shared.keepalive_now(),
     };
     let welcome = Welcome {
         node_id: id,
