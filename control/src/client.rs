@@ -427,6 +427,7 @@ impl ControlClient {
             welcome,
             netmap,
             resumed: false,
+            first: NetmapChange::default(),
             link,
             source: Some(source),
             tcp_in,
@@ -435,6 +436,7 @@ impl ControlClient {
         };
         let first = session.next_change().await?;
         session.resumed = !first.full;
+        session.first = first;
         Ok(session)
     }
 
@@ -611,6 +613,8 @@ pub struct Session {
     welcome: Welcome,
     netmap: Netmap,
     resumed: bool,
+    /// What the first update changed (see [`Session::first_change`]).
+    first: NetmapChange,
     link: DatagramLink,
     source: Option<DatagramSource>,
     /// On TCP, where datagram frames read from the stream go (bounded in
@@ -642,6 +646,12 @@ impl Session {
     /// (rather than starting from a full snapshot).
     pub fn resumed(&self) -> bool {
         self.resumed
+    }
+
+    /// What the session's first update changed, the one [`ControlClient`]
+    /// read before returning it (a resumed session's delta).
+    pub fn first_change(&self) -> &NetmapChange {
+        &self.first
     }
 
     /// When the coordinator was last heard from on this session.

@@ -205,6 +205,9 @@ impl Host {
     /// first update was folded inside `connect`: what it brought is noted
     /// from the netmap.
     fn current(&self, session: &Session, probe: &Probe) {
+        // A resumed or renewed session's first delta may hold what is timed
+        // (a digest map keeps only host 0's record).
+        self.note(session, session.first_change(), probe);
         let now = Instant::now();
         let port = probe.port.load(Ordering::Relaxed);
         let hit = session
