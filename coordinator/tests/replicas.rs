@@ -39,11 +39,19 @@ fn etcd_config(c: &Cluster, prefix: &str) -> EtcdConfig {
 
 /// Loopback ports free now, for replicas whose addresses must be known
 /// before they start (each replica's tokens list all of them).
+/// A replica listens on both UDP (QUIC) and TCP (the TLS fallback) at its
+/// port, so a port is taken only when both are free: an ephemeral TCP port
+/// of another test's connection is not.
 fn free_ports(n: usize) -> Vec<SocketAddr> {
-    let held: Vec<std::net::UdpSocket> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
-    held.iter().map(|s| s.local_addr().unwrap()).collect()
+    let mut held = Vec::new();
+    while held.len() < n {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = udp.local_addr().unwrap();
+        if let Ok(tcp) = std::net::TcpListener::bind(addr) {
+            held.push((udp, tcp));
+        }
+    }
+    held.iter().map(|(u, _)| u.local_addr().unwrap()).collect()
 }
 
 /// State dirs for `n` replicas sharing one identity: the first created
