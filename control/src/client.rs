@@ -404,16 +404,21 @@ impl ControlClient {
                     Interval::new(k),
                     KeptBy::Coordinator,
                 );
-                (true, Some(k), watch)
+                (true, Some(k), Some(watch))
             }
             Some(c) => (
                 true,
                 None,
-                keep_quic(c.clone(), heard.clone(), asked.clone(), KeptBy::Host),
+                Some(keep_quic(
+                    c.clone(),
+                    heard.clone(),
+                    asked.clone(),
+                    KeptBy::Host,
+                )),
             ),
             // A coordinator that sets no interval answers no pings.
-            None if welcome.keepalive_ms == 0 => (false, None, AbortOnDrop(tokio::spawn(async {}))),
-            None => (true, None, ping(send.clone(), asked.clone())),
+            None if welcome.keepalive_ms == 0 => (false, None, None),
+            None => (true, None, Some(ping(send.clone(), asked.clone()))),
         };
         let mut session = Session {
             checked,
@@ -637,8 +642,9 @@ pub struct Session {
     /// When to open a session at `asked` instead (see
     /// [`Session::renew_at`]).
     renew_at: Option<tokio::time::Instant>,
-    /// The pinger; it ends with the session.
-    _liveness: AbortOnDrop,
+    /// The pinger or watcher (none on TCP to a coordinator that answers no
+    /// pings); it ends with the session.
+    _liveness: Option<AbortOnDrop>,
 }
 
 impl Session {
