@@ -5,12 +5,14 @@
 //!
 //! Shape: one hash map per prefix length actually in use, probed from the
 //! longest length down. A lookup costs one hash probe per distinct length
-//! (typically one to three), with no allocation.
+//! (typically one to three), with no allocation. The maps are persistent
+//! (`imbl`): a copy of the table is O(1) and a change to the copy is
+//! O(log n), so the data plane publishes a changed table per netmap delta
+//! without rebuilding it from every peer.
 //!
 //! Networks are the workspace's one prefix type, [`Cidr`] (from
 //! `weft-proto`), re-exported here for the data plane's callers.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use weft_proto::policy::Cidr;
@@ -34,10 +36,10 @@ fn mask_v6(prefix: u8) -> u128 {
 /// One address family's table: (prefix length, network -> value), longest first.
 #[derive(Clone, Debug)]
 struct FamilyTable<K, T> {
-    by_len: Vec<(u8, HashMap<K, T>)>,
+    by_len: Vec<(u8, imbl::HashMap<K, T>)>,
 }
 
-impl<K: std::hash::Hash + Eq + Copy, T> FamilyTable<K, T> {
+impl<K: std::hash::Hash + Eq + Copy, T: Clone> FamilyTable<K, T> {
     fn new() -> Self {
         FamilyTable { by_len: Vec::new() }
     }
@@ -46,11 +48,16 @@ impl<K: std::hash::Hash + Eq + Copy, T> FamilyTable<K, T> {
         let pos = match self.by_len.binary_search_by(|(l, _)| len.cmp(l)) {
             Ok(pos) => pos,
             Err(pos) => {
-                self.by_len.insert(pos, (len, HashMap::new()));
+                self.by_len.insert(pos, (len, imbl::HashMap::new()));
                 pos
             }
         };
         self.by_len[pos].1.insert(key, value)
+    }
+
+    fn get(&self, len: u8, key: &K) -> Option<&T> {
+        let pos = self.by_len.binary_search_by(|(l, _)| len.cmp(l)).ok()?;
+        self.by_len[pos].1.get(key)
     }
 
     fn remove(&mut self, len: u8, key: &K) -> Option<T> {
@@ -77,7 +84,7 @@ pub struct AllowedIps<T> {
     v6: FamilyTable<u128, T>,
 }
 
-impl<T> Default for AllowedIps<T> {
+impl<T: Clone> Default for AllowedIps<T> {
     fn default() -> Self {
         AllowedIps {
             v4: FamilyTable::new(),
@@ -86,7 +93,7 @@ impl<T> Default for AllowedIps<T> {
     }
 }
 
-impl<T> AllowedIps<T> {
+impl<T: Clone> AllowedIps<T> {
     pub fn new() -> Self {
         Self::default()
     }
@@ -97,6 +104,14 @@ impl<T> AllowedIps<T> {
         match net.addr() {
             IpAddr::V4(a) => self.v4.insert(net.prefix_len(), u32::from(a), value),
             IpAddr::V6(a) => self.v6.insert(net.prefix_len(), u128::from(a), value),
+        }
+    }
+
+    /// The value of exactly `net` (not of a network containing it).
+    pub fn get(&self, net: &Cidr) -> Option<&T> {
+        match net.addr() {
+            IpAddr::V4(a) => self.v4.get(net.prefix_len(), &u32::from(a)),
+            IpAddr::V6(a) => self.v6.get(net.prefix_len(), &u128::from(a)),
         }
     }
 

@@ -8,7 +8,7 @@
 //! the map only when the last one arrives, so a reader never sees half an
 //! update.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -126,14 +126,16 @@ pub enum NetmapError {
     StrayChunk,
 }
 
-/// A host's view of the cluster.
+/// A host's view of the cluster. Cloning one is O(1) (its peers are a
+/// persistent map, its filter and services shared), so the agent hands
+/// copies to its readers on every delta without copying 10,000 peers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Netmap {
     epoch: u64,
     version: u64,
-    peers: BTreeMap<NodeId, Peer>,
-    filter: Option<PacketFilter>,
-    services: Vec<ServiceEntry>,
+    peers: imbl::OrdMap<NodeId, Peer>,
+    filter: Option<Arc<PacketFilter>>,
+    services: Arc<Vec<ServiceEntry>>,
     view: u64,
     /// This host's own routes in force; `None` until a coordinator said.
     routes: Option<Vec<Cidr>>,
@@ -279,7 +281,7 @@ impl Netmap {
     /// The inbound packet filter this host enforces; `None` until the
     /// coordinator sent one (a coordinator always does in a full update).
     pub fn filter(&self) -> Option<&PacketFilter> {
-        self.filter.as_ref()
+        self.filter.as_deref()
     }
 
     /// The published services this host may reach.
@@ -302,8 +304,8 @@ impl Netmap {
     pub fn to_snapshot(&self) -> NetmapUpdate {
         NetmapUpdate {
             upserts: self.peers.values().cloned().collect(),
-            filter: self.filter.clone(),
-            services: Some(self.services.clone()),
+            filter: self.filter.as_deref().cloned(),
+            services: Some(self.services.to_vec()),
             view: Some(self.view),
             routes: self.routes.clone(),
             ..NetmapUpdate::empty(self.epoch, 0, self.version, true)
@@ -399,15 +401,19 @@ impl Netmap {
             }
         }
         if let Some(f) = whole.filter {
-            change.filter = self.filter.as_ref() != Some(&f);
-            self.filter = Some(f);
+            change.filter = self.filter.as_deref() != Some(&f);
+            if change.filter {
+                self.filter = Some(Arc::new(f));
+            }
         }
         if let Some(v) = whole.view {
             self.view = v;
         }
         if let Some(s) = whole.services {
-            change.services = self.services != s;
-            self.services = s;
+            change.services = *self.services != s;
+            if change.services {
+                self.services = Arc::new(s);
+            }
         }
         if let Some(r) = whole.routes {
             self.routes = Some(r);

@@ -5,18 +5,16 @@
 //! the last configuration.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::Rng as _;
 use tokio::sync::watch;
 use weft_proto::msg::{ErrorCode, PathClassReport, PathReport};
-use weft_proto::Netmap;
+use weft_proto::{Netmap, NetmapChange};
 use x25519_dalek::StaticSecret;
 
-use super::host_net::MeshRoutes;
-use super::peers::PeerReconciler;
-use super::services::Services;
+pub use super::applier::Applier;
+use super::netmap_cache::NetmapCache;
 use super::{AgentError, Shared};
 use crate::control::{ControlClient, ControlError, Session};
 use crate::dataplane::DeviceHandle;
@@ -65,64 +63,6 @@ fn is_fatal(e: &ControlError) -> bool {
     )
 }
 
-/// Brings the host in line with a netmap: peers, packet filter, routes
-/// through other hosts, services. Remembers what it applied.
-pub struct Applier {
-    pub reconciler: PeerReconciler,
-    pub routes: MeshRoutes,
-}
-
-impl Applier {
-    pub fn new(routes: MeshRoutes) -> Applier {
-        Applier {
-            reconciler: PeerReconciler::new(),
-            routes,
-        }
-    }
-
-    pub fn apply(&mut self, netmap: &Netmap, handle: &DeviceHandle, services: &Mutex<Services>) {
-        // The filter first: a peer the policy now allows must not reach the
-        // TUN before its rules are in force.
-        let filter = netmap.filter();
-        if handle.set_filter(filter) {
-            let rules = filter.map_or(0, |f| f.rules.len());
-            tracing::info!(rules, "packet filter applied");
-        }
-        apply_peers(&mut self.reconciler, netmap, handle);
-        self.routes.sync(
-            netmap
-                .peers()
-                .flat_map(|p| p.routes.iter().copied())
-                .collect(),
-        );
-        super::lock(services).apply(netmap.services());
-    }
-}
-
-/// Applies `netmap`'s peers to the device: adds, updates and removes peers.
-fn apply_peers(reconciler: &mut PeerReconciler, netmap: &Netmap, handle: &DeviceHandle) {
-    let current = handle.peer_keys();
-    let update = reconciler.plan(netmap, &current);
-    if update.peers.is_empty() {
-        return;
-    }
-    let (added, removed) =
-        update.peers.iter().fold(
-            (0, 0),
-            |(a, r), p| if p.remove { (a, r + 1) } else { (a + 1, r) },
-        );
-    match handle.apply(&update) {
-        Ok(()) => tracing::info!(
-            version = netmap.version(),
-            peers = netmap.len(),
-            added_or_changed = added,
-            removed,
-            "netmap applied"
-        ),
-        Err(e) => tracing::error!(error = %e.reason, "cannot apply the netmap to the data plane"),
-    }
-}
-
 /// Aborts a task when dropped (the relay reader of a session).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -138,6 +78,8 @@ pub struct ControlLoop {
     pub shared: std::sync::Arc<Shared>,
     pub handle: DeviceHandle,
     pub applier: Applier,
+    /// Writes the netmap to disk behind the one in force.
+    pub cache: NetmapCache,
     /// Requests to leave the cluster (`weft down`).
     pub leave: tokio::sync::mpsc::Receiver<LeaveReply>,
 }
@@ -203,8 +145,21 @@ async fn leave(s: &mut Session) -> Result<(), String> {
 impl ControlLoop {
     /// Runs until `stop` flips to true (Ok) or the coordinator refuses this
     /// node for good (Err). `session` is an already open session, if any.
+    /// The cached netmap is brought up to date before it returns (unless
+    /// the node left).
     pub async fn run(
         mut self,
+        session: Option<Session>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(), AgentError> {
+        let r = self.sessions(session, stop).await;
+        let left = self.shared.left.load(std::sync::atomic::Ordering::SeqCst);
+        self.cache.flush(self.shared.netmap(), !left).await;
+        r
+    }
+
+    async fn sessions(
+        &mut self,
         mut session: Option<Session>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), AgentError> {
@@ -239,7 +194,7 @@ impl ControlLoop {
                 }
             };
             attempt = 0;
-            self.on_netmap(s.netmap().clone());
+            self.on_netmap(s.netmap().clone(), None);
             self.shared.set_connected(s.heard(), s.transport());
             // Relay and punches ride this connection.
             self.shared.traversal.link.set(Some(s.datagram_link()));
@@ -268,7 +223,11 @@ impl ControlLoop {
             let changed = self.shared.endpoints_changed.clone();
             let lost = loop {
                 let renew_at = s.renew_at();
+                let save_at = self.cache.due();
                 tokio::select! {
+                    _ = sleep_until(save_at), if save_at.is_some() => {
+                        self.cache.write(s.netmap().clone());
+                    }
                     _ = changed.notified() => scan.reset_immediately(),
                     _ = self.shared.routes_changed.notified() => {
                         if let Err(e) = self.advertise(&s).await {
@@ -293,7 +252,7 @@ impl ControlLoop {
                         }
                     }
                     change = s.next_change() => match change {
-                        Ok(_) => self.on_netmap(s.netmap().clone()),
+                        Ok(change) => self.on_netmap(s.netmap().clone(), Some(&change)),
                         Err(e) if is_fatal(&e) => return Err(AgentError::Control(e)),
                         Err(e) => break e,
                     },
@@ -335,6 +294,9 @@ impl ControlLoop {
                 }
             };
             tracing::warn!(error = %lost, "lost the coordinator; tunnels keep running, reconnecting");
+            if self.cache.due().is_some() {
+                self.cache.write(s.netmap().clone());
+            }
             self.shared.traversal.link.set(None);
             self.shared.set_disconnected(lost.to_string());
             let since = Instant::now();
@@ -361,15 +323,28 @@ impl ControlLoop {
         s.updater().advertise_routes(routes).await
     }
 
-    fn on_netmap(&mut self, netmap: Netmap) {
+    /// Puts `netmap` in force: all of it (`change` is `None`, a new
+    /// session) or what one delta changed.
+    fn on_netmap(&mut self, netmap: Netmap, change: Option<&NetmapChange>) {
         self.handle
             .set_local_networks(Some(self.shared.accepted_networks(&netmap)));
-        self.applier
-            .apply(&netmap, &self.handle, &self.shared.services);
-        if let Err(e) = self.shared.state.save_netmap(&netmap) {
-            tracing::warn!(error = %e, "cannot cache the netmap; a restart without the coordinator will start with an older one");
+        let services = &self.shared.services;
+        match change {
+            Some(c) => self
+                .applier
+                .apply_change(&netmap, c, &self.handle, services),
+            None => self.applier.apply(&netmap, &self.handle, services),
         }
-        self.shared.set_netmap(netmap);
+        self.cache.changed(change.is_none_or(|c| c.full));
+        self.shared.set_netmap(netmap, change);
+    }
+}
+
+/// Sleeps until `at` (forever if `None`; the caller guards the branch).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -138,7 +138,8 @@ impl MeshRoutes {
     }
 
     /// Routes exactly `wanted` into the TUN, adding and removing the
-    /// difference. Failures are logged; a later call retries them.
+    /// difference only (one `ip` run per route that changed, not per route
+    /// wanted). Failures are logged; a later call retries them.
     pub fn sync(&mut self, wanted: BTreeSet<Cidr>) {
         if wanted == self.applied {
             return;
@@ -155,8 +156,11 @@ impl MeshRoutes {
             ]);
             tracing::info!(route = %gone, "route through the mesh removed");
         }
-        let mut applied = BTreeSet::new();
+        self.applied.retain(|r| wanted.contains(r));
         for r in &wanted {
+            if self.applied.contains(r) {
+                continue;
+            }
             let mut args = vec!["route", "replace"];
             let dst = r.to_string();
             let src = self.gateway.to_string();
@@ -172,15 +176,12 @@ impl MeshRoutes {
             }
             match ip(&args) {
                 Ok(()) => {
-                    if !self.applied.contains(r) {
-                        tracing::info!(route = %r, "route through the mesh added");
-                    }
-                    applied.insert(*r);
+                    tracing::info!(route = %r, "route through the mesh added");
+                    self.applied.insert(*r);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot add a route through the mesh"),
             }
         }
-        self.applied = applied;
     }
 }
 

@@ -8,6 +8,7 @@
 //! [`endpoints`] (what to report), [`api`] and [`status`] (`weft status`).
 
 pub mod api;
+pub mod applier;
 pub mod control_loop;
 pub mod dns;
 pub mod endpoints;
@@ -16,6 +17,7 @@ pub mod host_nft;
 pub mod metrics;
 pub mod metrics_http;
 pub mod mtu;
+pub mod netmap_cache;
 pub mod netwatch;
 pub mod overview;
 pub mod peers;
@@ -138,7 +140,7 @@ pub struct Shared {
     bridge: String,
     view: Mutex<View>,
     /// The netmap, shared with the traversal engine.
-    netmap: Arc<Mutex<Netmap>>,
+    netmap: Arc<Mutex<traversal::NetmapCell>>,
     /// Tells the traversal engine the netmap changed.
     netmap_changed: Arc<tokio::sync::Notify>,
     /// This host's public mapping, as the reflector saw it.
@@ -181,16 +183,23 @@ impl Shared {
         self.view().identity.clone()
     }
 
+    /// The netmap in force (an O(1) copy).
     fn netmap(&self) -> Netmap {
-        lock(&self.netmap).clone()
+        lock(&self.netmap).map.clone()
     }
 
     fn endpoints(&self) -> Vec<SocketAddr> {
         self.view().endpoints.clone()
     }
 
-    fn set_netmap(&self, netmap: Netmap) {
-        *lock(&self.netmap) = netmap;
+    /// Puts `netmap` in force; `change` says what changed in it (`None`:
+    /// all of it), for the traversal engine.
+    fn set_netmap(&self, netmap: Netmap, change: Option<&weft_proto::NetmapChange>) {
+        {
+            let mut cell = lock(&self.netmap);
+            cell.map = netmap;
+            cell.changed.note(change);
+        }
         self.view().netmap_at = Some(Instant::now());
         self.netmap_changed.notify_one();
     }
@@ -354,7 +363,7 @@ pub async fn run(
     };
     let coordinator_addr = resolve(&coordinator_info).await;
     let (tview, tinputs, nc_tx) = traversal::attach(&handle);
-    let netmap_cell = Arc::new(Mutex::new(Netmap::new()));
+    let netmap_cell = Arc::new(Mutex::new(traversal::NetmapCell::default()));
     let reflected = Arc::new(Mutex::new(None));
     let endpoints_changed = Arc::new(tokio::sync::Notify::new());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -371,7 +380,7 @@ pub async fn run(
             traversal::driver::Wiring {
                 view: tview.clone(),
                 netcheck: nc_tx,
-                netmap: Box::new(move || lock(&cell).clone()),
+                netmap: cell,
                 netmap_changed: netmap_changed.clone(),
                 on_public: Box::new(move |p| {
                     *lock(&refl) = p;
@@ -524,7 +533,7 @@ pub async fn run(
         identity.subnet.host_addr(),
     ));
     applier.apply(&netmap, &handle, &shared.services);
-    shared.set_netmap(netmap);
+    shared.set_netmap(netmap, None);
 
     let api = {
         let shared = shared.clone();
@@ -584,6 +593,7 @@ pub async fn run(
         shared: shared.clone(),
         handle: handle.clone(),
         applier,
+        cache: netmap_cache::NetmapCache::new(state.clone()),
         leave: leave_rx,
     };
     let follow_mtu = config.mtu.is_none().then(|| mtu::MtuFollower {

@@ -155,7 +155,7 @@ mod tests {
     #[test]
     fn a_peer_is_queued_once_with_its_strongest_kick() {
         let q = KickQueue::new().unwrap();
-        let p = Arc::new(Peer::new(crate::key::Key([7; 32]), 1));
+        let p = Arc::new(Peer::new(crate::key::Key([7; 32]), 1, 1));
         q.push(&p, Kick::Keepalive);
         q.push(&p, Kick::Handshake);
         q.push(&p, Kick::Keepalive);

@@ -374,7 +374,7 @@ impl DeviceHandle {
         let table = self.shared.table.load();
         table
             .peers
-            .iter()
+            .values()
             .map(|p| (p.public_key, p.data_packets.load(Ordering::Relaxed)))
             .collect()
     }
@@ -389,7 +389,7 @@ impl DeviceHandle {
     /// an authenticated packet from its new source and roam to it.
     pub fn nudge_peers(&self) {
         let table = self.shared.table.load();
-        for peer in &table.peers {
+        for peer in table.peers.values() {
             self.shared.kicks.push(peer, kick::Kick::Keepalive);
         }
     }

@@ -1,7 +1,6 @@
 //! One WireGuard peer: its boringtun session state, endpoint and counters,
 //! and the lookup tables the packet threads read without taking locks.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -39,6 +38,9 @@ pub struct Peer {
     pub public_key: Key,
     /// Our local session index for this peer (24 bits; boringtun adds 8).
     pub index: u32,
+    /// Orders the device's peers as they were added (`wg show` lists them
+    /// so).
+    pub seq: u64,
     state: Mutex<PeerState>,
     pub config: Mutex<PeerConfig>,
     /// Bytes received from this peer on the wire (authenticated only).
@@ -62,10 +64,11 @@ pub struct Identity {
 }
 
 impl Peer {
-    pub fn new(public_key: Key, index: u32) -> Peer {
+    pub fn new(public_key: Key, index: u32, seq: u64) -> Peer {
         Peer {
             public_key,
             index,
+            seq,
             state: Mutex::new(PeerState {
                 tunn: None,
                 endpoint: None,
@@ -149,40 +152,61 @@ impl Peer {
 
 /// An immutable snapshot of who the peers are and what they route, swapped
 /// whole on every configuration change so packet threads never lock it.
-#[derive(Default)]
+/// Its maps are persistent (`imbl`): the configuration path copies the
+/// table in O(1) and changes only the peers an update names, so a
+/// one-peer change costs O(log n) at any number of peers. A lookup is a
+/// hash probe through a few trie levels, with no allocation.
+#[derive(Clone, Default)]
 pub struct PeerTable {
-    pub identity: Option<Identity>,
+    pub identity: Option<Arc<Identity>>,
     pub rate_limiter: Option<Arc<RateLimiter>>,
-    pub peers: Vec<Arc<Peer>>,
-    pub by_key: HashMap<Key, Arc<Peer>>,
-    pub by_index: HashMap<u32, Arc<Peer>>,
+    /// Every peer, in the order added (by [`Peer::seq`]).
+    pub peers: imbl::OrdMap<u64, Arc<Peer>>,
+    pub by_key: imbl::HashMap<Key, Arc<Peer>>,
+    pub by_index: imbl::HashMap<u32, Arc<Peer>>,
+    /// Each network to the one peer it belongs to.
     pub routes: AllowedIps<Arc<Peer>>,
 }
 
 impl PeerTable {
-    pub fn build(
-        private: Option<&Key>,
-        rate_limiter: Option<Arc<RateLimiter>>,
-        peers: &[Arc<Peer>],
-    ) -> PeerTable {
-        let identity = private.map(|k| {
+    /// Sets this device's own key (and the handshake rate limiter).
+    pub fn set_identity(&mut self, private: Option<&Key>, rate_limiter: Option<Arc<RateLimiter>>) {
+        self.identity = private.map(|k| {
             let secret = x25519::StaticSecret::from(k.0);
             let public = x25519::PublicKey::from(&secret);
-            Identity { secret, public }
+            Arc::new(Identity { secret, public })
         });
-        let mut routes = AllowedIps::new();
-        for p in peers {
-            for net in &p.config().allowed_ips {
-                routes.insert(*net, p.clone());
-            }
+        self.rate_limiter = rate_limiter;
+    }
+
+    pub fn insert(&mut self, peer: Arc<Peer>) {
+        self.peers.insert(peer.seq, peer.clone());
+        self.by_index.insert(peer.index, peer.clone());
+        self.by_key.insert(peer.public_key, peer);
+    }
+
+    /// Removes peer `key` and the networks it owns; returns it.
+    pub fn remove(&mut self, key: &Key) -> Option<Arc<Peer>> {
+        let peer = self.by_key.remove(key)?;
+        self.peers.remove(&peer.seq);
+        self.by_index.remove(&peer.index);
+        for net in &peer.config().allowed_ips {
+            self.disown(net, &peer);
         }
-        PeerTable {
-            identity,
-            rate_limiter,
-            by_key: peers.iter().map(|p| (p.public_key, p.clone())).collect(),
-            by_index: peers.iter().map(|p| (p.index, p.clone())).collect(),
-            peers: peers.to_vec(),
-            routes,
+        Some(peer)
+    }
+
+    /// Drops `net` from the routes if `peer` owns it.
+    pub fn disown(&mut self, net: &Cidr, peer: &Arc<Peer>) {
+        if self.routes.get(net).is_some_and(|p| Arc::ptr_eq(p, peer)) {
+            self.routes.remove(net);
         }
+    }
+
+    pub fn clear(&mut self) {
+        self.peers.clear();
+        self.by_key.clear();
+        self.by_index.clear();
+        self.routes = AllowedIps::new();
     }
 }

@@ -360,7 +360,7 @@ fn rekey_sender(shared: &Shared, table: &PeerTable, src: SocketAddr) {
         return;
     }
     let src = super::udp::canonical(src);
-    if let Some(peer) = table.peers.iter().find(|p| p.endpoint() == Some(src)) {
+    if let Some(peer) = table.peers.values().find(|p| p.endpoint() == Some(src)) {
         tracing::debug!(%src, "undecryptable data from a peer; handshaking");
         shared.kicks.push(peer, super::kick::Kick::Handshake);
     }

@@ -51,7 +51,7 @@ pub(super) fn run(shared: Arc<Shared>) {
             last_reset = Instant::now();
         }
         let udp = shared.udp.load();
-        for peer in &table.peers {
+        for peer in table.peers.values() {
             let mut st = peer.state();
             let endpoint = st.endpoint;
             let Some(tunn) = st.tunn.as_mut() else {

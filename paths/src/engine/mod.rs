@@ -184,55 +184,7 @@ impl PathEngine {
         let mut keep = Vec::new();
         for p in peers {
             keep.push(p.id);
-            let entry = self.peers.entry(p.id).or_insert_with(|| {
-                let shared = self.secret.diffie_hellman(&PublicKey::from(p.key));
-                PeerPaths::with_window(
-                    p.key,
-                    probe_key(shared.as_bytes()),
-                    p.online,
-                    now,
-                    self.active_window,
-                )
-            });
-            if entry.key != p.key {
-                continue;
-            }
-            entry.online = p.online;
-            for c in entry.candidates.values_mut() {
-                c.from_netmap = false;
-            }
-            self.proposals.clear();
-            for s in &mut self.sources {
-                s.on_netmap(p.id, &p.endpoints, &mut self.proposals);
-            }
-            for prop in &self.proposals {
-                let c = entry.candidates.entry(prop.addr).or_default();
-                match prop.origin {
-                    Origin::Netmap => c.from_netmap = true,
-                    Origin::Learned => {
-                        c.learned.get_or_insert(now);
-                    }
-                }
-            }
-            // Drop stale candidates: gone from the netmap and not answering.
-            entry
-                .candidates
-                .retain(|_, c| c.from_netmap || c.learned.is_some() || c.alive(now));
-            // Until a direct path answers, traffic goes through the relay; a
-            // peer the data plane dropped and added again gets the path in
-            // use back (one that has an endpoint keeps it: it may roam).
-            let (target, only_if_unset) = match entry.current {
-                None => (Dest::Relay(p.id), false),
-                Some(ep) => (Dest::Addr(ep), true),
-            };
-            let kind = kind_of(&self.local_nets, entry.current);
-            self.events.push_back(Event::SetPath {
-                peer: p.id,
-                key: p.key,
-                target,
-                kind,
-                only_if_unset,
-            });
+            self.upsert_peer(p, now);
         }
         let kept: std::collections::HashSet<NodeId> = keep.iter().copied().collect();
         self.peers.retain(|id, _| kept.contains(id));
@@ -242,6 +194,89 @@ impl PathEngine {
         for id in keep {
             self.evaluate(id, now);
         }
+    }
+
+    /// Some peers of the netmap changed (`changed`) or left it (`removed`),
+    /// the others did not: a netmap delta, in O(peers it names).
+    pub fn handle_peers_changed<'a>(
+        &mut self,
+        changed: impl IntoIterator<Item = &'a PeerInput>,
+        removed: &[NodeId],
+        now: Instant,
+    ) {
+        if !removed.is_empty() {
+            for id in removed {
+                self.peers.remove(id);
+                self.paths.remove(id);
+            }
+            let gone: std::collections::HashSet<NodeId> = removed.iter().copied().collect();
+            self.birthday.retain_peers(|id| !gone.contains(&id));
+        }
+        let mut ids = Vec::new();
+        for p in changed {
+            ids.push(p.id);
+            self.upsert_peer(p, now);
+        }
+        self.probe_new(&ids, now);
+        for id in ids {
+            self.evaluate(id, now);
+        }
+    }
+
+    /// Takes one peer's netmap record: its key, whether it is online, and
+    /// its candidates from the netmap.
+    fn upsert_peer(&mut self, p: &PeerInput, now: Instant) {
+        if self.peers.get(&p.id).is_some_and(|e| e.key != p.key) {
+            // The node has a new key: what was learned of the old is void.
+            self.peers.remove(&p.id);
+            self.paths.remove(&p.id);
+        }
+        let entry = self.peers.entry(p.id).or_insert_with(|| {
+            let shared = self.secret.diffie_hellman(&PublicKey::from(p.key));
+            PeerPaths::with_window(
+                p.key,
+                probe_key(shared.as_bytes()),
+                p.online,
+                now,
+                self.active_window,
+            )
+        });
+        entry.online = p.online;
+        for c in entry.candidates.values_mut() {
+            c.from_netmap = false;
+        }
+        self.proposals.clear();
+        for s in &mut self.sources {
+            s.on_netmap(p.id, &p.endpoints, &mut self.proposals);
+        }
+        for prop in &self.proposals {
+            let c = entry.candidates.entry(prop.addr).or_default();
+            match prop.origin {
+                Origin::Netmap => c.from_netmap = true,
+                Origin::Learned => {
+                    c.learned.get_or_insert(now);
+                }
+            }
+        }
+        // Drop stale candidates: gone from the netmap and not answering.
+        entry
+            .candidates
+            .retain(|_, c| c.from_netmap || c.learned.is_some() || c.alive(now));
+        // Until a direct path answers, traffic goes through the relay; a
+        // peer the data plane dropped and added again gets the path in
+        // use back (one that has an endpoint keeps it: it may roam).
+        let (target, only_if_unset) = match entry.current {
+            None => (Dest::Relay(p.id), false),
+            Some(ep) => (Dest::Addr(ep), true),
+        };
+        let kind = kind_of(&self.local_nets, entry.current);
+        self.events.push_back(Event::SetPath {
+            peer: p.id,
+            key: p.key,
+            target,
+            kind,
+            only_if_unset,
+        });
     }
 
     /// This host's addresses changed (its interface networks are now

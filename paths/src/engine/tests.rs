@@ -180,3 +180,72 @@ fn a_scan_needs_an_authentic_request_for_a_listed_address_and_is_bounded() {
         "{sent} probes"
     );
 }
+
+fn input(id: u64, port: u16) -> PeerInput {
+    PeerInput {
+        id: NodeId(id),
+        key: PublicKey::from(&StaticSecret::from([id as u8; 32])).to_bytes(),
+        endpoints: vec![addr(&format!("203.0.113.{id}:{port}"))],
+        online: true,
+    }
+}
+
+/// What the engine asked of the driver since the last look.
+fn drain(e: &mut PathEngine) -> (Vec<Dest>, Vec<NodeId>) {
+    let sent = std::iter::from_fn(|| e.poll_transmit())
+        .map(|t| t.dest)
+        .collect();
+    let set = std::iter::from_fn(|| e.poll_event())
+        .filter_map(|ev| match ev {
+            Event::SetPath { peer, .. } => Some(peer),
+            _ => None,
+        })
+        .collect();
+    (sent, set)
+}
+
+#[test]
+fn a_delta_touches_only_the_peers_it_names_and_matches_a_whole_netmap() {
+    let t0 = Instant::now();
+    let mut whole = engine(1, t0);
+    let mut delta = engine(1, t0);
+    let mut peers: Vec<PeerInput> = (2..40).map(|i| input(i, 51820)).collect();
+    whole.handle_netmap(&peers, t0);
+    delta.handle_netmap(&peers, t0);
+    drain(&mut whole);
+    drain(&mut delta);
+    // Peer 5 moves, peer 7 leaves, peer 90 joins.
+    let t1 = t0 + Duration::from_millis(10);
+    peers[3] = input(5, 4000);
+    peers.retain(|p| p.id != NodeId(7));
+    peers.push(input(90, 51820));
+    whole.handle_netmap(&peers, t1);
+    let changed = [input(5, 4000), input(90, 51820)];
+    delta.handle_peers_changed(&changed, &[NodeId(7)], t1);
+    let (w_sent, w_set) = drain(&mut whole);
+    let (d_sent, d_set) = drain(&mut delta);
+    assert_eq!(d_set, vec![NodeId(5), NodeId(90)], "only the named peers");
+    assert_eq!(w_set.len(), peers.len(), "a whole netmap sets every peer");
+    assert_eq!(w_sent, d_sent, "the same probes either way");
+    assert!(d_sent.contains(&Dest::Addr(addr("203.0.113.5:4000"))));
+    assert!(delta.path(NodeId(7)).is_none());
+    let mut w: Vec<_> = whole.paths().map(|(id, p)| (id, p.kind)).collect();
+    let mut d: Vec<_> = delta.paths().map(|(id, p)| (id, p.kind)).collect();
+    w.sort_by_key(|(id, _)| *id);
+    d.sort_by_key(|(id, _)| *id);
+    assert_eq!(w, d);
+}
+
+#[test]
+fn a_node_with_a_new_key_starts_afresh() {
+    let t0 = Instant::now();
+    let mut e = engine(1, t0);
+    e.handle_netmap([&input(2, 51820)], t0);
+    drain(&mut e);
+    let mut rekeyed = input(2, 51820);
+    rekeyed.key = PublicKey::from(&StaticSecret::from([77u8; 32])).to_bytes();
+    e.handle_peers_changed([&rekeyed], &[], t0);
+    let (_, set) = drain(&mut e);
+    assert_eq!(set, vec![NodeId(2)]);
+    assert_eq!(e.peers.get(&NodeId(2)).map(|p| p.key), Some(rekeyed.key));
+}

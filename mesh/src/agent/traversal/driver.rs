@@ -17,10 +17,10 @@ use std::time::Instant;
 
 use tokio::sync::{oneshot, watch, Notify};
 use weft_paths::{Dest, EngineConfig, Event, PathEngine, PathKind, PeerInput, PingReply};
-use weft_proto::{Netmap, NodeId};
+use weft_proto::{Netmap, NodeId, Peer};
 use x25519_dalek::StaticSecret;
 
-use super::{Inputs, Request, TraversalView};
+use super::{Inputs, NetmapCell, PeersChanged, Request, TraversalView};
 use crate::dataplane::hooks::{relay_endpoint, relay_node};
 use crate::dataplane::traffic::PathClass;
 use crate::dataplane::DeviceHandle;
@@ -33,8 +33,9 @@ const MAX_PINGS: usize = 64;
 pub struct Wiring {
     pub view: TraversalView,
     pub netcheck: watch::Sender<weft_paths::NetcheckReport>,
-    /// The netmap in force (read when `netmap_changed` fires).
-    pub netmap: Box<dyn Fn() -> Netmap + Send>,
+    /// The netmap in force and what changed in it (read and taken when
+    /// `netmap_changed` fires).
+    pub netmap: Arc<std::sync::Mutex<NetmapCell>>,
     pub netmap_changed: Arc<Notify>,
     /// Called when this host's public mapping changes.
     pub on_public: Box<dyn Fn(Option<SocketAddr>) + Send>,
@@ -46,9 +47,10 @@ pub struct Driver {
     engine: PathEngine,
     pings: HashMap<u64, oneshot::Sender<PingReply>>,
     next_ping: u64,
-    /// Peers by key (from the netmap), and their data packets when last
-    /// looked at.
+    /// Peers by key (from the netmap), the other way round, and their
+    /// data packets when last looked at.
     ids: HashMap<[u8; 32], NodeId>,
+    keys: HashMap<NodeId, [u8; 32]>,
     data_seen: HashMap<[u8; 32], u64>,
 }
 
@@ -82,6 +84,7 @@ impl Driver {
             pings: HashMap::new(),
             next_ping: 0,
             ids: HashMap::new(),
+            keys: HashMap::new(),
             data_seen: HashMap::new(),
         };
         d.flush();
@@ -91,6 +94,7 @@ impl Driver {
     /// Runs until `stop` changes.
     pub async fn run(mut self, mut inputs: Inputs, mut stop: watch::Receiver<bool>) {
         let changed = self.wiring.netmap_changed.clone();
+        lock(&self.wiring.netmap).changed.note(None);
         self.on_netmap();
         let mut traffic = tokio::time::interval(TRAFFIC_EVERY);
         traffic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -158,23 +162,63 @@ impl Driver {
         }
     }
 
+    /// Takes what changed in the netmap since the last look: a whole map,
+    /// or the peers a delta named.
     fn on_netmap(&mut self) {
-        let map = (self.wiring.netmap)();
-        let peers: Vec<PeerInput> = map
-            .peers()
-            .map(|p| PeerInput {
-                id: p.id,
-                key: p.public_key.0,
-                endpoints: p.endpoints.clone(),
-                online: p.online,
-            })
-            .collect();
+        let (map, changed) = {
+            let mut cell = lock(&self.wiring.netmap);
+            (cell.map.clone(), std::mem::take(&mut cell.changed))
+        };
+        if changed.all {
+            self.on_whole_netmap(&map);
+        } else if !changed.ids.is_empty() {
+            self.on_peers_changed(&map, &changed);
+        }
+    }
+
+    fn on_whole_netmap(&mut self, map: &Netmap) {
+        let peers: Vec<PeerInput> = map.peers().map(input).collect();
         self.engine.handle_netmap(&peers, Instant::now());
         self.ids = peers.iter().map(|p| (p.key, p.id)).collect();
+        self.keys = peers.iter().map(|p| (p.id, p.key)).collect();
         let ids = &self.ids;
         self.data_seen.retain(|k, _| ids.contains_key(k));
+        let keys = &self.keys;
+        lock(&self.wiring.view.paths).retain(|id, _| keys.contains_key(id));
+    }
+
+    fn on_peers_changed(&mut self, map: &Netmap, changed: &PeersChanged) {
+        let mut inputs = Vec::new();
+        let mut removed = Vec::new();
+        for id in &changed.ids {
+            match map.peer(*id) {
+                Some(p) => inputs.push(input(p)),
+                None => removed.push(*id),
+            }
+        }
+        let mut gone: Vec<[u8; 32]> = removed
+            .iter()
+            .filter_map(|id| self.keys.remove(id))
+            .collect();
+        for p in &inputs {
+            // A node with a new key: its old key is no one's now.
+            if let Some(old) = self.keys.insert(p.id, p.key).filter(|old| *old != p.key) {
+                gone.push(old);
+            }
+        }
+        for key in &gone {
+            self.ids.remove(key);
+            self.data_seen.remove(key);
+        }
+        for p in &inputs {
+            self.ids.insert(p.key, p.id);
+        }
+        self.engine
+            .handle_peers_changed(&inputs, &removed, Instant::now());
         let mut paths = lock(&self.wiring.view.paths);
-        paths.retain(|id, _| peers.iter().any(|p| p.id == *id));
+        for id in &removed {
+            paths.remove(id);
+        }
     }
 
     /// Carries out everything the engine asked for.
@@ -261,6 +305,15 @@ impl Driver {
                 lock(&self.wiring.view.paths).insert(node, info);
             }
         }
+    }
+}
+
+fn input(p: &Peer) -> PeerInput {
+    PeerInput {
+        id: p.id,
+        key: p.public_key.0,
+        endpoints: p.endpoints.clone(),
+        online: p.online,
     }
 }
 

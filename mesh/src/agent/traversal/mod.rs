@@ -9,13 +9,13 @@
 pub mod driver;
 pub mod relay;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use weft_proto::policy::Cidr;
-use weft_proto::NodeId;
+use weft_proto::{Netmap, NetmapChange, NodeId};
 
 pub use weft_paths::netcheck;
 pub use weft_paths::{PathInfo, PathKind, PingReply, DEAD_AFTER};
@@ -26,6 +26,41 @@ use relay::RelayLink;
 
 /// The largest datagram handed to the engine as disco.
 const MAX_DISCO_LEN: usize = 256;
+
+/// The netmap in force, and which of its peers changed since the driver
+/// last read it: the control loop writes, the driver reads and takes the
+/// changes, so a delta costs the engine O(peers it names).
+#[derive(Debug, Default)]
+pub struct NetmapCell {
+    pub map: Netmap,
+    pub changed: PeersChanged,
+}
+
+/// Peers that changed (upserted or removed), or all of them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PeersChanged {
+    /// The whole map is new (a session started, or a full update).
+    pub all: bool,
+    pub ids: BTreeSet<NodeId>,
+}
+
+impl PeersChanged {
+    /// Adds one applied change; `None` means the whole map changed.
+    pub fn note(&mut self, change: Option<&NetmapChange>) {
+        match change {
+            Some(c) if !c.full => {
+                if !self.all {
+                    self.ids
+                        .extend(c.upserted.iter().chain(&c.removed).copied());
+                }
+            }
+            _ => {
+                self.all = true;
+                self.ids.clear();
+            }
+        }
+    }
+}
 
 /// What the API can ask of the engine.
 pub enum Request {
