@@ -63,6 +63,9 @@ pub struct Report {
     endpoint: (f64, f64, f64),
     policy_change: Option<(f64, f64, f64)>,
     newcomer: (f64, f64, f64),
+    /// Of `newcomer`, the part until the new host's join returned (its
+    /// welcome and first netmap): the rest is the fan-out to old hosts.
+    newcomer_joined: (f64, f64, f64),
     join_cpu: f64,
     idle_cpu_pct: f64,
     rss_kb: u64,
@@ -100,10 +103,11 @@ impl Report {
 
     pub fn describe(&self) -> String {
         format!(
-            "{} {} N={}: joins {:.0}/s ({} retried), netmaps complete after {:.1} s; endpoint {}; policy {}; new host {}; join CPU {:.1} core-s; idle CPU {:.1}%; RSS {:.1} MB ({:.1} KB/host); idle traffic {:.0}/{:.0} B/min; resync {:.1} s ({} deltas), admin {:.0}/{:.0} ms ({} failed)",
+            "{} {} N={}: joins {:.0}/s ({} retried), netmaps complete after {:.1} s; endpoint {}; policy {}; new host {} (joined in {}); join CPU {:.1} core-s; idle CPU {:.1}%; RSS {:.1} MB ({:.1} KB/host); idle traffic {:.0}/{:.0} B/min; resync {:.1} s ({} deltas), admin {:.0}/{:.0} ms ({} failed)",
             self.store, self.policy, self.n, self.n as f64 / self.join_secs, self.retries,
             self.converge_secs, ms3(self.endpoint),
             self.policy_change.map_or("-".into(), ms3), ms3(self.newcomer),
+            ms3(self.newcomer_joined),
             self.join_cpu, self.idle_cpu_pct, self.rss_kb as f64 / 1024.0, self.rss_per_host_kb,
             self.idle_bytes_per_min.0, self.idle_bytes_per_min.1,
             self.storm_secs, self.storm_delta, self.storm_admin.0, self.storm_admin.1,
@@ -211,7 +215,8 @@ impl Cluster {
         idx: usize,
         token: Arc<String>,
         sem: Option<Arc<tokio::sync::Semaphore>>,
-    ) -> tokio::task::JoinHandle<(NodeId, Instant, usize, weft_control::Session, Host)> {
+    ) -> tokio::task::JoinHandle<(NodeId, (Instant, Instant), usize, weft_control::Session, Host)>
+    {
         // Its own transport preference, as an agent has (a QUIC join
         // that times out under the storm sends only this host to TCP).
         let client = self.clients[idx % CLIENT_SOCKETS].sharing_socket();
@@ -241,7 +246,7 @@ impl Cluster {
                 key,
                 endpoint,
             };
-            (id, started, tries, session, host)
+            (id, (started, Instant::now()), tries, session, host)
         })
     }
 }
@@ -409,8 +414,10 @@ pub async fn run(n: usize, store: &str, policy: &str) -> Report {
     }
     let ids = c.probe.newcomers.lock().unwrap().0.clone();
     let mut nc_lat = Vec::new();
+    let mut joined_ms = Vec::new();
     for (k, id) in ids.iter().enumerate() {
-        let started = *started_by_id.get(id).unwrap();
+        let (started, joined) = *started_by_id.get(id).unwrap();
+        joined_ms.push(joined.saturating_duration_since(started).as_secs_f64() * 1000.0);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let done = {
@@ -433,10 +440,12 @@ pub async fn run(n: usize, store: &str, policy: &str) -> Report {
         );
     }
     r.newcomer = percentiles(nc_lat);
+    r.newcomer_joined = percentiles(joined_ms);
     eprintln!(
-        "  new host at every host p50/p99/max {} ({} sightings missing after 60 s)",
+        "  new host at every host p50/p99/max {} ({} sightings missing after 60 s); its own join took {}",
         ms3(r.newcomer),
-        r.newcomer_missed
+        r.newcomer_missed,
+        ms3(r.newcomer_joined)
     );
 
     // Idle steady state.
