@@ -71,6 +71,9 @@ pub struct ControlClient {
     endpoint: quinn::Endpoint,
     /// TLS over TCP worked last time (UDP to the coordinator is blocked).
     prefer_tcp: Arc<AtomicBool>,
+    /// The newest protocol version offered ([`PROTOCOL_VERSION`] but in
+    /// tests: see [`ControlClient::speaking`]).
+    newest: u32,
 }
 
 impl ControlClient {
@@ -81,6 +84,7 @@ impl ControlClient {
         Ok(Self {
             endpoint,
             prefer_tcp: Arc::default(),
+            newest: PROTOCOL_VERSION,
         })
     }
 
@@ -89,13 +93,36 @@ impl ControlClient {
         Self {
             endpoint,
             prefer_tcp: Arc::default(),
+            newest: PROTOCOL_VERSION,
         }
     }
 
     /// A client on this one's UDP socket with its own transport preference
     /// (the benchmark's simulated hosts share a few sockets).
     pub fn sharing_socket(&self) -> Self {
-        Self::with_endpoint(self.endpoint.clone())
+        Self {
+            newest: self.newest,
+            ..Self::with_endpoint(self.endpoint.clone())
+        }
+    }
+
+    /// This client, offering protocol versions up to `version` only, as an
+    /// agent of that version does: for compatibility tests of an older
+    /// agent against this coordinator (`version` at least
+    /// [`weft_proto::OLDEST_PROTOCOL_VERSION`]).
+    pub fn speaking(mut self, version: u32) -> Self {
+        self.newest = version;
+        self
+    }
+
+    fn tls(
+        &self,
+        pin: [u8; 32],
+    ) -> Result<(rustls::ClientConfig, weft_proto::tls::PinOutcome), ControlError> {
+        let (mut tls, outcome) = weft_proto::tls::pinned_client_config(pin)
+            .map_err(|e| ControlError::Protocol(e.to_string()))?;
+        tls.alpn_protocols = weft_proto::host_alpns(self.newest);
+        Ok((tls, outcome))
     }
 
     /// Joins the coordinator named in `token` as a new node.
@@ -180,8 +207,7 @@ impl ControlClient {
     }
 
     async fn dial(&self, info: &CoordinatorInfo) -> Result<quinn::Connection, ControlError> {
-        let (tls, outcome) = weft_proto::tls::pinned_client_config(info.pin)
-            .map_err(|e| ControlError::Protocol(e.to_string()))?;
+        let (tls, outcome) = self.tls(info.pin)?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| ControlError::Protocol(e.to_string()))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
@@ -228,8 +254,7 @@ impl ControlClient {
         &self,
         info: &CoordinatorInfo,
     ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ControlError> {
-        let (tls, outcome) = weft_proto::tls::pinned_client_config(info.pin)
-            .map_err(|e| ControlError::Protocol(e.to_string()))?;
+        let (tls, outcome) = self.tls(info.pin)?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
         let name = rustls::pki_types::ServerName::try_from(weft_proto::SERVER_NAME)
             .map_err(|e| ControlError::Protocol(e.to_string()))?;
@@ -304,10 +329,15 @@ impl ControlClient {
         let mut exporter = [0u8; 32];
         conn.export_keying_material(&mut exporter, EXPORTER_LABEL, public)
             .map_err(|_| ControlError::Protocol("TLS exporter unavailable".into()))?;
+        let alpn = conn
+            .handshake_data()
+            .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|d| d.protocol);
         Ok(Wire {
             send: Box::new(send),
             recv: Box::new(recv),
             exporter,
+            version: negotiated(alpn.as_deref(), self.newest),
             quic: Some(conn),
         })
     }
@@ -323,12 +353,14 @@ impl ControlClient {
             .1
             .export_keying_material([0u8; 32], EXPORTER_LABEL, Some(public))
             .map_err(|_| ControlError::Protocol("TLS exporter unavailable".into()))?;
+        let version = negotiated(tls.get_ref().1.alpn_protocol(), self.newest);
         let (r, w) = tokio::io::split(tls);
         Ok(Wire {
             send: Box::new(w),
             recv: Box::new(r),
             exporter,
             quic: None,
+            version,
         })
     }
 
@@ -346,12 +378,13 @@ impl ControlClient {
             mut recv,
             exporter,
             quic,
+            version,
         } = wire;
         let lost = |e: &dyn std::fmt::Display| ControlError::Connection(e.to_string());
         let shared = key.diffie_hellman(&PublicKey::from(info.coordinator_key));
         let proof = key_proof(shared.as_bytes(), &exporter, &public);
         let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: version,
             request: request(proof),
         };
         let frame = codec::encode(&hello).map_err(|e| ControlError::Protocol(e.to_string()))?;
@@ -490,6 +523,17 @@ struct Wire {
     recv: FrameReader,
     exporter: [u8; 32],
     quic: Option<quinn::Connection>,
+    /// The protocol version the TLS handshake chose (by ALPN).
+    version: u32,
+}
+
+/// The version an ALPN id chosen in the handshake names; a coordinator
+/// that chose none (or another id) is taken at the newest offered, and its
+/// hello answer says what it thinks of that.
+fn negotiated(alpn: Option<&[u8]>, newest: u32) -> u32 {
+    alpn.and_then(weft_proto::alpn_version)
+        .filter(|v| *v <= newest)
+        .unwrap_or(newest)
 }
 
 /// Tries `connect` on each of the coordinator's addresses in turn, each

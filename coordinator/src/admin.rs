@@ -163,8 +163,17 @@ async fn exchange(
 ) -> Result<AdminReply, AdminError> {
     let proto = |e: &dyn std::fmt::Display| AdminError::Protocol(e.to_string());
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| proto(&e))?;
+    // The version the handshake chose: an admin of this version speaks to
+    // a coordinator one version older too.
+    let protocol_version = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .and_then(|p| weft_proto::alpn_version(&p))
+        .filter(|v| *v <= PROTOCOL_VERSION)
+        .unwrap_or(PROTOCOL_VERSION);
     let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
+        protocol_version,
         request: HelloRequest::Admin(AdminRequest { secret, command }),
     };
     let frame = codec::encode(&hello).map_err(|e| proto(&e))?;

@@ -57,6 +57,7 @@ fn main() {
         accepts_leave: true,
         accepts_paths: true,
         keeps_quic_alive: true,
+        protocol_version: 4,
     });
     let peer = |i: u8| Peer {
         id: NodeId(u64::from(i)),

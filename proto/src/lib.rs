@@ -51,6 +51,15 @@
 //!   replaces the session; peers see nothing). To a coordinator that does
 //!   not keep it alive, a host sends an empty QUIC datagram at the interval
 //!   asked for (a coordinator of this version drops it before the relay).
+//! - 2026-12-02, version 4: compatibility across one version. The version
+//!   is negotiated by ALPN: a host offers `weft/4` and `weft/3`, a
+//!   coordinator serves both (and accepts older ids only to refuse them in
+//!   their own protocol with one line that says which side to upgrade,
+//!   [`check_version`]). The host's `Hello::protocol_version` is the
+//!   version its connection negotiated. `Welcome::protocol_version` says
+//!   which version the session speaks (0 from a version-3 coordinator).
+//!   No message changed otherwise: a version-4 coordinator serves a
+//!   version-3 agent as a version-3 coordinator did.
 
 pub mod auth;
 pub mod codec;
@@ -66,9 +75,68 @@ pub mod token;
 pub mod types;
 pub mod web;
 
-/// The protocol version both sides put in their first message. A peer with a
-/// different version is refused with [`msg::ErrorCode::VersionMismatch`].
-pub const PROTOCOL_VERSION: u32 = 3;
+/// The newest protocol version this code speaks. A host puts the version
+/// its connection negotiated (by ALPN, [`host_alpns`]) in its first
+/// message.
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// The oldest protocol version this code still speaks. The compatibility
+/// promise: **the coordinator is upgraded first, and serves agents one
+/// version behind it** (N-1). A coordinator refuses a host outside
+/// `OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION` with
+/// [`msg::ErrorCode::VersionMismatch`] and one line saying which side to
+/// upgrade ([`check_version`]). Fields are only ever added (with
+/// `#[serde(default)]`), so each side ignores what it does not know;
+/// `tests/wire_v3.rs` decodes recorded version-3 frames with this code.
+pub const OLDEST_PROTOCOL_VERSION: u32 = 3;
+
+/// The ALPN id of protocol `version` (`weft/4`).
+pub fn alpn(version: u32) -> Vec<u8> {
+    format!("weft/{version}").into_bytes()
+}
+
+/// The protocol version an ALPN id names, if it is one of weft's.
+pub fn alpn_version(id: &[u8]) -> Option<u32> {
+    std::str::from_utf8(id)
+        .ok()?
+        .strip_prefix("weft/")?
+        .parse()
+        .ok()
+}
+
+/// What a host offers, newest first: every version from `newest` down to
+/// [`OLDEST_PROTOCOL_VERSION`] (a host that speaks only an older version
+/// for a test passes that version).
+pub fn host_alpns(newest: u32) -> Vec<Vec<u8>> {
+    (OLDEST_PROTOCOL_VERSION.min(newest)..=newest.min(PROTOCOL_VERSION))
+        .rev()
+        .map(alpn)
+        .collect()
+}
+
+/// What a coordinator accepts in the TLS handshake: the versions it serves,
+/// and every older one, so that an old host hears in its own protocol's
+/// refusal which side to upgrade rather than a bare TLS alert.
+pub fn coordinator_alpns() -> Vec<Vec<u8>> {
+    (1..=PROTOCOL_VERSION).rev().map(alpn).collect()
+}
+
+/// Whether a coordinator of this version serves a host speaking `host`:
+/// `Err` is the one line to show, naming the side to upgrade.
+pub fn check_version(host: u32) -> Result<(), String> {
+    let range = format!("{OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION}");
+    if host < OLDEST_PROTOCOL_VERSION {
+        Err(format!(
+            "this agent speaks weft protocol {host}, and the coordinator speaks {range}: upgrade the agent (the coordinator serves agents one version behind it)"
+        ))
+    } else if host > PROTOCOL_VERSION {
+        Err(format!(
+            "this agent speaks weft protocol {host}, and the coordinator speaks {range}: upgrade the coordinator first (coordinators are upgraded before their agents)"
+        ))
+    } else {
+        Ok(())
+    }
+}
 
 /// How often a host shows its coordinator it is alive when nothing else is
 /// sent, in a small cluster: QUIC keep-alives on a QUIC session,
@@ -116,8 +184,8 @@ pub fn liveness_deadline(keepalive: std::time::Duration) -> std::time::Duration 
     (keepalive.saturating_mul(3) + std::time::Duration::from_secs(2)).max(LIVENESS_DEADLINE)
 }
 
-/// The ALPN protocol id of the coordinator's QUIC endpoint.
-pub const ALPN: &[u8] = b"weft/3";
+/// The ALPN id of [`PROTOCOL_VERSION`].
+pub const ALPN: &[u8] = b"weft/4";
 
 /// The TLS server name clients ask for. Identity is checked by the key pin,
 /// not by this name.
@@ -144,5 +212,42 @@ mod keepalive_tests {
         );
         assert!(liveness_deadline(MAX_KEEPALIVE) > MAX_KEEPALIVE * 3);
         assert!(SESSION_IDLE_TIMEOUT > liveness_deadline(MAX_KEEPALIVE));
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn hosts_offer_newest_first_and_coordinators_take_older_ids_to_refuse_them() {
+        assert_eq!(
+            host_alpns(PROTOCOL_VERSION),
+            vec![b"weft/4".to_vec(), b"weft/3".to_vec()]
+        );
+        assert_eq!(host_alpns(3), vec![b"weft/3".to_vec()]);
+        assert_eq!(ALPN, alpn(PROTOCOL_VERSION).as_slice());
+        assert_eq!(coordinator_alpns().len(), PROTOCOL_VERSION as usize);
+        assert_eq!(alpn_version(b"weft/3"), Some(3));
+        for bad in [
+            &b"weft-replica/1"[..],
+            b"weft/",
+            b"weft/x",
+            b"h3",
+            &[0xff, 0xfe],
+        ] {
+            assert_eq!(alpn_version(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_refusal_names_the_side_to_upgrade() {
+        assert!(check_version(PROTOCOL_VERSION).is_ok());
+        assert!(check_version(OLDEST_PROTOCOL_VERSION).is_ok());
+        let old = check_version(OLDEST_PROTOCOL_VERSION - 1).unwrap_err();
+        assert!(old.contains("upgrade the agent"), "{old}");
+        let new = check_version(PROTOCOL_VERSION + 1).unwrap_err();
+        assert!(new.contains("upgrade the coordinator first"), "{new}");
+        assert!(!old.contains('\n') && !new.contains('\n'), "one line");
     }
 }

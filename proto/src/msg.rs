@@ -203,6 +203,10 @@ pub struct Welcome {
     /// host then sends an empty datagram every `keepalive_ms`.
     #[serde(default)]
     pub keeps_quic_alive: bool,
+    /// The protocol version this session speaks (negotiated by ALPN); 0
+    /// from a version-3 coordinator. Added 2026-12-02, version 4.
+    #[serde(default)]
+    pub protocol_version: u32,
 }
 
 /// The DNS domain of a cluster that did not choose one.

@@ -118,8 +118,9 @@ impl ServerCertVerifier for PinnedServerVerifier {
     }
 }
 
-/// A TLS 1.3 client config (ring provider, weft ALPN) that trusts only the
-/// pinned coordinator.
+/// A TLS 1.3 client config (ring provider, offering every weft ALPN this
+/// code speaks, [`crate::host_alpns`]) that trusts only the pinned
+/// coordinator.
 pub fn pinned_client_config(
     pin: [u8; 32],
 ) -> Result<(rustls::ClientConfig, PinOutcome), rustls::Error> {
@@ -130,6 +131,6 @@ pub fn pinned_client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![crate::ALPN.to_vec()];
+    cfg.alpn_protocols = crate::host_alpns(crate::PROTOCOL_VERSION);
     Ok((cfg, outcome))
 }

@@ -84,6 +84,8 @@ fn welcome() -> Welcome {
         accepts_leave: true,
         accepts_paths: true,
         keeps_quic_alive: true,
+        // Not in version 3: decoded as the default.
+        protocol_version: 0,
     }
 }
 
@@ -242,8 +244,18 @@ fn version_3_hellos_decode() {
             assert_eq!(got.proof, want.proof);
             assert_eq!(got.endpoints, want.endpoints);
             assert_eq!(
-                (got.have_epoch, got.have_version, got.have_view, got.have_digest),
-                (want.have_epoch, want.have_version, want.have_view, want.have_digest)
+                (
+                    got.have_epoch,
+                    got.have_version,
+                    got.have_view,
+                    got.have_digest
+                ),
+                (
+                    want.have_epoch,
+                    want.have_version,
+                    want.have_view,
+                    want.have_digest
+                )
             );
         }
         (got, _) => panic!("not a resume: {got:?}"),

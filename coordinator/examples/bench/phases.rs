@@ -208,15 +208,14 @@ impl Cluster {
         self.tokens[i % self.tokens.len()].clone()
     }
 
-    /// Joins host `idx` and starts its task; its node id, start time and
-    /// retries.
+    /// Joins host `idx` and starts its task; its node id, when its join
+    /// started and returned, and its retries.
     fn spawn_join(
         &self,
         idx: usize,
         token: Arc<String>,
         sem: Option<Arc<tokio::sync::Semaphore>>,
-    ) -> tokio::task::JoinHandle<(NodeId, (Instant, Instant), usize, weft_control::Session, Host)>
-    {
+    ) -> tokio::task::JoinHandle<Joined> {
         // Its own transport preference, as an agent has (a QUIC join
         // that times out under the storm sends only this host to TCP).
         let client = self.clients[idx % CLIENT_SOCKETS].sharing_socket();
@@ -250,6 +249,15 @@ impl Cluster {
         })
     }
 }
+
+/// A finished join: node id, (started, returned), retries, session, host.
+type Joined = (
+    NodeId,
+    (Instant, Instant),
+    usize,
+    weft_control::Session,
+    Host,
+);
 
 pub async fn run(n: usize, store: &str, policy: &str) -> Report {
     let stream = (STREAM_RATE * STREAM_SECS) as usize;

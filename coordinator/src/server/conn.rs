@@ -182,21 +182,12 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
     hello: Hello,
     exporter: impl Fn(&WgPublicKey) -> Option<[u8; 32]>,
 ) -> Result<(), ConnError> {
-    if hello.protocol_version != PROTOCOL_VERSION {
+    let version = hello.protocol_version;
+    if let Err(line) = weft_proto::check_version(version) {
         shared
             .metrics
             .refused(Refusal::Code(ErrorCode::VersionMismatch));
-        return Err(refuse_and_close(
-            send,
-            refuse(
-                ErrorCode::VersionMismatch,
-                format!(
-                    "this coordinator speaks weft protocol {PROTOCOL_VERSION}, the client speaks {}; install matching weft versions",
-                    hello.protocol_version
-                ),
-            ),
-        )
-        .await);
+        return Err(refuse_and_close(send, refuse(ErrorCode::VersionMismatch, line)).await);
     }
     match hello.request {
         HelloRequest::Join(req) => {
@@ -247,6 +238,7 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
                         rec.id,
                         req.endpoints,
                         view::Have::default(),
+                        version,
                     )
                     .await
                 }
@@ -295,7 +287,18 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
                 view: req.have_view,
                 digest: req.have_digest,
             };
-            session(shared, link, inbox, send, recv, id, req.endpoints, have).await
+            session(
+                shared,
+                link,
+                inbox,
+                send,
+                recv,
+                id,
+                req.endpoints,
+                have,
+                version,
+            )
+            .await
         }
         _ => Err(refuse_and_close(
             send,

@@ -23,7 +23,7 @@ use weft_proto::msg::{
     NodeInfo, ServerMsg, Welcome,
 };
 use weft_proto::token::JoinToken;
-use weft_proto::{codec, HostSubnet, NodeId, WgPublicKey, PROTOCOL_VERSION};
+use weft_proto::{codec, HostSubnet, NodeId, WgPublicKey};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::admin::AdminCredential;
@@ -537,7 +537,10 @@ fn tls_config(identity: &state::Identity) -> Result<rustls::ServerConfig, Coordi
         .with_no_client_auth()
         .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())
         .map_err(|e| tls_err(&e))?;
-    tls.alpn_protocols = vec![weft_proto::ALPN.to_vec(), replica::REPLICA_ALPN.to_vec()];
+    // Every weft version's id, newest first (older ones only to refuse
+    // them in their own protocol), then the replicas'.
+    tls.alpn_protocols = weft_proto::coordinator_alpns();
+    tls.alpn_protocols.push(replica::REPLICA_ALPN.to_vec());
     Ok(tls)
 }
 

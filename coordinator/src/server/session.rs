@@ -28,6 +28,8 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     id: NodeId,
     endpoints: Vec<SocketAddr>,
     have: super::view::Have,
+    // The version the host speaks, already checked (`check_version`).
+    protocol: u32,
 ) -> Result<(), ConnError> {
     let Some(me) = shared.read().get(id).cloned() else {
         return Err(refuse_and_close(send, not_registered()).await);
@@ -50,6 +52,7 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
         accepts_leave: true,
         accepts_paths: true,
         keeps_quic_alive: true,
+        protocol_version: protocol,
     };
     write_msg(&mut send, &ServerMsg::Welcome(welcome)).await?;
 
@@ -57,8 +60,8 @@ pub(super) async fn session<S: FrameSink, R: AsyncRead + Unpin + Send>(
     if let Some((_, old)) = shared.sessions().insert(id, (sid, link.clone())) {
         old.close(CLOSE_REPLACED, b"replaced by a newer session of this node");
     }
-    // Every session speaks this version: `dispatch` refuses any other.
-    shared.paths.started(id, sid, PROTOCOL_VERSION);
+    // For the web page: which hosts still speak an older version.
+    shared.paths.started(id, sid, protocol);
     // The node may have been removed while this session was starting.
     if shared.read().get(id).is_none() {
         link.close(CLOSE_REMOVED, b"node removed by an admin");
