@@ -949,6 +949,19 @@ impl EndpointUpdater {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_hello_speaks_the_version_the_handshake_chose() {
+        let newest = PROTOCOL_VERSION;
+        assert_eq!(negotiated(Some(b"weft/3"), newest), 3);
+        assert_eq!(negotiated(Some(weft_proto::ALPN), newest), newest);
+        // None chosen, or something odd: the newest offered (the
+        // coordinator's answer to the hello then says what is wrong).
+        assert_eq!(negotiated(None, newest), newest);
+        assert_eq!(negotiated(Some(b"h3"), 3), 3);
+        // Never a version this client did not offer.
+        assert_eq!(negotiated(Some(b"weft/9"), newest), newest);
+    }
+
     #[tokio::test]
     async fn a_cancelled_read_keeps_the_stream_in_step() {
         let (mut tx, rx) = tokio::io::duplex(1024);
