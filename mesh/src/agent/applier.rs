@@ -80,7 +80,8 @@ impl Applier {
                 routes_moved = true;
             }
         }
-        if routes_moved {
+        // Failed routes are retried with the next delta, as before.
+        if routes_moved || self.routes.pending() {
             self.sync_routes();
         }
         if change.services {

@@ -155,6 +155,10 @@ impl ControlLoop {
         let r = self.sessions(session, stop).await;
         let left = self.shared.left.load(std::sync::atomic::Ordering::SeqCst);
         self.cache.flush(self.shared.netmap(), !left).await;
+        if left {
+            // After any write under way: none can bring the netmap back.
+            self.shared.state.forget_identity();
+        }
         r
     }
 
@@ -225,8 +229,10 @@ impl ControlLoop {
                 let renew_at = s.renew_at();
                 let save_at = self.cache.due();
                 tokio::select! {
+                    // The map in force: the session's own is emptied when
+                    // an update cannot be applied.
                     _ = sleep_until(save_at), if save_at.is_some() => {
-                        self.cache.write(s.netmap().clone());
+                        self.cache.write(self.shared.netmap());
                     }
                     _ = changed.notified() => scan.reset_immediately(),
                     _ = self.shared.routes_changed.notified() => {
@@ -295,7 +301,7 @@ impl ControlLoop {
             };
             tracing::warn!(error = %lost, "lost the coordinator; tunnels keep running, reconnecting");
             if self.cache.due().is_some() {
-                self.cache.write(s.netmap().clone());
+                self.cache.write(self.shared.netmap());
             }
             self.shared.traversal.link.set(None);
             self.shared.set_disconnected(lost.to_string());

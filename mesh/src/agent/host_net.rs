@@ -126,6 +126,8 @@ pub struct MeshRoutes {
     interface: String,
     gateway: Ipv4Addr,
     applied: BTreeSet<Cidr>,
+    /// What the last [`MeshRoutes::sync`] asked for.
+    wanted: BTreeSet<Cidr>,
 }
 
 impl MeshRoutes {
@@ -134,6 +136,7 @@ impl MeshRoutes {
             interface: interface.to_string(),
             gateway,
             applied: BTreeSet::new(),
+            wanted: BTreeSet::new(),
         }
     }
 
@@ -142,6 +145,7 @@ impl MeshRoutes {
     /// wanted). Failures are logged; a later call retries them.
     pub fn sync(&mut self, wanted: BTreeSet<Cidr>) {
         if wanted == self.applied {
+            self.wanted = wanted;
             return;
         }
         for gone in self.applied.difference(&wanted) {
@@ -182,6 +186,13 @@ impl MeshRoutes {
                 Err(e) => tracing::warn!(error = %e, "cannot add a route through the mesh"),
             }
         }
+        self.wanted = wanted;
+    }
+
+    /// Whether a route asked for is not in place (its `ip` run failed): the
+    /// next [`MeshRoutes::sync`] retries it.
+    pub fn pending(&self) -> bool {
+        self.wanted != self.applied
     }
 }
 

@@ -65,15 +65,19 @@ impl PeerReconciler {
     /// a full change takes [`PeerReconciler::plan`] against the device.
     pub fn plan_change(&mut self, netmap: &Netmap, change: &NetmapChange) -> DeviceUpdate {
         let mut update = DeviceUpdate::default();
+        // Keys that may have lost their node: those of removed nodes, and
+        // the old keys of nodes with a new one. Only those no node holds
+        // after the whole delta go (a key may move between nodes in it).
+        let mut released = Vec::new();
         for id in &change.removed {
             if netmap.contains(*id) {
                 continue; // removed, then added again in the same update
             }
             if let Some(key) = self.keys.remove(id) {
-                self.applied.remove(&key);
-                update.peers.push(removal(key));
+                released.push(key);
             }
         }
+        let mut upserted = Vec::new();
         for id in &change.upserted {
             let Some(peer) = netmap.peer(*id) else {
                 continue;
@@ -81,11 +85,20 @@ impl PeerReconciler {
             let key = Key(peer.public_key.0);
             if let Some(old) = self.keys.insert(*id, key) {
                 if old != key {
-                    // The node has a new key: its old peer goes.
-                    self.applied.remove(&old);
-                    update.peers.push(removal(old));
+                    released.push(old);
                 }
             }
+            upserted.push(peer);
+        }
+        if !released.is_empty() {
+            let held: HashSet<Key> = upserted.iter().map(|p| Key(p.public_key.0)).collect();
+            for key in released {
+                if !held.contains(&key) && self.applied.remove(&key).is_some() {
+                    update.peers.push(removal(key));
+                }
+            }
+        }
+        for peer in upserted {
             self.upsert(peer, true, &mut update);
         }
         update
@@ -270,6 +283,53 @@ mod tests {
         let mut m = map(1, vec![peer(1, "198.18.1.10:51820")]);
         r.plan(&m, &keys(&[]));
         let c = delta(&mut m, vec![peer(1, "198.18.1.11:51820")], vec![1]);
+        assert!(r.plan_change(&m, &c).peers.is_empty());
+    }
+
+    #[test]
+    fn a_key_that_moves_between_nodes_in_one_delta_stays() {
+        let mut r = PeerReconciler::new();
+        let mut m = map(
+            1,
+            vec![peer(1, "198.18.1.10:51820"), peer(2, "198.18.1.11:51820")],
+        );
+        r.plan(&m, &keys(&[]));
+        // Node 1 takes node 2's key, node 2 a new one, in one delta.
+        let mut a = peer(1, "198.18.1.10:51820");
+        a.public_key = WgPublicKey([2; 32]);
+        let mut b = peer(2, "198.18.1.11:51820");
+        b.public_key = WgPublicKey([3; 32]);
+        for order in [vec![a.clone(), b.clone()], vec![b, a]] {
+            let mut r2 = PeerReconciler::new();
+            let mut m2 = m.clone();
+            r2.plan(&m2, &keys(&[]));
+            let c = delta(&mut m2, order, vec![]);
+            let u = r2.plan_change(&m2, &c);
+            let removed: Vec<Key> = u
+                .peers
+                .iter()
+                .filter(|p| p.remove)
+                .map(|p| p.public_key)
+                .collect();
+            assert_eq!(
+                removed,
+                vec![Key([1; 32])],
+                "only the key no node holds goes"
+            );
+            let added: HashSet<Key> = u
+                .peers
+                .iter()
+                .filter(|p| !p.remove)
+                .map(|p| p.public_key)
+                .collect();
+            assert_eq!(added, keys(&[2, 3]));
+            let device: HashSet<Key> = keys(&[2, 3]);
+            assert!(
+                r2.plan(&m2, &device).peers.is_empty(),
+                "the device is in line"
+            );
+        }
+        let c = delta(&mut m, vec![], vec![]);
         assert!(r.plan_change(&m, &c).peers.is_empty());
     }
 }

@@ -195,6 +195,8 @@ impl StateDir {
         for f in [IDENTITY_FILE, NETMAP_FILE, ROUTES_FILE] {
             let _ = std::fs::remove_file(self.root.join(f));
         }
+        // A write cut short leaves its temporary file.
+        let _ = std::fs::remove_file(self.root.join(NETMAP_FILE).with_extension("tmp"));
     }
 
     /// Removes the network description (the agent is going down).

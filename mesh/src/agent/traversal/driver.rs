@@ -200,10 +200,13 @@ impl Driver {
             .iter()
             .filter_map(|id| self.keys.remove(id))
             .collect();
+        let mut rekeyed = Vec::new();
         for p in &inputs {
-            // A node with a new key: its old key is no one's now.
+            // A node with a new key: its old key is no one's now, and the
+            // path found for it is void.
             if let Some(old) = self.keys.insert(p.id, p.key).filter(|old| *old != p.key) {
                 gone.push(old);
+                rekeyed.push(p.id);
             }
         }
         for key in &gone {
@@ -216,7 +219,7 @@ impl Driver {
         self.engine
             .handle_peers_changed(&inputs, &removed, Instant::now());
         let mut paths = lock(&self.wiring.view.paths);
-        for id in &removed {
+        for id in removed.iter().chain(&rekeyed) {
             paths.remove(id);
         }
     }
