@@ -11,13 +11,12 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
 use weft_proto::msg::{Hello, HelloRequest, JoinRequest, ServerMsg};
 use weft_proto::token::JoinToken;
-use weft_proto::{codec, WgPublicKey, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use weft_proto::{WgPublicKey, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use x25519_dalek::PublicKey;
 
 const PREVIOUS: u32 = PROTOCOL_VERSION - 1;
@@ -69,27 +68,11 @@ async fn join_speaking(h: &Harness, alpn: &[u8], version: u32) -> ServerMsg {
     let token = h.token(Some(1)).await;
     let parsed: JoinToken = token.parse().unwrap();
     let info = CoordinatorInfo::from(&parsed);
-    let (mut tls, _) = weft_proto::tls::pinned_client_config(info.pin).unwrap();
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = endpoint
-        .connect_with(
-            quinn::ClientConfig::new(Arc::new(crypto)),
-            h.addr,
-            weft_proto::SERVER_NAME,
-        )
-        .unwrap()
-        .await
-        .unwrap();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let conn = dial_by_hand(h.addr, info.pin, vec![alpn.to_vec()]).await;
     let k = key();
     let public = PublicKey::from(&k).to_bytes();
-    let mut exporter = [0u8; 32];
-    conn.export_keying_material(&mut exporter, weft_proto::auth::EXPORTER_LABEL, &public)
-        .unwrap();
     let dh = k.diffie_hellman(&PublicKey::from(info.coordinator_key));
-    let hello = Hello {
+    first_answer(&conn, &public, |exporter| Hello {
         protocol_version: version,
         request: HelloRequest::Join(JoinRequest {
             token_id: parsed.id.clone(),
@@ -99,15 +82,8 @@ async fn join_speaking(h: &Harness, alpn: &[u8], version: u32) -> ServerMsg {
             hostname: format!("v{version}"),
             endpoints: vec![],
         }),
-    };
-    send.write_all(&codec::encode(&hello).unwrap())
-        .await
-        .unwrap();
-    let mut header = [0u8; 4];
-    recv.read_exact(&mut header).await.unwrap();
-    let mut body = vec![0u8; codec::frame_len(header).unwrap()];
-    recv.read_exact(&mut body).await.unwrap();
-    codec::decode(&body).unwrap()
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

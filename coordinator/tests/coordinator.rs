@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use support::*;
 use weft_proto::msg::{AdminCommand, AdminReply, Hello, HelloRequest, ResumeRequest, ServerMsg};
 use weft_proto::token::JoinToken;
-use weft_proto::{codec, WgPublicKey, PROTOCOL_VERSION};
+use weft_proto::{WgPublicKey, PROTOCOL_VERSION};
 use x25519_dalek::PublicKey;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,44 +228,21 @@ async fn resume_claiming(
         let t: JoinToken = h.token(Some(1)).await.parse().unwrap();
         CoordinatorInfo::from(&t)
     };
-    let (tls, _) = weft_proto::tls::pinned_client_config(info.pin).unwrap();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = endpoint
-        .connect_with(
-            quinn::ClientConfig::new(Arc::new(crypto)),
-            h.addr,
-            weft_proto::SERVER_NAME,
-        )
-        .unwrap()
-        .await
-        .unwrap();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let mut exporter = [0u8; 32];
-    conn.export_keying_material(&mut exporter, weft_proto::auth::EXPORTER_LABEL, &claimed.0)
-        .unwrap();
+    let conn = dial_by_hand(h.addr, info.pin, weft_proto::host_alpns(PROTOCOL_VERSION)).await;
     let dh = actual.diffie_hellman(&PublicKey::from(info.coordinator_key));
-    let proof = weft_proto::auth::key_proof(dh.as_bytes(), &exporter, &claimed.0);
-    let hello = Hello {
+    first_answer(&conn, &claimed.0, |exporter| Hello {
         protocol_version: PROTOCOL_VERSION,
         request: HelloRequest::Resume(ResumeRequest {
             public_key: claimed,
-            proof,
+            proof: weft_proto::auth::key_proof(dh.as_bytes(), &exporter, &claimed.0),
             endpoints: vec![],
             have_epoch: 0,
             have_version: 0,
             have_view: 0,
             have_digest: 0,
         }),
-    };
-    send.write_all(&codec::encode(&hello).unwrap())
-        .await
-        .unwrap();
-    let mut header = [0u8; 4];
-    recv.read_exact(&mut header).await.unwrap();
-    let mut body = vec![0u8; codec::frame_len(header).unwrap()];
-    recv.read_exact(&mut body).await.unwrap();
-    codec::decode(&body).unwrap()
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

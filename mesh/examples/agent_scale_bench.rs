@@ -67,15 +67,6 @@ fn peer(i: u32) -> Peer {
     }
 }
 
-fn input(p: &Peer) -> PeerInput {
-    PeerInput {
-        id: p.id,
-        key: p.public_key.0,
-        endpoints: p.endpoints.clone(),
-        online: p.online,
-    }
-}
-
 fn ip(args: &[&str]) {
     let ok = std::process::Command::new("ip")
         .args(args)
@@ -131,7 +122,7 @@ impl Agent {
         let mut removed = Vec::new();
         for id in change.upserted.iter().chain(&change.removed) {
             match copy.peer(*id) {
-                Some(p) => changed.push(input(p)),
+                Some(p) => changed.push(PeerInput::from(p)),
                 None => removed.push(*id),
             }
         }
@@ -147,7 +138,7 @@ impl Agent {
         self.netmap.apply(update).unwrap().unwrap();
         let copy = self.netmap.clone();
         self.applier.apply(&copy, &self.handle, &self.services);
-        let inputs: Vec<PeerInput> = copy.peers().map(input).collect();
+        let inputs: Vec<PeerInput> = copy.peers().map(PeerInput::from).collect();
         self.engine.handle_netmap(&inputs, Instant::now());
         self.drain_engine();
         self.state.save_netmap(&copy).unwrap();
@@ -222,7 +213,7 @@ async fn run(peers: u32) -> Figures {
         .unwrap();
     let copy = agent.netmap.clone();
     agent.applier.apply(&copy, &agent.handle, &agent.services);
-    let inputs: Vec<PeerInput> = copy.peers().map(input).collect();
+    let inputs: Vec<PeerInput> = copy.peers().map(PeerInput::from).collect();
     agent.engine.handle_netmap(&inputs, Instant::now());
     agent.drain_engine();
     let full = t.elapsed();

@@ -131,6 +131,17 @@ pub struct PeerInput {
     pub online: bool,
 }
 
+impl From<&weft_proto::Peer> for PeerInput {
+    fn from(p: &weft_proto::Peer) -> PeerInput {
+        PeerInput {
+            id: p.id,
+            key: p.public_key.0,
+            endpoints: p.endpoints.clone(),
+            online: p.online,
+        }
+    }
+}
+
 /// What the engine asks of the driver.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {

@@ -129,3 +129,47 @@ pub async fn wait_for(session: &mut Session, within: Duration, pred: impl Fn(&Se
             .unwrap();
     }
 }
+
+/// A QUIC connection to the coordinator at `addr` made by hand (pinned to
+/// `pin`, offering `alpns`), for hellos the control client would not send.
+pub async fn dial_by_hand(
+    addr: SocketAddr,
+    pin: [u8; 32],
+    alpns: Vec<Vec<u8>>,
+) -> quinn::Connection {
+    let (mut tls, _) = weft_proto::tls::pinned_client_config(pin).unwrap();
+    tls.alpn_protocols = alpns;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint
+        .connect_with(
+            quinn::ClientConfig::new(std::sync::Arc::new(crypto)),
+            addr,
+            weft_proto::SERVER_NAME,
+        )
+        .unwrap()
+        .await
+        .unwrap()
+}
+
+/// Opens a session stream on `conn`, sends the hello `build` makes from
+/// the TLS exporter keyed with `public`, and reads the coordinator's answer.
+pub async fn first_answer(
+    conn: &quinn::Connection,
+    public: &[u8; 32],
+    build: impl FnOnce([u8; 32]) -> weft_proto::msg::Hello,
+) -> weft_proto::msg::ServerMsg {
+    use weft_proto::codec;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut exporter = [0u8; 32];
+    conn.export_keying_material(&mut exporter, weft_proto::auth::EXPORTER_LABEL, public)
+        .unwrap();
+    send.write_all(&codec::encode(&build(exporter)).unwrap())
+        .await
+        .unwrap();
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await.unwrap();
+    let mut body = vec![0u8; codec::frame_len(header).unwrap()];
+    recv.read_exact(&mut body).await.unwrap();
+    codec::decode(&body).unwrap()
+}

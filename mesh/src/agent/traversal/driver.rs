@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use tokio::sync::{oneshot, watch, Notify};
 use weft_paths::{Dest, EngineConfig, Event, PathEngine, PathKind, PeerInput, PingReply};
-use weft_proto::{Netmap, NodeId, Peer};
+use weft_proto::{Netmap, NodeId};
 use x25519_dalek::StaticSecret;
 
 use super::{Inputs, NetmapCell, PeersChanged, Request, TraversalView};
@@ -177,7 +177,7 @@ impl Driver {
     }
 
     fn on_whole_netmap(&mut self, map: &Netmap) {
-        let peers: Vec<PeerInput> = map.peers().map(input).collect();
+        let peers: Vec<PeerInput> = map.peers().map(PeerInput::from).collect();
         self.engine.handle_netmap(&peers, Instant::now());
         self.ids = peers.iter().map(|p| (p.key, p.id)).collect();
         self.keys = peers.iter().map(|p| (p.id, p.key)).collect();
@@ -192,7 +192,7 @@ impl Driver {
         let mut removed = Vec::new();
         for id in &changed.ids {
             match map.peer(*id) {
-                Some(p) => inputs.push(input(p)),
+                Some(p) => inputs.push(PeerInput::from(p)),
                 None => removed.push(*id),
             }
         }
@@ -308,15 +308,6 @@ impl Driver {
                 lock(&self.wiring.view.paths).insert(node, info);
             }
         }
-    }
-}
-
-fn input(p: &Peer) -> PeerInput {
-    PeerInput {
-        id: p.id,
-        key: p.public_key.0,
-        endpoints: p.endpoints.clone(),
-        online: p.online,
     }
 }
 
