@@ -337,7 +337,7 @@ impl ControlClient {
             send: Box::new(send),
             recv: Box::new(recv),
             exporter,
-            version: negotiated(alpn.as_deref(), self.newest),
+            version: weft_proto::negotiated_version(alpn.as_deref(), self.newest),
             quic: Some(conn),
         })
     }
@@ -353,7 +353,7 @@ impl ControlClient {
             .1
             .export_keying_material([0u8; 32], EXPORTER_LABEL, Some(public))
             .map_err(|_| ControlError::Protocol("TLS exporter unavailable".into()))?;
-        let version = negotiated(tls.get_ref().1.alpn_protocol(), self.newest);
+        let version = weft_proto::negotiated_version(tls.get_ref().1.alpn_protocol(), self.newest);
         let (r, w) = tokio::io::split(tls);
         Ok(Wire {
             send: Box::new(w),
@@ -525,15 +525,6 @@ struct Wire {
     quic: Option<quinn::Connection>,
     /// The protocol version the TLS handshake chose (by ALPN).
     version: u32,
-}
-
-/// The version an ALPN id chosen in the handshake names; a coordinator
-/// that chose none (or another id) is taken at the newest offered, and its
-/// hello answer says what it thinks of that.
-fn negotiated(alpn: Option<&[u8]>, newest: u32) -> u32 {
-    alpn.and_then(weft_proto::alpn_version)
-        .filter(|v| *v <= newest)
-        .unwrap_or(newest)
 }
 
 /// Tries `connect` on each of the coordinator's addresses in turn, each
@@ -952,14 +943,20 @@ mod tests {
     #[test]
     fn the_hello_speaks_the_version_the_handshake_chose() {
         let newest = PROTOCOL_VERSION;
-        assert_eq!(negotiated(Some(b"weft/3"), newest), 3);
-        assert_eq!(negotiated(Some(weft_proto::ALPN), newest), newest);
+        assert_eq!(weft_proto::negotiated_version(Some(b"weft/3"), newest), 3);
+        assert_eq!(
+            weft_proto::negotiated_version(Some(weft_proto::ALPN), newest),
+            newest
+        );
         // None chosen, or something odd: the newest offered (the
         // coordinator's answer to the hello then says what is wrong).
-        assert_eq!(negotiated(None, newest), newest);
-        assert_eq!(negotiated(Some(b"h3"), 3), 3);
+        assert_eq!(weft_proto::negotiated_version(None, newest), newest);
+        assert_eq!(weft_proto::negotiated_version(Some(b"h3"), 3), 3);
         // Never a version this client did not offer.
-        assert_eq!(negotiated(Some(b"weft/9"), newest), newest);
+        assert_eq!(
+            weft_proto::negotiated_version(Some(b"weft/9"), newest),
+            newest
+        );
     }
 
     #[tokio::test]

@@ -165,13 +165,11 @@ async fn exchange(
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| proto(&e))?;
     // The version the handshake chose: an admin of this version speaks to
     // a coordinator one version older too.
-    let protocol_version = conn
+    let chosen = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-        .and_then(|d| d.protocol)
-        .and_then(|p| weft_proto::alpn_version(&p))
-        .filter(|v| *v <= PROTOCOL_VERSION)
-        .unwrap_or(PROTOCOL_VERSION);
+        .and_then(|d| d.protocol);
+    let protocol_version = weft_proto::negotiated_version(chosen.as_deref(), PROTOCOL_VERSION);
     let hello = Hello {
         protocol_version,
         request: HelloRequest::Admin(AdminRequest { secret, command }),

@@ -104,6 +104,17 @@ pub fn alpn_version(id: &[u8]) -> Option<u32> {
         .ok()
 }
 
+/// The version a handshake that chose ALPN id `chosen` speaks, for a
+/// side that offered versions up to `newest`. None chosen (or an id this
+/// side did not offer): `newest`, and the hello's answer says what the
+/// other side thinks of it.
+pub fn negotiated_version(chosen: Option<&[u8]>, newest: u32) -> u32 {
+    chosen
+        .and_then(alpn_version)
+        .filter(|v| *v <= newest)
+        .unwrap_or(newest)
+}
+
 /// What a host offers, newest first: every version from `newest` down to
 /// [`OLDEST_PROTOCOL_VERSION`] (a host that speaks only an older version
 /// for a test passes that version).
