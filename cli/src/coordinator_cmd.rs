@@ -59,6 +59,17 @@ pub struct CoordinatorArgs {
     /// `weft web-url` prints the login link. Off by default.
     #[arg(long, value_name = "ADDR")]
     web_listen: Option<SocketAddr>,
+    /// How long a node may stay offline before it expires: it leaves every
+    /// netmap, and after --expiry-grace more it is removed and its subnet
+    /// returns to the pool. A duration (30d, 12h) or `never`. Time the
+    /// coordinator itself is down does not count. Per node:
+    /// `weft node set NODE --expiry`.
+    #[arg(long, value_name = "DURATION|never", value_parser = crate::token::parse_expiry, default_value = "30d")]
+    node_expiry: crate::token::Expiry,
+    /// How long an expired node keeps its subnet, key and name (and can be
+    /// brought back with `weft node set`) before it is removed.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "7d")]
+    expiry_grace: Duration,
     /// How long changes are gathered before they are pushed (milliseconds).
     #[arg(long, default_value_t = 25, hide = true)]
     coalesce_ms: u64,
@@ -190,6 +201,10 @@ pub fn run(mut args: CoordinatorArgs) -> anyhow::Result<()> {
         config.replica_addr = args.replica_addr;
         config.metrics_listen = args.metrics_listen;
         config.web_listen = args.web_listen;
+        config.expiry = weft_coordinator::expiry::ExpiryRules {
+            node_expiry: args.node_expiry.0,
+            grace: args.expiry_grace,
+        };
         let coordinator = Coordinator::start(config).await?;
         tracing::info!(
             admin = %coordinator.admin_credential_path().display(),

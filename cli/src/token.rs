@@ -59,7 +59,7 @@ enum TokenCommand {
 
 /// How long a token lives: `None` for ever.
 #[derive(Clone, Copy, Debug)]
-struct Expiry(Option<Duration>);
+pub(crate) struct Expiry(pub(crate) Option<Duration>);
 
 fn parse_url(s: &str) -> Result<String, String> {
     crate::cloud_init::check_url(s).map(|()| s.to_string())
@@ -69,7 +69,7 @@ fn parse_sha256(s: &str) -> Result<String, String> {
     crate::cloud_init::check_sha256(s).map(|()| s.to_ascii_lowercase())
 }
 
-fn parse_expiry(s: &str) -> Result<Expiry, String> {
+pub(crate) fn parse_expiry(s: &str) -> Result<Expiry, String> {
     if s.eq_ignore_ascii_case("never") {
         return Ok(Expiry(None));
     }

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod endpoints;
+pub mod expiry;
 pub mod ipam;
 pub mod live_hint;
 pub mod metrics;
@@ -78,6 +79,8 @@ pub struct Config {
     /// Where to serve the web page of the cluster (behind the admin
     /// credential, see [`web`]); `None`: not served.
     pub web_listen: Option<SocketAddr>,
+    /// When offline nodes expire, and when expired ones are removed.
+    pub expiry: expiry::ExpiryRules,
 }
 
 /// The store's backend.
@@ -109,6 +112,7 @@ impl Config {
             replica_addr: None,
             metrics_listen: None,
             web_listen: None,
+            expiry: expiry::ExpiryRules::default(),
         }
     }
 }

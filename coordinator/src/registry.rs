@@ -71,6 +71,24 @@ pub struct Registry {
     /// Versions strictly between these two were handed out by a previous
     /// process after its last hint record: the log cannot answer them.
     gap: Option<(u64, u64)>,
+    /// Expired nodes (see [`crate::expiry`]): in no netmap, but their key
+    /// and name stay taken (their subnet too, in the IPAM) until removed.
+    retired: Retired,
+}
+
+/// An expired node as the registry keeps it.
+#[derive(Debug, Clone)]
+pub struct RetiredNode {
+    pub peer: Arc<Peer>,
+    pub created_at: u64,
+    pub expired_at: u64,
+}
+
+#[derive(Debug, Default)]
+struct Retired {
+    nodes: HashMap<NodeId, RetiredNode>,
+    by_key: HashMap<WgPublicKey, NodeId>,
+    by_name: HashMap<String, NodeId>,
 }
 
 /// A change this replica made that etcd has not shown back yet.
@@ -109,6 +127,7 @@ impl Registry {
             digest_all: 0,
             hint: None,
             gap: None,
+            retired: Retired::default(),
         }
     }
 
@@ -332,8 +351,76 @@ impl Registry {
         self.by_name.get(name).copied()
     }
 
+    /// Whether a node has this name, an expired one included.
     pub fn name_taken(&self, name: &str) -> bool {
-        self.by_name(name).is_some()
+        self.by_name(name).is_some() || self.retired.by_name.contains_key(name)
+    }
+
+    /// The expired node `id`.
+    pub fn retired(&self, id: NodeId) -> Option<&RetiredNode> {
+        self.retired.nodes.get(&id)
+    }
+
+    pub fn retired_by_key(&self, key: &WgPublicKey) -> Option<NodeId> {
+        self.retired.by_key.get(key).copied()
+    }
+
+    pub fn retired_by_name(&self, name: &str) -> Option<NodeId> {
+        self.retired.by_name.get(name).copied()
+    }
+
+    pub fn retired_nodes(&self) -> impl Iterator<Item = &RetiredNode> {
+        self.retired.nodes.values()
+    }
+
+    /// Adds an expired node loaded at start (or by a resync).
+    pub fn load_retired(&mut self, peer: Peer, created_at: u64, expired_at: u64) {
+        let id = peer.id;
+        self.retired.by_key.insert(peer.public_key, id);
+        self.retired.by_name.insert(peer.name.clone(), id);
+        self.retired.nodes.insert(
+            id,
+            RetiredNode {
+                peer: Arc::new(peer),
+                created_at,
+                expired_at,
+            },
+        );
+    }
+
+    /// Node `id` expired: out of every netmap (a removal is logged), its
+    /// key and name still taken. Whether it was in the registry.
+    pub fn retire(&mut self, id: NodeId, expired_at: u64) -> bool {
+        let created_at = self.created_at(id).unwrap_or(0);
+        let Some(peer) = self.remove(id) else {
+            return false;
+        };
+        let mut peer = Peer::clone(&peer);
+        peer.online = false;
+        peer.endpoints.clear();
+        self.load_retired(peer, created_at, expired_at);
+        true
+    }
+
+    /// Takes an expired node out of the retired set (it is removed, or
+    /// comes back).
+    pub fn forget_retired(&mut self, id: NodeId) -> Option<RetiredNode> {
+        let r = self.retired.nodes.remove(&id)?;
+        self.retired.by_key.remove(&r.peer.public_key);
+        if self.retired.by_name.get(&r.peer.name) == Some(&id) {
+            self.retired.by_name.remove(&r.peer.name);
+        }
+        Some(r)
+    }
+
+    /// An expired node comes back into every netmap. Whether it was
+    /// expired.
+    pub fn revive(&mut self, id: NodeId) -> bool {
+        let Some(r) = self.forget_retired(id) else {
+            return false;
+        };
+        self.insert(Peer::clone(&r.peer), r.created_at);
+        true
     }
 
     pub fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {

@@ -262,12 +262,16 @@ fn node(id: u64, name: &str, third: u8) -> NodeRecord {
         tags: vec![],
         created_at: 7,
         token_id: "t".into(),
+        last_seen: 0,
+        expiry: weft_proto::msg::NodeExpiry::Cluster,
+        expired_at: None,
     }
 }
 
 fn register(n: NodeRecord, before: &TokenRecord) -> Change {
     Change::Register(Box::new(Registration {
         node: n,
+        replaces: None,
         token_before: before.clone(),
         token_after: use_token(before),
     }))
@@ -354,6 +358,16 @@ fn every_change_round_trips_and_preconditions_hold() {
             ),
             ("removal", Change::RemoveNode(NodeId(7))),
             (
+                "update",
+                Change::UpdateNode {
+                    before: Box::new(NodeRecord {
+                        last_seen: 1,
+                        ..node(1, "a", 1)
+                    }),
+                    after: Box::new(node(1, "a", 1)),
+                },
+            ),
+            (
                 "token",
                 Change::UpdateToken {
                     before: t.clone(),
@@ -376,6 +390,22 @@ fn every_change_round_trips_and_preconditions_hold() {
     assert_eq!(loaded.next_node_id, 2);
     assert_eq!(b.token("t").unwrap(), Some(used.clone()));
     assert_eq!(b.tokens().unwrap(), std::slice::from_ref(&used));
+    // A node update expects the record as stored, and is read back.
+    let expired = NodeRecord {
+        expired_at: Some(99),
+        ..node(1, "a", 1)
+    };
+    b.commit(&[Change::UpdateNode {
+        before: Box::new(node(1, "a", 1)),
+        after: Box::new(expired.clone()),
+    }])
+    .unwrap();
+    assert_eq!(b.load().unwrap().nodes, [expired.clone()]);
+    b.commit(&[Change::UpdateNode {
+        before: Box::new(expired),
+        after: Box::new(node(1, "a", 1)),
+    }])
+    .unwrap();
     assert_eq!(loaded.config.policy, Some(policy.clone()));
     assert_eq!(b.policy_history().unwrap(), [policy]);
     assert_eq!(loaded.config.services["db"], svc);

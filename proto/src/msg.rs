@@ -312,6 +312,13 @@ pub enum AdminCommand {
         cidr: Cidr,
         approve: bool,
     },
+    /// Sets how long a node may stay offline before it expires (by id or
+    /// name). An expired node comes back, its offline time counted from now.
+    /// Added in protocol 4.
+    NodeSet {
+        node: String,
+        expiry: NodeExpiry,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -350,6 +357,8 @@ pub enum AdminReply {
         cidr: Cidr,
         approve: bool,
     },
+    /// The node after `NodeSet`.
+    NodeSet(NodeInfo),
 }
 
 /// One version of the policy document.
@@ -458,4 +467,49 @@ pub struct NodeInfo {
     pub online: bool,
     /// Unix seconds.
     pub created_at: u64,
+    /// When the coordinator last saw it connected (Unix seconds, up to the
+    /// coordinator's refresh interval old; 0: unknown). Added in protocol 4.
+    #[serde(default)]
+    pub last_seen: u64,
+    /// How long it may stay offline before it expires. Added in protocol 4.
+    #[serde(default)]
+    pub expiry: NodeExpiry,
+    /// When it expired (it is in no netmap since; Unix seconds). Added in
+    /// protocol 4.
+    #[serde(default)]
+    pub expired_at: Option<u64>,
+}
+
+/// `30d`, `12h`, `90s`: the largest unit that divides `secs` (the form
+/// `--node-expiry` takes).
+pub fn short_duration(secs: u64) -> String {
+    for (unit, n) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if secs >= n && secs.is_multiple_of(n) {
+            return format!("{}{unit}", secs / n);
+        }
+    }
+    format!("{secs}s")
+}
+
+/// How long one node may stay offline before it expires: out of every
+/// netmap, and after a grace period removed, its subnet back in the pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeExpiry {
+    /// The cluster's `--node-expiry`.
+    #[default]
+    Cluster,
+    /// Never expires.
+    Never,
+    /// After this many seconds offline.
+    After(u64),
+}
+
+impl std::fmt::Display for NodeExpiry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeExpiry::Cluster => f.write_str("cluster"),
+            NodeExpiry::Never => f.write_str("never"),
+            NodeExpiry::After(s) => f.write_str(&short_duration(*s)),
+        }
+    }
 }

@@ -4,6 +4,8 @@
 use super::config_ops;
 use super::conn::{refuse_and_close, write_msg, ConnError};
 use super::*;
+use crate::store::NodeRecord;
+use weft_proto::msg::NodeExpiry;
 
 pub(super) async fn create_token(
     shared: &Shared,
@@ -79,25 +81,9 @@ pub(super) async fn admin(
             info!(token = %id, "token revoked");
             AdminReply::TokenRevoked { id }
         }),
-        AdminCommand::NodeList => {
-            let reg = shared.read();
-            let mut nodes: Vec<NodeInfo> = reg
-                .peers()
-                .map(|p| NodeInfo {
-                    id: p.id,
-                    name: p.name.clone(),
-                    public_key: p.public_key,
-                    subnet: p.subnet,
-                    endpoints: p.endpoints.clone(),
-                    tags: p.tags.clone(),
-                    online: p.online,
-                    created_at: reg.created_at(p.id).unwrap_or(0),
-                })
-                .collect();
-            nodes.sort_by_key(|n| n.id);
-            Ok(AdminReply::Nodes(nodes))
-        }
+        AdminCommand::NodeList => node_list(&shared).await,
         AdminCommand::NodeRemove { node } => remove_node(&shared, &node).await,
+        AdminCommand::NodeSet { node, expiry } => node_set(&shared, &node, expiry).await,
         AdminCommand::AclGet => Ok(config_ops::acl_get(&shared)),
         AdminCommand::AclSet { text } => config_ops::acl_set(&shared, text).await,
         AdminCommand::AclTest { text } => config_ops::acl_test(&shared, &text),
@@ -127,22 +113,65 @@ pub(super) async fn admin(
     }
 }
 
+/// Every node, expired ones included, as stored and as connected now.
+async fn node_list(shared: &Shared) -> Result<AdminReply, ErrorReply> {
+    let records = shared.store.nodes().await?;
+    let reg = shared.read();
+    let mut nodes: Vec<NodeInfo> = records.iter().map(|r| node_info(&reg, r)).collect();
+    nodes.sort_by_key(|n| n.id);
+    Ok(AdminReply::Nodes(nodes))
+}
+
+fn node_info(reg: &crate::registry::Registry, r: &NodeRecord) -> NodeInfo {
+    let live = reg.get(r.id);
+    NodeInfo {
+        id: r.id,
+        name: r.name.clone(),
+        public_key: r.public_key,
+        subnet: r.subnet,
+        endpoints: live.map(|p| p.endpoints.clone()).unwrap_or_default(),
+        tags: r.tags.clone(),
+        online: live.is_some_and(|p| p.online),
+        created_at: r.created_at,
+        last_seen: r.last_seen,
+        expiry: r.expiry,
+        expired_at: r.expired_at,
+    }
+}
+
+async fn node_set(
+    shared: &Shared,
+    selector: &str,
+    expiry: NodeExpiry,
+) -> Result<AdminReply, ErrorReply> {
+    let id = find_node(shared, selector)?;
+    let rec = shared.store.set_expiry(id, expiry, now_unix()).await?;
+    info!(node = %id, name = %rec.name, %expiry, "node expiry set");
+    Ok(AdminReply::NodeSet(node_info(&shared.read(), &rec)))
+}
+
+/// A node by id or name, expired ones included.
+fn find_node(shared: &Shared, selector: &str) -> Result<NodeId, ErrorReply> {
+    let reg = shared.read();
+    selector
+        .parse::<u64>()
+        .ok()
+        .map(NodeId)
+        .filter(|id| reg.get(*id).is_some() || reg.retired(*id).is_some())
+        .or_else(|| reg.by_name(selector))
+        .or_else(|| reg.retired_by_name(selector))
+        .ok_or_else(|| {
+            refuse(
+                ErrorCode::NotFound,
+                format!(
+                    "no node with id or name `{selector}`; see the nodes with `weft node list`"
+                ),
+            )
+        })
+}
+
 pub(super) async fn remove_node(shared: &Shared, selector: &str) -> Result<AdminReply, ErrorReply> {
-    let id = {
-        let reg = shared.read();
-        selector
-            .parse::<u64>()
-            .ok()
-            .map(NodeId)
-            .filter(|id| reg.get(*id).is_some())
-            .or_else(|| reg.by_name(selector))
-    };
-    let Some(id) = id else {
-        return Err(refuse(
-            ErrorCode::NotFound,
-            format!("no node with id or name `{selector}`; see the nodes with `weft node list`"),
-        ));
-    };
+    let id = find_node(shared, selector)?;
     let name = remove_node_id(shared, id, "removed by an admin").await?;
     Ok(AdminReply::NodeRemoved { id, name })
 }

@@ -279,7 +279,16 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
                 shared
                     .metrics
                     .refused(Refusal::Code(ErrorCode::NotRegistered));
-                return Err(refuse_and_close(send, not_registered()).await);
+                let expired = {
+                    let reg = shared.read();
+                    reg.retired_by_key(&req.public_key)
+                        .and_then(|id| reg.retired(id).map(|r| (r.peer.name.clone(), id)))
+                };
+                let reply = match expired {
+                    Some((name, id)) => super::expiry_sweep::expired_reply(&name, id),
+                    None => not_registered(),
+                };
+                return Err(refuse_and_close(send, reply).await);
             };
             let have = view::Have {
                 epoch: req.have_epoch,

@@ -40,6 +40,7 @@ mod admin_ops;
 mod admission;
 mod config_ops;
 mod conn;
+mod expiry_sweep;
 mod fanout;
 mod frames;
 mod link;
@@ -394,6 +395,10 @@ impl Coordinator {
         if shared.replica.is_none() {
             tasks.push(tokio::spawn(announce_offline_after_start(shared.clone())));
         }
+        tasks.push(tokio::spawn(expiry_sweep::run(
+            shared.clone(),
+            config.expiry,
+        )));
         if let Some(r) = &shared.replica {
             r.set_endpoint(endpoint.clone());
             tasks.extend(replica::spawn(&shared));

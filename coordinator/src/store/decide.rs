@@ -132,8 +132,15 @@ impl Batch {
         let token_before = check_token(stored, &args.token_secret, args.now)?.clone();
         // Names are compared after normalisation, against every node and
         // every join of this batch.
+        // A host whose node expired may join again with its old key: the
+        // expired node is removed in the same step, and its name is free
+        // for the new one.
+        let replaces = reg
+            .retired_by_key(&args.public_key)
+            .filter(|id| !self.removed.contains(id));
         let name = unique_name(&sanitize_hostname(&args.hostname), |n| {
-            reg.name_taken(n) || self.names.contains(n)
+            let own_old = replaces.is_some() && reg.retired_by_name(n) == replaces;
+            (reg.name_taken(n) && !own_old) || self.names.contains(n)
         });
         if let Some(owner) = reg.by_key(&args.public_key) {
             return Err(refuse(
@@ -147,7 +154,12 @@ impl Batch {
                 "this WireGuard key is joining twice at once; wait for the first join to finish",
             ));
         }
-        let Some(subnet) = ipam.allocate() else {
+        // It keeps its old subnet (still reserved in the IPAM, and moved to
+        // the new node when the batch commits).
+        let kept = replaces
+            .and_then(|old| reg.retired(old))
+            .map(|r| r.peer.subnet);
+        let Some(subnet) = kept.or_else(|| ipam.allocate()) else {
             return Err(refuse(
                 ErrorCode::PoolExhausted,
                 format!(
@@ -157,7 +169,12 @@ impl Batch {
                 ),
             ));
         };
-        self.allocated.push(subnet);
+        match replaces {
+            Some(old) => {
+                self.removed.insert(old);
+            }
+            None => self.allocated.push(subnet),
+        }
         self.keys.insert(args.public_key);
         self.names.insert(name.clone());
         let id = NodeId(self.next_node_id);
@@ -174,7 +191,11 @@ impl Batch {
                 tags: token_before.tags.clone(),
                 created_at: args.now,
                 token_id: token_before.id.clone(),
+                last_seen: args.now,
+                expiry: weft_proto::msg::NodeExpiry::Cluster,
+                expired_at: None,
             },
+            replaces,
             token_before,
             token_after,
         })
@@ -183,7 +204,8 @@ impl Batch {
     /// Decides a node removal: the node must be registered and not removed
     /// earlier in this batch (an admin and the host leaving at once).
     pub fn remove_node(&mut self, reg: &Registry, id: NodeId) -> Result<(), ErrorReply> {
-        if reg.get(id).is_none() || !self.removed.insert(id) {
+        let known = reg.get(id).is_some() || reg.retired(id).is_some();
+        if !known || !self.removed.insert(id) {
             return Err(refuse(
                 ErrorCode::NotFound,
                 format!("no node with id {id}; see the nodes with `weft node list`"),
@@ -301,6 +323,9 @@ mod tests {
             tags: vec![],
             created_at: 0,
             token_id: String::new(),
+            last_seen: 0,
+            expiry: weft_proto::msg::NodeExpiry::Cluster,
+            expired_at: None,
         };
         reg.load(old.to_peer(), 0);
         let mut b = batch(Some(token(None)), 2);

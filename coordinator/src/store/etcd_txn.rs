@@ -211,6 +211,13 @@ impl Plan<'_> {
                     self.delete(k);
                 }
             }
+            Change::UpdateNode { before, after } => {
+                let rec = self.node_to_remove(index, before.id)?;
+                if rec != **before {
+                    return Err(conflict(index, format!("node {} changed", before.id)));
+                }
+                self.put(node_key(after.id), encode(&**after)?);
+            }
             Change::Config(ConfigChange::PutPolicy(v)) => {
                 let key = policy_key(v.version);
                 self.expect(

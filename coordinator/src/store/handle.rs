@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::oneshot;
-use weft_proto::msg::{AclVersion, ErrorReply};
+use weft_proto::msg::{AclVersion, ErrorReply, NodeExpiry};
 use weft_proto::{HostSubnet, NodeId, Peer};
 
 use super::writer::Writer;
@@ -14,6 +14,7 @@ use super::{
     internal, ConfigChange, JoinArgs, NodeRecord, StoreBackend, StoreError, StoredConfig,
     TokenRecord,
 };
+use crate::expiry::ExpiryRules;
 use crate::ipam::Ipam;
 use crate::registry::Registry;
 
@@ -28,6 +29,13 @@ pub(super) enum Request {
     /// they land in.
     Config(Vec<ConfigChange>, Reply<()>),
     Tokens(Reply<Vec<TokenRecord>>),
+    /// Every node as stored, expired ones included.
+    Nodes(Reply<Vec<NodeRecord>>),
+    /// Refresh connected nodes' last-seen times, expire offline ones
+    /// (see [`crate::expiry`]); at Unix time `now`.
+    Sweep(ExpiryRules, u64, Reply<Swept>),
+    /// Set a node's expiry (an expired node comes back).
+    SetExpiry(NodeId, NodeExpiry, u64, Reply<NodeRecord>),
     PolicyHistory(Reply<Vec<AclVersion>>),
     /// Load the whole store again and bring the registry, IPAM and node id
     /// counter up to it (what other replicas wrote).
@@ -52,6 +60,20 @@ pub struct Resynced {
     pub removed: Vec<NodeId>,
     /// Nodes another replica added (in the registry now).
     pub added: Vec<NodeId>,
+}
+
+/// What one expiry sweep did.
+#[derive(Debug, Clone, Default)]
+pub struct Swept {
+    /// Nodes that expired now (out of every netmap).
+    pub expired: Vec<NodeId>,
+    /// Nodes that came back (the cluster's expiry became `never`).
+    pub revived: Vec<NodeId>,
+    /// Connected nodes whose last-seen time was written.
+    pub refreshed: usize,
+    /// Expired nodes past their grace period, to be removed (by the
+    /// server, which also drops their services and routes).
+    pub due: Vec<NodeId>,
 }
 
 /// Sends requests to the writer thread. Cheap to clone.
@@ -105,7 +127,10 @@ pub fn open_with<B: StoreBackend>(
                 subnet: rec.subnet,
                 reason: e.to_string(),
             })?;
-        registry.load(rec.to_peer(), rec.created_at);
+        match rec.expired_at {
+            Some(at) => registry.load_retired(rec.to_peer(), rec.created_at, at),
+            None => registry.load(rec.to_peer(), rec.created_at),
+        }
     }
     ipam.settle();
     let registry = Arc::new(RwLock::new(registry));
@@ -174,6 +199,24 @@ impl StoreHandle {
     }
 
     /// Every policy version, oldest first, read from the backend.
+    /// Every node as stored, expired ones included.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, ErrorReply> {
+        self.call(Request::Nodes).await
+    }
+
+    pub async fn sweep(&self, rules: ExpiryRules, now: u64) -> Result<Swept, ErrorReply> {
+        self.call(|r| Request::Sweep(rules, now, r)).await
+    }
+
+    pub async fn set_expiry(
+        &self,
+        id: NodeId,
+        expiry: NodeExpiry,
+        now: u64,
+    ) -> Result<NodeRecord, ErrorReply> {
+        self.call(|r| Request::SetExpiry(id, expiry, now, r)).await
+    }
+
     pub async fn policy_history(&self) -> Result<Vec<AclVersion>, ErrorReply> {
         self.call(Request::PolicyHistory).await
     }

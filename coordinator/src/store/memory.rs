@@ -100,6 +100,12 @@ fn apply(s: &mut State, change: &Change) -> Result<(), String> {
                 return Err(format!("node {id} is gone"));
             }
         }
+        Change::UpdateNode { before, after } => {
+            if s.nodes.get(&before.id) != Some(&**before) {
+                return Err(format!("node {} changed", before.id));
+            }
+            s.nodes.insert(after.id, (**after).clone());
+        }
         Change::Config(ConfigChange::PutPolicy(v)) => {
             if s.policy.contains_key(&v.version) {
                 return Err(format!("policy version {} exists", v.version));

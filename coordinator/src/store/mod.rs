@@ -32,6 +32,7 @@ mod handle;
 pub mod memory;
 pub mod redb;
 mod writer;
+mod writer_expiry;
 
 #[cfg(test)]
 mod tests;
@@ -39,11 +40,11 @@ mod tests;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use weft_proto::msg::{AclVersion, ErrorCode, ErrorReply, ServiceInfo, TokenInfo};
+use weft_proto::msg::{AclVersion, ErrorCode, ErrorReply, NodeExpiry, ServiceInfo, TokenInfo};
 use weft_proto::policy::Cidr;
 use weft_proto::{HostSubnet, NodeId, Peer, WgPublicKey};
 
-pub use handle::{open, open_with, OnCommit, Opened, Resynced, StoreHandle};
+pub use handle::{open, open_with, OnCommit, Opened, Resynced, StoreHandle, Swept};
 
 /// A registered node as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +58,17 @@ pub struct NodeRecord {
     pub created_at: u64,
     #[serde(default)]
     pub token_id: String,
+    /// When a coordinator last saw it connected (Unix seconds; 0: never
+    /// recorded). Refreshed by [`crate::expiry`] while it is online.
+    #[serde(default)]
+    pub last_seen: u64,
+    /// How long it may stay offline before it expires.
+    #[serde(default)]
+    pub expiry: NodeExpiry,
+    /// Set when it expired: it is in no netmap, but its subnet, key and name
+    /// stay taken until the grace period ends and it is removed.
+    #[serde(default)]
+    pub expired_at: Option<u64>,
 }
 
 impl NodeRecord {
@@ -153,6 +165,9 @@ pub struct JoinArgs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
     pub node: NodeRecord,
+    /// The expired node with the same key this join replaces: removed by
+    /// the change before this one in the batch.
+    pub replaces: Option<NodeId>,
     pub token_before: TokenRecord,
     pub token_after: TokenRecord,
 }
@@ -194,6 +209,13 @@ pub enum Change {
     /// Remove a node (its subnet, key and name become free). Precondition:
     /// the node exists.
     RemoveNode(NodeId),
+    /// Replace a node's record with one of the same id, key, name and
+    /// subnet (its last-seen time, expiry, expired mark). Precondition:
+    /// the stored record is still `before`.
+    UpdateNode {
+        before: Box<NodeRecord>,
+        after: Box<NodeRecord>,
+    },
     Config(ConfigChange),
 }
 

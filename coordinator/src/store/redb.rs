@@ -218,6 +218,25 @@ impl RedbBackend {
                     self.index.remove(&n);
                     undo.push(Undo::Removed(n));
                 }
+                Change::UpdateNode { before, after } => {
+                    let id = before.id;
+                    let stored = nodes
+                        .get(id.0)
+                        .map_err(|x| e(x.into()))?
+                        .map(|g| g.value().to_vec());
+                    let same = match stored {
+                        Some(bytes) => {
+                            decode::<NodeRecord>(&format!("node {id}"), &bytes)? == **before
+                        }
+                        None => false,
+                    };
+                    if !same {
+                        return conflict(i, format!("node {id} changed"));
+                    }
+                    nodes
+                        .insert(id.0, encode(&**after)?.as_slice())
+                        .map_err(|x| e(x.into()))?;
+                }
                 Change::Config(ConfigChange::PutPolicy(v)) => {
                     if policy.get(v.version).map_err(|x| e(x.into()))?.is_some() {
                         return conflict(i, format!("policy version {} exists", v.version));

@@ -79,6 +79,7 @@ fn opens_a_database_written_before_the_split() {
     node.public_key = WgPublicKey([42; 32]);
     let reg = Registration {
         node,
+        replaces: None,
         token_before: token.clone(),
         token_after: crate::store::decide::use_token(token),
     };
@@ -111,12 +112,16 @@ fn node(id: u64, name: &str, third: u8) -> NodeRecord {
         tags: vec![],
         created_at: 7,
         token_id: "t".into(),
+        last_seen: 0,
+        expiry: weft_proto::msg::NodeExpiry::Cluster,
+        expired_at: None,
     }
 }
 
 fn register(n: NodeRecord, before: &TokenRecord) -> Change {
     Change::Register(Box::new(Registration {
         node: n,
+        replaces: None,
         token_before: before.clone(),
         token_after: crate::store::decide::use_token(before),
     }))
@@ -196,6 +201,22 @@ fn round_trips_and_checks_preconditions() {
     assert_eq!(loaded.config.policy, Some(policy));
     assert_eq!(loaded.config.services["db"], svc);
     assert_eq!(loaded.config.routes[&NodeId(1)], routes);
+    // A node update expects the record as stored.
+    let expired = NodeRecord {
+        expired_at: Some(99),
+        last_seen: 50,
+        ..node(1, "a", 1)
+    };
+    let update = |before: &NodeRecord| Change::UpdateNode {
+        before: Box::new(before.clone()),
+        after: Box::new(expired.clone()),
+    };
+    b.commit(&[update(&node(1, "a", 1))]).unwrap();
+    assert!(matches!(
+        b.commit(&[update(&node(1, "a", 1))]),
+        Err(CommitError::Conflict { .. })
+    ));
+    assert_eq!(b.load().unwrap().nodes, [expired]);
     b.commit(&[
         Change::RemoveNode(NodeId(1)),
         Change::Config(ConfigChange::RemoveService("db".into())),

@@ -13,7 +13,7 @@
 //! with more changes than the backend takes in one commit is committed in
 //! several, each of whole requests.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -40,11 +40,14 @@ const SHARED_MAX_ATTEMPTS: usize = 200;
 const SHARED_CONFLICT_BUDGET: Duration = Duration::from_secs(15);
 
 pub(super) struct Writer<B> {
-    backend: B,
-    registry: Arc<RwLock<Registry>>,
+    pub(super) backend: B,
+    pub(super) registry: Arc<RwLock<Registry>>,
     ipam: Ipam,
     next_node_id: u64,
     on_commit: OnCommit,
+    /// When this process started (Unix seconds): offline time counts from
+    /// here at the earliest (see [`crate::expiry`]).
+    pub(super) started: u64,
     /// Seconds per successful commit.
     commit_seconds: Option<prometheus_client::metrics::histogram::Histogram>,
 }
@@ -71,6 +74,7 @@ impl<B: StoreBackend> Writer<B> {
             ipam,
             next_node_id,
             on_commit,
+            started: crate::now_unix(),
             commit_seconds: None,
         }
     }
@@ -103,6 +107,13 @@ impl<B: StoreBackend> Writer<B> {
                                 format!("cannot read the store ({e})"),
                             )
                         })))
+                    }
+                    Request::Nodes(r) => {
+                        drop(r.send(self.backend.load().map(|l| l.nodes).map_err(internal)))
+                    }
+                    Request::Sweep(rules, now, r) => drop(r.send(self.sweep(&rules, now))),
+                    Request::SetExpiry(id, expiry, now, r) => {
+                        drop(r.send(self.set_expiry(id, expiry, now)))
                     }
                     Request::Shutdown(r) => stop = Some(r),
                     req => batch.push(req),
@@ -157,9 +168,12 @@ impl<B: StoreBackend> Writer<B> {
         for req in batch {
             let first = changes.len();
             let outcome: Result<(), ErrorReply> = match req {
-                Request::Join(args, _) => b
-                    .join(args, &reg, &mut self.ipam)
-                    .map(|r| changes.push(Change::Register(Box::new(r)))),
+                Request::Join(args, _) => b.join(args, &reg, &mut self.ipam).map(|r| {
+                    if let Some(old) = r.replaces {
+                        changes.push(Change::RemoveNode(old));
+                    }
+                    changes.push(Change::Register(Box::new(r)));
+                }),
                 Request::CreateToken(rec, _) => {
                     b.create_token(rec);
                     changes.push(Change::CreateToken(rec.clone()));
@@ -176,6 +190,9 @@ impl<B: StoreBackend> Writer<B> {
                     Ok(())
                 }
                 Request::Tokens(_)
+                | Request::Nodes(_)
+                | Request::Sweep(..)
+                | Request::SetExpiry(..)
                 | Request::PolicyHistory(_)
                 | Request::Resync(_)
                 | Request::Shutdown(_) => Err(internal("not a write request")),
@@ -324,29 +341,53 @@ impl<B: StoreBackend> Writer<B> {
             // What this load finds carries its revision (at least that of
             // each change).
             let before = reg.tag_with(u64::try_from(loaded.revision).unwrap_or(0));
-            let fresh: HashSet<NodeId> = loaded.nodes.iter().map(|n| n.id).collect();
-            let gone: Vec<NodeId> = reg
-                .peers()
-                .map(|p| p.id)
-                .filter(|id| !fresh.contains(id))
-                .collect();
-            for id in gone {
-                if let Some(peer) = reg.remove(id) {
-                    self.ipam.release(peer.subnet);
-                    changed.push(id);
-                    removed.push(id);
+            let stored: HashMap<NodeId, &super::NodeRecord> =
+                loaded.nodes.iter().map(|n| (n.id, n)).collect();
+            // Nodes gone from the store, or expired there (on another
+            // replica): out of the registry.
+            let active: Vec<NodeId> = reg.peers().map(|p| p.id).collect();
+            for id in active {
+                match stored.get(&id).map(|n| n.expired_at) {
+                    Some(None) => continue,
+                    Some(Some(at)) => {
+                        reg.retire(id, at);
+                    }
+                    None => {
+                        if let Some(peer) = reg.remove(id) {
+                            self.ipam.release(peer.subnet);
+                        }
+                    }
+                }
+                changed.push(id);
+                removed.push(id);
+            }
+            let retired: Vec<NodeId> = reg.retired_nodes().map(|r| r.peer.id).collect();
+            for id in retired {
+                if !stored.contains_key(&id) {
+                    if let Some(r) = reg.forget_retired(id) {
+                        self.ipam.release(r.peer.subnet);
+                    }
                 }
             }
             for n in &loaded.nodes {
-                if reg.get(n.id).is_some() {
-                    continue;
+                let known = reg.get(n.id).is_some() || reg.retired(n.id).is_some();
+                if !known {
+                    if let Err(e) = self.ipam.reserve(n.subnet) {
+                        tracing::warn!(node = %n.id, error = %e, "a node another replica added does not fit this coordinator's pool");
+                    }
                 }
-                if let Err(e) = self.ipam.reserve(n.subnet) {
-                    tracing::warn!(node = %n.id, error = %e, "a node another replica added does not fit this coordinator's pool");
+                match n.expired_at {
+                    Some(at) if !known => reg.load_retired(n.to_peer(), n.created_at, at),
+                    Some(_) => {}
+                    None if reg.get(n.id).is_some() => {}
+                    None => {
+                        if !reg.revive(n.id) {
+                            reg.insert(n.to_peer(), n.created_at);
+                        }
+                        changed.push(n.id);
+                        added.push(n.id);
+                    }
                 }
-                reg.insert(n.to_peer(), n.created_at);
-                changed.push(n.id);
-                added.push(n.id);
             }
             reg.tag_with(before);
         }
@@ -373,7 +414,11 @@ impl<B: StoreBackend> Writer<B> {
 
     /// Puts committed node changes into the registry and IPAM; the removed
     /// nodes as they were, by id.
-    fn apply_effects(&mut self, changes: &[Change], at: u64) -> HashMap<NodeId, Arc<Peer>> {
+    pub(super) fn apply_effects(
+        &mut self,
+        changes: &[Change],
+        at: u64,
+    ) -> HashMap<NodeId, Arc<Peer>> {
         let mut changed = Vec::new();
         let mut removed = HashMap::new();
         {
@@ -383,15 +428,35 @@ impl<B: StoreBackend> Writer<B> {
             for c in changes {
                 match c {
                     Change::Register(r) => {
+                        if r.replaces.is_some() {
+                            // The subnet of the expired node it replaces,
+                            // released by that removal just before.
+                            if let Err(e) = self.ipam.reserve(r.node.subnet) {
+                                tracing::warn!(node = %r.node.id, error = %e, "cannot keep the subnet of the node it replaces");
+                            }
+                        }
                         reg.insert(r.node.to_peer(), r.node.created_at);
                         changed.push(r.node.id);
                     }
                     Change::RemoveNode(id) => {
-                        if let Some(peer) = reg.remove(*id) {
+                        let peer = reg
+                            .remove(*id)
+                            .or_else(|| reg.forget_retired(*id).map(|r| r.peer));
+                        if let Some(peer) = peer {
                             self.ipam.release(peer.subnet);
                             removed.insert(*id, peer);
                         }
                         changed.push(*id);
+                    }
+                    Change::UpdateNode { before, after } => {
+                        let moved = match (before.expired_at, after.expired_at) {
+                            (None, Some(at)) => reg.retire(after.id, at),
+                            (Some(_), None) => reg.revive(after.id),
+                            _ => false,
+                        };
+                        if moved {
+                            changed.push(after.id);
+                        }
                     }
                     _ => {}
                 }
@@ -446,9 +511,13 @@ fn answer(batch: Vec<Request>, decided: Vec<Decided>, committed: Option<Committe
         let ok = committed.is_some() && refusal.is_none();
         match req {
             Request::Join(_, r) => {
-                let rec = committed.and_then(|c| match c.changes.get(first) {
-                    Some(Change::Register(reg)) if ok => Some(reg.node.clone()),
-                    _ => None,
+                // Its Register is the last of its changes (after the
+                // removal of an expired node it replaces).
+                let rec = committed.and_then(|c| {
+                    c.changes.iter().skip(first).find_map(|ch| match ch {
+                        Change::Register(reg) if ok => Some(reg.node.clone()),
+                        _ => None,
+                    })
                 });
                 let _ = r.send(rec.ok_or_else(err));
             }
@@ -460,6 +529,9 @@ fn answer(batch: Vec<Request>, decided: Vec<Decided>, committed: Option<Committe
                 let _ = r.send(if ok { Ok(()) } else { Err(err()) });
             }
             Request::Tokens(r) => drop(r.send(Err(err()))),
+            Request::Nodes(r) => drop(r.send(Err(err()))),
+            Request::Sweep(_, _, r) => drop(r.send(Err(err()))),
+            Request::SetExpiry(_, _, _, r) => drop(r.send(Err(err()))),
             Request::PolicyHistory(r) => drop(r.send(Err(err()))),
             Request::Resync(r) => drop(r.send(Err(err()))),
             Request::Shutdown(r) => drop(r.send(())),

@@ -1,0 +1,92 @@
+//! The writer thread's expiry work: the sweep ([`crate::expiry::sweep`]
+//! decided against the stored records and the registry's online flags)
+//! and a node's expiry setting.
+
+use weft_proto::msg::{ErrorCode, ErrorReply, NodeExpiry};
+use weft_proto::NodeId;
+
+use super::handle::Swept;
+use super::writer::Writer;
+use super::{internal, refuse, Change, CommitError, NodeRecord, StoreBackend};
+use crate::expiry::{self, ExpiryRules};
+
+impl<B: StoreBackend> Writer<B> {
+    pub(super) fn sweep(&mut self, rules: &ExpiryRules, now: u64) -> Result<Swept, ErrorReply> {
+        let nodes = self.backend.load().map_err(internal)?.nodes;
+        let decided = {
+            let reg = self.registry.read().unwrap_or_else(|p| p.into_inner());
+            let online = |id: NodeId| reg.get(id).is_some_and(|p| p.online);
+            expiry::sweep(&nodes, online, rules, self.started, now)
+        };
+        let mut out = Swept {
+            due: decided.due,
+            ..Swept::default()
+        };
+        for (before, after) in &decided.updates {
+            match (before.expired_at, after.expired_at) {
+                (None, Some(_)) => out.expired.push(after.id),
+                (Some(_), None) => out.revived.push(after.id),
+                _ => out.refreshed += 1,
+            }
+        }
+        let changes: Vec<Change> = decided
+            .updates
+            .into_iter()
+            .map(|(before, after)| Change::UpdateNode {
+                before: Box::new(before),
+                after: Box::new(after),
+            })
+            .collect();
+        self.commit_node_updates(&changes)?;
+        Ok(out)
+    }
+
+    pub(super) fn set_expiry(
+        &mut self,
+        id: NodeId,
+        expiry: NodeExpiry,
+        now: u64,
+    ) -> Result<NodeRecord, ErrorReply> {
+        let nodes = self.backend.load().map_err(internal)?.nodes;
+        let Some(before) = nodes.into_iter().find(|n| n.id == id) else {
+            return Err(refuse(
+                ErrorCode::NotFound,
+                format!("no node with id {id}; see the nodes with `weft node list`"),
+            ));
+        };
+        let after = expiry::set_expiry(&before, expiry, now);
+        self.commit_node_updates(&[Change::UpdateNode {
+            before: Box::new(before),
+            after: Box::new(after.clone()),
+        }])?;
+        Ok(after)
+    }
+
+    /// Commits node record updates (as many per commit as the backend
+    /// takes) and applies each committed step to the registry.
+    fn commit_node_updates(&mut self, changes: &[Change]) -> Result<(), ErrorReply> {
+        let cap = self.backend.max_changes_per_commit().max(1);
+        for chunk in changes.chunks(cap) {
+            match self.backend.commit(chunk) {
+                Ok(()) => {
+                    let at = if self.backend.shared() {
+                        u64::try_from(self.backend.last_revision()).unwrap_or(0)
+                    } else {
+                        crate::registry::LOCAL
+                    };
+                    self.apply_effects(chunk, at);
+                }
+                // Another replica (or an admin) changed the node since it
+                // was read: the next sweep reads it again.
+                Err(CommitError::Conflict { what, .. }) => {
+                    return Err(refuse(
+                        ErrorCode::BadRequest,
+                        format!("{what}; the cluster changed while this request was handled, run the command again"),
+                    ))
+                }
+                Err(CommitError::Failed(e)) => return Err(internal(e)),
+            }
+        }
+        Ok(())
+    }
+}
