@@ -400,7 +400,7 @@ fn every_change_round_trips_and_preconditions_hold() {
         after: Box::new(expired.clone()),
     }])
     .unwrap();
-    assert_eq!(b.load().unwrap().nodes, [expired.clone()]);
+    assert_eq!(b.load().unwrap().nodes, std::slice::from_ref(&expired));
     b.commit(&[Change::UpdateNode {
         before: Box::new(expired),
         after: Box::new(node(1, "a", 1)),
