@@ -79,7 +79,7 @@ pub struct CoordinatorArgs {
 
 /// How to reach etcd: shared by the coordinator and `migrate`.
 #[derive(Args, Debug)]
-struct EtcdArgs {
+pub(crate) struct EtcdArgs {
     /// Prefix of every key the coordinator writes to etcd.
     #[arg(long, value_name = "PREFIX", default_value = "/weft")]
     etcd_prefix: String,
@@ -102,6 +102,14 @@ enum CoordinatorAction {
     /// its replicas, with copies of the state dir's identity files) with
     /// --store etcd://...
     Migrate(Box<MigrateArgs>),
+    /// Take a consistent snapshot of a running coordinator, through its
+    /// admin API: nodes, tokens, policy history, services, routes and the
+    /// coordinator's identity (its private keys: keep the file secret).
+    Backup(crate::backup_cmd::BackupArgs),
+    /// Put a backup into a stopped coordinator's state dir (redb), or into
+    /// an empty etcd prefix; then start the coordinator on it. Hosts
+    /// reconnect as before: the identity they pin is the same.
+    Restore(Box<crate::backup_cmd::RestoreArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -119,7 +127,7 @@ struct MigrateArgs {
     force: bool,
 }
 
-fn etcd_config(url: &str, etcd: &EtcdArgs) -> anyhow::Result<EtcdConfig> {
+pub(crate) fn etcd_config(url: &str, etcd: &EtcdArgs) -> anyhow::Result<EtcdConfig> {
     let mut cfg = EtcdConfig::from_url(url).map_err(|e| anyhow::anyhow!("{e}"))?;
     let prefix = &etcd.etcd_prefix;
     anyhow::ensure!(
@@ -181,8 +189,11 @@ fn store_config(args: &CoordinatorArgs) -> anyhow::Result<StoreConfig> {
 }
 
 pub fn run(mut args: CoordinatorArgs) -> anyhow::Result<()> {
-    if let Some(CoordinatorAction::Migrate(m)) = args.action.take() {
-        return migrate(*m);
+    match args.action.take() {
+        Some(CoordinatorAction::Migrate(m)) => return migrate(*m),
+        Some(CoordinatorAction::Backup(b)) => return crate::backup_cmd::backup(b),
+        Some(CoordinatorAction::Restore(r)) => return crate::backup_cmd::restore(*r),
+        None => {}
     }
     let store = store_config(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -2,6 +2,7 @@
 
 mod acl;
 mod agent_cmd;
+mod backup_cmd;
 mod cloud_init;
 mod cni;
 mod coordinator_cmd;
@@ -62,7 +63,7 @@ enum Command {
     /// Report whether UDP works, how this host's NAT maps, and the coordinator RTT.
     Netcheck(probe::NetcheckArgs),
     /// Run the coordinator: join tokens, node registry, address space, netmaps.
-    Coordinator(coordinator_cmd::CoordinatorArgs),
+    Coordinator(Box<coordinator_cmd::CoordinatorArgs>),
     /// Create, list and revoke join tokens (needs the admin credential).
     Token(token::TokenArgs),
     /// List and remove nodes (needs the admin credential).
@@ -145,7 +146,7 @@ fn main() -> anyhow::Result<()> {
         Command::Metrics(args) => status::metrics(args),
         Command::Ping(args) => probe::ping(args),
         Command::Netcheck(args) => probe::netcheck(args),
-        Command::Coordinator(args) => coordinator_cmd::run(args),
+        Command::Coordinator(args) => coordinator_cmd::run(*args),
         Command::Token(args) => token::run(args),
         Command::Node(args) => node::run(args),
         Command::Acl(args) => acl::run(args),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use weft_proto::msg::{
-    AdminCommand, AdminReply, AdminRequest, ErrorCode, Hello, HelloRequest, ServerMsg,
+    AdminCommand, AdminReply, AdminRequest, BackupBytes, ErrorCode, Hello, HelloRequest, ServerMsg,
 };
 use weft_proto::{codec, PROTOCOL_VERSION};
 
@@ -179,12 +179,57 @@ async fn exchange(
     let _ = send.finish();
     let msg: ServerMsg = read_frame(&mut recv).await?;
     match msg {
+        ServerMsg::Admin(AdminReply::BackupPart(first)) => {
+            read_backup(&mut recv, first.0.into_vec()).await
+        }
         ServerMsg::Admin(r) => Ok(r),
         ServerMsg::Error(e) => Err(AdminError::Refused {
             code: e.code,
             message: e.message,
         }),
         other => Err(AdminError::Protocol(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// The rest of a backup after its first part: every part joined into one
+/// [`AdminReply::BackupPart`], checked against the closing length and
+/// digest.
+async fn read_backup(
+    recv: &mut quinn::RecvStream,
+    mut all: Vec<u8>,
+) -> Result<AdminReply, AdminError> {
+    loop {
+        let msg: ServerMsg = read_frame(recv).await?;
+        match msg {
+            ServerMsg::Admin(AdminReply::BackupPart(part)) => {
+                if (all.len() + part.0.len()) as u64 > crate::backup::MAX_BACKUP_LEN {
+                    return Err(AdminError::Protocol(
+                        "the backup is larger than 1 GiB; refusing to hold it".into(),
+                    ));
+                }
+                all.extend_from_slice(&part.0);
+            }
+            ServerMsg::Admin(AdminReply::BackupDone { len, sha256 }) => {
+                use sha2::Digest as _;
+                let digest: [u8; 32] = sha2::Sha256::digest(&all).into();
+                if len != all.len() as u64 || digest != sha256 {
+                    return Err(AdminError::Protocol(
+                        "the backup arrived damaged (length or SHA-256 differ); take it again"
+                            .into(),
+                    ));
+                }
+                return Ok(AdminReply::BackupPart(BackupBytes(
+                    serde_bytes::ByteBuf::from(all),
+                )));
+            }
+            ServerMsg::Error(e) => {
+                return Err(AdminError::Refused {
+                    code: e.code,
+                    message: e.message,
+                })
+            }
+            other => return Err(AdminError::Protocol(format!("unexpected reply {other:?}"))),
+        }
     }
 }
 

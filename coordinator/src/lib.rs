@@ -12,6 +12,7 @@
 //! CLI), [`metrics`] (Prometheus) and [`web`] (the cluster's web page).
 
 pub mod admin;
+pub mod backup;
 pub mod cluster;
 pub mod endpoints;
 pub mod expiry;

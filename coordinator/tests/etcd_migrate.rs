@@ -97,3 +97,52 @@ async fn a_redb_cluster_moves_to_etcd_without_rejoining() {
     assert!(c.node_id.0 > b_id.0.max(a_id.0));
     coord.shutdown().await;
 }
+
+/// A backup of a coordinator on redb restored into etcd (the other way to
+/// move): a coordinator on the prefix serves the same nodes and identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restores_into_an_empty_etcd_prefix() {
+    let Some(etcd) = etcd_cluster::start() else {
+        return;
+    };
+    let mut cfg = EtcdConfig::from_url(&format!("etcd://{}", etcd.endpoints().join(","))).unwrap();
+    cfg.prefix = "/restored".into();
+    cfg.timeout = Duration::from_secs(3);
+    let mut h = Harness::start().await;
+    let token = h.token(None).await;
+    let (ka, a) = join(&token, "a").await;
+    let (_kb, b) = join(&token, "b").await;
+    let AdminReply::BackupPart(bytes) = h.admin(AdminCommand::Backup).await.unwrap() else {
+        panic!("not a backup")
+    };
+    let pin = h.coord().pin();
+    h.coord.take().unwrap().shutdown().await;
+    let file = weft_coordinator::backup::BackupFile::decode("reply", &bytes.0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("replica");
+    let (cfg2, sd) = (cfg.clone(), state_dir.clone());
+    tokio::task::spawn_blocking(move || {
+        file.restore_etcd(&sd, &cfg2, false).unwrap();
+        let e = file.restore_etcd(&sd, &cfg2, false).unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
+    })
+    .await
+    .unwrap();
+    let mut config = weft_coordinator::Config::new(&state_dir, "127.0.0.1:0".parse().unwrap());
+    config.store = StoreConfig::Etcd(cfg);
+    let coord = Coordinator::start(config).await.unwrap();
+    assert_eq!(coord.pin(), pin);
+    let mut info = a.coordinator.clone();
+    info.addrs = vec![coord.local_addr().unwrap().to_string()];
+    let mut session = ControlClient::new()
+        .unwrap()
+        .connect(&info, &ka, vec![], None)
+        .await
+        .unwrap();
+    wait_for(&mut session, Duration::from_secs(5), |s| {
+        s.netmap().peer(b.node_id).is_some()
+    })
+    .await;
+    drop(session);
+    coord.shutdown().await;
+}

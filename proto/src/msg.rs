@@ -319,6 +319,34 @@ pub enum AdminCommand {
         node: String,
         expiry: NodeExpiry,
     },
+    /// A consistent snapshot of the store and the coordinator's identity,
+    /// answered as [`AdminReply::BackupPart`]s and a [`AdminReply::BackupDone`].
+    /// Added in protocol 4.
+    Backup,
+}
+
+impl AdminCommand {
+    /// The command's name, for logs (no arguments: they may hold secrets).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AdminCommand::TokenCreate { .. } => "token create",
+            AdminCommand::TokenList => "token list",
+            AdminCommand::TokenRevoke { .. } => "token revoke",
+            AdminCommand::NodeList => "node list",
+            AdminCommand::NodeRemove { .. } => "node remove",
+            AdminCommand::AclGet => "acl get",
+            AdminCommand::AclSet { .. } => "acl set",
+            AdminCommand::AclTest { .. } => "acl test",
+            AdminCommand::AclHistory => "acl history",
+            AdminCommand::ServiceExpose(_) => "service expose",
+            AdminCommand::ServiceList => "service list",
+            AdminCommand::ServiceRemove { .. } => "service remove",
+            AdminCommand::RouteList => "route list",
+            AdminCommand::RouteApprove { .. } => "route approve",
+            AdminCommand::NodeSet { .. } => "node set",
+            AdminCommand::Backup => "backup",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -359,6 +387,13 @@ pub enum AdminReply {
     },
     /// The node after `NodeSet`.
     NodeSet(NodeInfo),
+    /// One part of a backup, in order (each fits a frame).
+    BackupPart(BackupBytes),
+    /// The end of a backup: its length and SHA-256, to check the parts.
+    BackupDone {
+        len: u64,
+        sha256: [u8; 32],
+    },
 }
 
 /// One version of the policy document.
@@ -478,6 +513,18 @@ pub struct NodeInfo {
     /// protocol 4.
     #[serde(default)]
     pub expired_at: Option<u64>,
+}
+
+/// Bytes of a backup: they hold the coordinator's private keys, so their
+/// `Debug` shows only their length.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BackupBytes(pub serde_bytes::ByteBuf);
+
+impl std::fmt::Debug for BackupBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes of a backup>", self.0.len())
+    }
 }
 
 /// `30d`, `12h`, `90s`: the largest unit that divides `secs` (the form

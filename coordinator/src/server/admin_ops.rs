@@ -5,6 +5,7 @@ use super::config_ops;
 use super::conn::{refuse_and_close, write_msg, ConnError};
 use super::*;
 use crate::store::NodeRecord;
+use sha2::Digest as _;
 use weft_proto::msg::NodeExpiry;
 
 pub(super) async fn create_token(
@@ -66,6 +67,14 @@ pub(super) async fn admin(
         )
         .await);
     }
+    info!(
+        admin = "root",
+        command = req.command.kind(),
+        "admin request"
+    );
+    if matches!(req.command, AdminCommand::Backup) {
+        return backup(&shared, send).await;
+    }
     let result = match req.command {
         AdminCommand::TokenCreate {
             uses,
@@ -111,6 +120,39 @@ pub(super) async fn admin(
         }
         Err(e) => Err(refuse_and_close(send, e).await),
     }
+}
+
+/// Streams a backup ([`crate::backup`]) in parts, then its length and
+/// digest.
+async fn backup(shared: &Shared, mut send: quinn::SendStream) -> Result<(), ConnError> {
+    let taken = match shared.store.export().await {
+        Ok(export) => crate::backup::BackupFile::take(&shared.state_dir, shared.pin, export)
+            .map_err(|e| refuse(ErrorCode::Internal, format!("cannot take a backup: {e}"))),
+        Err(e) => Err(e),
+    };
+    let file = match taken {
+        Ok(f) => f,
+        Err(e) => return Err(refuse_and_close(send, e).await),
+    };
+    let bytes = file.encode();
+    info!(
+        nodes = file.store.loaded.nodes.len(),
+        bytes = bytes.len(),
+        "backup taken"
+    );
+    for part in bytes.chunks(crate::backup::PART_LEN) {
+        let part = weft_proto::msg::BackupBytes(serde_bytes::ByteBuf::from(part.to_vec()));
+        let msg = ServerMsg::Admin(AdminReply::BackupPart(part));
+        write_msg(&mut send, &msg).await?;
+    }
+    let done = AdminReply::BackupDone {
+        len: bytes.len() as u64,
+        sha256: sha2::Sha256::digest(&bytes).into(),
+    };
+    write_msg(&mut send, &ServerMsg::Admin(done)).await?;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(10), send.stopped()).await;
+    Ok(())
 }
 
 /// Every node, expired ones included, as stored and as connected now.

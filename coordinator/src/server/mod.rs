@@ -82,6 +82,8 @@ impl Shared {
 
 struct Shared {
     epoch: u64,
+    /// Where the identity files are (read by backups).
+    state_dir: PathBuf,
     registry: Arc<RwLock<Registry>>,
     store: StoreHandle,
     changed: Arc<Notify>,
@@ -346,6 +348,7 @@ impl Coordinator {
         };
         let shared = Arc::new(Shared {
             epoch,
+            state_dir: config.state_dir.clone(),
             registry: opened.registry,
             store: opened.handle,
             changed,

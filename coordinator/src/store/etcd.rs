@@ -503,9 +503,10 @@ pub(crate) fn classify(endpoints: &str, e: &etcd_client::Error) -> StoreError {
     }
 }
 
-/// Everything a store holds, for [`migrate`]: what [`StoreBackend::load`]
-/// reads, with every token and the whole policy history.
-#[derive(Debug, Clone, Default)]
+/// Everything a store holds, for [`migrate`] and backups
+/// ([`crate::backup`]): what [`StoreBackend::load`] reads, with every token
+/// and the whole policy history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Export {
     pub loaded: Loaded,
     pub tokens: Vec<TokenRecord>,
@@ -550,29 +551,7 @@ pub fn migrate(db: &std::path::Path, to: &EtcdConfig, force: bool) -> Result<Mig
     let data = Export::read(&mut from)?;
     drop(from);
     let mut be = EtcdBackend::connect(to)?;
-    let held = be.get("", Some(GetOptions::new().with_prefix().with_count_only()))?;
-    if held.count() > 0 {
-        if !force {
-            return Err(StoreError::Etcd {
-                endpoints: be.endpoints.clone(),
-                reason: format!(
-                    "already holds {} keys under {}",
-                    held.count(),
-                    be.prefix
-                ),
-                hint: "migrate into an empty prefix (--etcd-prefix), or pass --force to replace what it holds",
-            });
-        }
-        let key = be.key("");
-        be.call(|| {
-            let mut kv = be.kv.clone();
-            let key = key.clone();
-            async move {
-                kv.delete(key, Some(etcd_client::DeleteOptions::new().with_prefix()))
-                    .await
-            }
-        })?;
-    }
+    be.clear_prefix(force)?;
     be.import(&data)?;
     Ok(Migrated {
         nodes: data.loaded.nodes.len(),
@@ -584,6 +563,35 @@ pub fn migrate(db: &std::path::Path, to: &EtcdConfig, force: bool) -> Result<Mig
 }
 
 impl EtcdBackend {
+    /// Makes sure the prefix is empty: refuses one that holds keys unless
+    /// `force`, which deletes them.
+    pub fn clear_prefix(&mut self, force: bool) -> Result<(), StoreError> {
+        let held = self.get("", Some(GetOptions::new().with_prefix().with_count_only()))?;
+        if held.count() > 0 {
+            if !force {
+                return Err(StoreError::Etcd {
+                    endpoints: self.endpoints.clone(),
+                    reason: format!(
+                        "already holds {} keys under {}",
+                        held.count(),
+                        self.prefix
+                    ),
+                    hint: "migrate or restore into an empty prefix (--etcd-prefix), or pass --force to replace what it holds",
+                });
+            }
+            let key = self.key("");
+            self.call(|| {
+                let mut kv = self.kv.clone();
+                let key = key.clone();
+                async move {
+                    kv.delete(key, Some(etcd_client::DeleteOptions::new().with_prefix()))
+                        .await
+                }
+            })?;
+        }
+        Ok(())
+    }
+
     /// Writes `data` as this backend lays it out, in transactions of at
     /// most `max_txn_ops` puts.
     pub fn import(&mut self, data: &Export) -> Result<(), StoreError> {

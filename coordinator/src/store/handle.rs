@@ -34,6 +34,9 @@ pub(super) enum Request {
     /// Refresh connected nodes' last-seen times, expire offline ones
     /// (see [`crate::expiry`]); at Unix time `now`.
     Sweep(ExpiryRules, u64, Reply<Swept>),
+    /// Everything stored, read between two batches (so consistent on a
+    /// lone coordinator).
+    Export(Reply<super::etcd::Export>),
     /// Set a node's expiry (an expired node comes back).
     SetExpiry(NodeId, NodeExpiry, u64, Reply<NodeRecord>),
     PolicyHistory(Reply<Vec<AclVersion>>),
@@ -202,6 +205,11 @@ impl StoreHandle {
     /// Every node as stored, expired ones included.
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>, ErrorReply> {
         self.call(Request::Nodes).await
+    }
+
+    /// Everything stored, as one snapshot (see [`crate::backup`]).
+    pub async fn export(&self) -> Result<super::etcd::Export, ErrorReply> {
+        self.call(Request::Export).await
     }
 
     pub async fn sweep(&self, rules: ExpiryRules, now: u64) -> Result<Swept, ErrorReply> {

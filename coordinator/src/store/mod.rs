@@ -125,7 +125,7 @@ pub struct RouteRecord {
 
 /// The policy, services and routes as stored: the policy unparsed (parsing
 /// it is the cluster's business, [`crate::cluster::ClusterConfig`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredConfig {
     /// The latest policy version, if one was ever set.
     pub policy: Option<AclVersion>,
@@ -134,7 +134,7 @@ pub struct StoredConfig {
 }
 
 /// Everything a backend holds, read at start.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Loaded {
     pub nodes: Vec<NodeRecord>,
     /// The id the next node gets (1 in a new database).

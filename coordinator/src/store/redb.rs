@@ -101,6 +101,53 @@ impl RedbBackend {
         Ok(me)
     }
 
+    /// Writes everything `data` holds into this (empty) database in one
+    /// transaction: a restored backup ([`crate::backup`]).
+    pub fn import(&mut self, data: &super::etcd::Export) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut nodes = w.open_table(NODES).map_err(|e| self.err(e))?;
+            for n in &data.loaded.nodes {
+                nodes
+                    .insert(n.id.0, encode(n)?.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            let mut tokens = w.open_table(TOKENS).map_err(|e| self.err(e))?;
+            for t in &data.tokens {
+                tokens
+                    .insert(t.id.as_str(), encode(t)?.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            let mut meta = w.open_table(META).map_err(|e| self.err(e))?;
+            meta.insert(NEXT_NODE_ID, data.loaded.next_node_id)
+                .map_err(|e| self.err(e))?;
+            let mut policy = w.open_table(POLICY).map_err(|e| self.err(e))?;
+            let latest = data.loaded.config.policy.iter();
+            for v in data.policy_history.iter().chain(latest) {
+                policy
+                    .insert(v.version, encode(v)?.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            let mut services = w.open_table(SERVICES).map_err(|e| self.err(e))?;
+            for s in data.loaded.config.services.values() {
+                services
+                    .insert(s.name.as_str(), encode(s)?.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            let mut routes = w.open_table(ROUTES).map_err(|e| self.err(e))?;
+            for (id, r) in &data.loaded.config.routes {
+                routes
+                    .insert(id.0, encode(r)?.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        w.commit().map_err(|e| self.err(e))?;
+        for n in &data.loaded.nodes {
+            self.index.add(n);
+        }
+        Ok(())
+    }
+
     fn err(&self, e: impl Into<redb::Error>) -> StoreError {
         db_err(Path::new(&self.path), e)
     }

@@ -111,6 +111,9 @@ impl<B: StoreBackend> Writer<B> {
                     Request::Nodes(r) => {
                         drop(r.send(self.backend.load().map(|l| l.nodes).map_err(internal)))
                     }
+                    Request::Export(r) => {
+                        drop(r.send(super::etcd::Export::read(&mut self.backend).map_err(internal)))
+                    }
                     Request::Sweep(rules, now, r) => drop(r.send(self.sweep(&rules, now))),
                     Request::SetExpiry(id, expiry, now, r) => {
                         drop(r.send(self.set_expiry(id, expiry, now)))
@@ -191,6 +194,7 @@ impl<B: StoreBackend> Writer<B> {
                 }
                 Request::Tokens(_)
                 | Request::Nodes(_)
+                | Request::Export(_)
                 | Request::Sweep(..)
                 | Request::SetExpiry(..)
                 | Request::PolicyHistory(_)
@@ -530,6 +534,7 @@ fn answer(batch: Vec<Request>, decided: Vec<Decided>, committed: Option<Committe
             }
             Request::Tokens(r) => drop(r.send(Err(err()))),
             Request::Nodes(r) => drop(r.send(Err(err()))),
+            Request::Export(r) => drop(r.send(Err(err()))),
             Request::Sweep(_, _, r) => drop(r.send(Err(err()))),
             Request::SetExpiry(_, _, _, r) => drop(r.send(Err(err()))),
             Request::PolicyHistory(r) => drop(r.send(Err(err()))),
