@@ -94,9 +94,10 @@ pub fn run(args: AclArgs) -> anyhow::Result<()> {
                     for v in versions {
                         let lines = v.text.lines().count();
                         println!(
-                            "version {}  set {}  {lines} lines",
+                            "version {}  set {}  by {}  {lines} lines",
                             v.version,
-                            weft_coordinator::fmt_time(v.set_at)
+                            weft_coordinator::fmt_time(v.set_at),
+                            v.set_by.as_deref().unwrap_or("(not recorded)")
                         );
                         if full {
                             println!("{}", v.text);

@@ -1,6 +1,7 @@
 //! `weft`: the one binary. Each subcommand lives in its own module.
 
 mod acl;
+mod admin_cmd;
 mod agent_cmd;
 mod backup_cmd;
 mod cloud_init;
@@ -66,6 +67,8 @@ enum Command {
     Coordinator(Box<coordinator_cmd::CoordinatorArgs>),
     /// Create, list and revoke join tokens (needs the admin credential).
     Token(token::TokenArgs),
+    /// Create, list and revoke named admin credentials (needs an admin credential).
+    Admin(admin_cmd::AdminArgs),
     /// List and remove nodes (needs the admin credential).
     Node(node::NodeArgs),
     /// Get, set, test and list versions of the access policy (needs the admin credential).
@@ -146,6 +149,7 @@ fn main() -> anyhow::Result<()> {
         Command::Metrics(args) => status::metrics(args),
         Command::Ping(args) => probe::ping(args),
         Command::Netcheck(args) => probe::netcheck(args),
+        Command::Admin(args) => admin_cmd::run(args),
         Command::Coordinator(args) => coordinator_cmd::run(*args),
         Command::Token(args) => token::run(args),
         Command::Node(args) => node::run(args),

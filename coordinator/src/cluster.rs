@@ -72,6 +72,8 @@ pub struct ClusterConfig {
     pub policy: Option<(AclVersion, Policy)>,
     pub services: BTreeMap<String, ServiceInfo>,
     pub routes: BTreeMap<NodeId, RouteRecord>,
+    /// Named admin credentials, revoked ones included.
+    pub admins: BTreeMap<String, crate::store::AdminRecord>,
 }
 
 impl ClusterConfig {
@@ -93,6 +95,7 @@ impl ClusterConfig {
             policy,
             services: stored.services,
             routes: stored.routes,
+            admins: stored.admins,
         })
     }
 

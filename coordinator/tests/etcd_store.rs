@@ -60,6 +60,7 @@ fn token(id: &str, uses: Option<u32>) -> TokenRecord {
         expires_at: None,
         revoked: false,
         tags: vec![],
+        created_by: String::new(),
     }
 }
 
@@ -305,6 +306,7 @@ fn every_change_round_trips_and_preconditions_hold() {
         set_at: 9,
         text: "default: allow\n".into(),
         hosts: Default::default(),
+        set_by: None,
     };
     let routes = RouteRecord {
         advertised: vec!["198.18.0.0/24".parse().unwrap()],

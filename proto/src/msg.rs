@@ -319,6 +319,16 @@ pub enum AdminCommand {
         node: String,
         expiry: NodeExpiry,
     },
+    /// A new named admin credential; its secret is in the reply, once.
+    /// Added in protocol 4.
+    AdminCreate {
+        name: String,
+    },
+    AdminList,
+    /// Revokes a named admin credential: it is refused from now on.
+    AdminRevoke {
+        name: String,
+    },
     /// A consistent snapshot of the store and the coordinator's identity,
     /// answered as [`AdminReply::BackupPart`]s and a [`AdminReply::BackupDone`].
     /// Added in protocol 4.
@@ -345,6 +355,9 @@ impl AdminCommand {
             AdminCommand::RouteApprove { .. } => "route approve",
             AdminCommand::NodeSet { .. } => "node set",
             AdminCommand::Backup => "backup",
+            AdminCommand::AdminCreate { .. } => "admin create",
+            AdminCommand::AdminList => "admin list",
+            AdminCommand::AdminRevoke { .. } => "admin revoke",
         }
     }
 }
@@ -394,6 +407,37 @@ pub enum AdminReply {
         len: u64,
         sha256: [u8; 32],
     },
+    /// A new admin credential: its secret (hex), shown only now.
+    AdminCreated {
+        info: AdminInfo,
+        secret: AdminSecret,
+    },
+    Admins(Vec<AdminInfo>),
+    AdminRevoked {
+        name: String,
+    },
+}
+
+/// A named admin credential as `weft admin list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminInfo {
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// The credential that created it.
+    pub created_by: String,
+    pub revoked_at: Option<u64>,
+}
+
+/// An admin secret (hex) in a reply: never in `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AdminSecret(pub String);
+
+impl std::fmt::Debug for AdminSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<admin secret>")
+    }
 }
 
 /// One version of the policy document.
@@ -410,6 +454,10 @@ pub struct AclVersion {
     /// 2026-12-01 (older versions pin nothing).
     #[serde(default)]
     pub hosts: std::collections::BTreeMap<String, NodeId>,
+    /// The admin credential that set it (`root`: the state dir's
+    /// admin.json). Added in protocol 4 (older versions name none).
+    #[serde(default)]
+    pub set_by: Option<String>,
 }
 
 /// A published service.
@@ -486,6 +534,9 @@ pub struct TokenInfo {
     pub revoked: bool,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The admin credential that made it. Added in protocol 4.
+    #[serde(default)]
+    pub created_by: String,
 }
 
 /// A node as `weft node list` shows it.

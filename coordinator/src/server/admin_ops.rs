@@ -13,6 +13,7 @@ pub(super) async fn create_token(
     uses: Option<u32>,
     expires_in_secs: Option<u64>,
     tags: Vec<String>,
+    by: &str,
 ) -> Result<AdminReply, ErrorReply> {
     if uses == Some(0) {
         return Err(refuse(
@@ -34,6 +35,7 @@ pub(super) async fn create_token(
         expires_at: expires_in_secs.map(|s| now.saturating_add(s)),
         revoked: false,
         tags,
+        created_by: by.to_string(),
     };
     shared.store.create_token(rec.clone()).await?;
     info!(token = %rec.id, uses = ?rec.uses_left, expires_at = ?rec.expires_at, "token created");
@@ -56,22 +58,18 @@ pub(super) async fn admin(
     mut send: quinn::SendStream,
     req: AdminRequest,
 ) -> Result<(), ConnError> {
-    if !ct_eq32(&secret_hash(&req.secret), &shared.admin_hash) {
-        warn!("admin request with a wrong credential refused");
+    let Some(by) = super::admin_creds::who(&shared, &req.secret) else {
+        warn!("admin request with a wrong or revoked credential refused");
         return Err(refuse_and_close(
             send,
             refuse(
                 ErrorCode::AdminDenied,
-                "the admin credential was refused; use the admin.json from this coordinator's state dir (--admin FILE or WEFT_ADMIN)",
+                "the admin credential was refused (unknown or revoked); use the admin.json from this coordinator's state dir, or one `weft admin create` made (--admin FILE or WEFT_ADMIN)",
             ),
         )
         .await);
-    }
-    info!(
-        admin = "root",
-        command = req.command.kind(),
-        "admin request"
-    );
+    };
+    info!(admin = %by, command = req.command.kind(), "admin request");
     if matches!(req.command, AdminCommand::Backup) {
         return backup(&shared, send).await;
     }
@@ -80,7 +78,7 @@ pub(super) async fn admin(
             uses,
             expires_in_secs,
             tags,
-        } => create_token(&shared, uses, expires_in_secs, tags).await,
+        } => create_token(&shared, uses, expires_in_secs, tags, &by).await,
         AdminCommand::TokenList => shared
             .store
             .tokens()
@@ -94,7 +92,10 @@ pub(super) async fn admin(
         AdminCommand::NodeRemove { node } => remove_node(&shared, &node).await,
         AdminCommand::NodeSet { node, expiry } => node_set(&shared, &node, expiry).await,
         AdminCommand::AclGet => Ok(config_ops::acl_get(&shared)),
-        AdminCommand::AclSet { text } => config_ops::acl_set(&shared, text).await,
+        AdminCommand::AclSet { text } => config_ops::acl_set(&shared, text, &by).await,
+        AdminCommand::AdminCreate { name } => super::admin_creds::create(&shared, name, &by).await,
+        AdminCommand::AdminList => Ok(super::admin_creds::list(&shared)),
+        AdminCommand::AdminRevoke { name } => super::admin_creds::revoke(&shared, name, &by).await,
         AdminCommand::AclTest { text } => config_ops::acl_test(&shared, &text),
         AdminCommand::AclHistory => config_ops::acl_history(&shared).await,
         AdminCommand::ServiceExpose(s) => config_ops::service_expose(&shared, s).await,

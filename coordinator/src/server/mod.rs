@@ -36,6 +36,7 @@ use crate::{now_unix, state, Config, CoordinatorError};
 
 pub use weft_proto::msg::{CLOSE_REMOVED, CLOSE_REPLACED};
 
+mod admin_creds;
 mod admin_ops;
 mod admission;
 mod config_ops;
@@ -460,7 +461,15 @@ impl Coordinator {
         expires_in: Option<Duration>,
         tags: Vec<String>,
     ) -> Result<String, ErrorReply> {
-        match create_token(&self.shared, uses, expires_in.map(|d| d.as_secs()), tags).await? {
+        match create_token(
+            &self.shared,
+            uses,
+            expires_in.map(|d| d.as_secs()),
+            tags,
+            admin_creds::ROOT,
+        )
+        .await?
+        {
             AdminReply::TokenCreated { token, .. } => Ok(token),
             _ => Err(refuse(ErrorCode::Internal, "unexpected reply")),
         }

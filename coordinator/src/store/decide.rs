@@ -252,6 +252,7 @@ mod tests {
             expires_at: Some(100),
             revoked: false,
             tags: vec!["db".into()],
+            created_by: String::new(),
         }
     }
 

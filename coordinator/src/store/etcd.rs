@@ -11,6 +11,7 @@
 //! | `P/policy/<version, 20 digits>`   | `AclVersion`                   |
 //! | `P/services/<name>`               | `ServiceInfo`                  |
 //! | `P/routes/<node id, 20 digits>`   | [`super::RouteRecord`]         |
+//! | `P/admins/<name>`                 | [`super::AdminRecord`]         |
 //! | `P/index/subnet/<subnet>`         | the holder's node id (decimal) |
 //! | `P/index/key/<public key, hex>`   | the holder's node id           |
 //! | `P/index/name/<name>`             | the holder's node id           |
@@ -431,6 +432,10 @@ pub(crate) fn policy_key(version: u64) -> String {
 pub(crate) fn routes_key(id: NodeId) -> String {
     format!("routes/{:020}", id.0)
 }
+pub(crate) fn admin_key(name: &str) -> String {
+    format!("admins/{name}")
+}
+
 pub(crate) fn service_key(name: &str) -> String {
     format!("services/{name}")
 }
@@ -621,6 +626,9 @@ impl EtcdBackend {
         for s in data.loaded.config.services.values() {
             puts.push((service_key(&s.name), encode(s)?));
         }
+        for a in data.loaded.config.admins.values() {
+            puts.push((admin_key(&a.name), encode(a)?));
+        }
         for (id, r) in &data.loaded.config.routes {
             puts.push((routes_key(*id), encode(r)?));
         }
@@ -660,6 +668,9 @@ impl StoreBackend for EtcdBackend {
         }
         for s in self.all::<ServiceInfo>("services/", at)?.0 {
             config.services.insert(s.name.clone(), s);
+        }
+        for a in self.all::<super::AdminRecord>("admins/", at)?.0 {
+            config.admins.insert(a.name.clone(), a);
         }
         let mut opts = GetOptions::new().with_prefix();
         if let Some(r) = at {

@@ -29,8 +29,8 @@ use etcd_client::proto::PbTxnOpResponse;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
 use super::{
-    encode, index_keys, node_key, policy_key, routes_key, service_key, token_key, EtcdBackend,
-    COUNTER,
+    admin_key, encode, index_keys, node_key, policy_key, routes_key, service_key, token_key,
+    EtcdBackend, COUNTER,
 };
 use crate::store::{Change, CommitError, ConfigChange, NodeRecord, StoreError, TokenRecord};
 
@@ -234,6 +234,7 @@ impl Plan<'_> {
             Change::Config(ConfigChange::RemoveService(name)) => self.delete(service_key(name)),
             Change::Config(ConfigChange::PutRoutes(id, r)) => self.put(routes_key(*id), encode(r)?),
             Change::Config(ConfigChange::RemoveRoutes(id)) => self.delete(routes_key(*id)),
+            Change::Config(ConfigChange::PutAdmin(a)) => self.put(admin_key(&a.name), encode(a)?),
         }
         Ok(())
     }

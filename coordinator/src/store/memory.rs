@@ -125,6 +125,9 @@ fn apply(s: &mut State, change: &Change) -> Result<(), String> {
         Change::Config(ConfigChange::RemoveRoutes(id)) => {
             s.config.routes.remove(id);
         }
+        Change::Config(ConfigChange::PutAdmin(a)) => {
+            s.config.admins.insert(a.name.clone(), a.clone());
+        }
     }
     Ok(())
 }

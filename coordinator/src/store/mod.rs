@@ -99,6 +99,10 @@ pub struct TokenRecord {
     pub revoked: bool,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The admin credential that made it (empty in records from before
+    /// admin credentials had names).
+    #[serde(default)]
+    pub created_by: String,
 }
 
 impl TokenRecord {
@@ -111,6 +115,7 @@ impl TokenRecord {
             expires_at: self.expires_at,
             revoked: self.revoked,
             tags: self.tags.clone(),
+            created_by: self.created_by.clone(),
         }
     }
 }
@@ -131,6 +136,31 @@ pub struct StoredConfig {
     pub policy: Option<AclVersion>,
     pub services: BTreeMap<String, ServiceInfo>,
     pub routes: BTreeMap<NodeId, RouteRecord>,
+    /// Named admin credentials (the state dir's `root` one is not stored).
+    #[serde(default)]
+    pub admins: BTreeMap<String, AdminRecord>,
+}
+
+/// A named admin credential as stored: the secret only as its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRecord {
+    pub name: String,
+    pub secret_hash: [u8; 32],
+    pub created_at: u64,
+    pub created_by: String,
+    #[serde(default)]
+    pub revoked_at: Option<u64>,
+}
+
+impl AdminRecord {
+    pub fn info(&self) -> weft_proto::msg::AdminInfo {
+        weft_proto::msg::AdminInfo {
+            name: self.name.clone(),
+            created_at: self.created_at,
+            created_by: self.created_by.clone(),
+            revoked_at: self.revoked_at,
+        }
+    }
 }
 
 /// Everything a backend holds, read at start.
@@ -183,6 +213,8 @@ pub enum ConfigChange {
     RemoveService(String),
     PutRoutes(NodeId, RouteRecord),
     RemoveRoutes(NodeId),
+    /// A new or revoked admin credential.
+    PutAdmin(AdminRecord),
 }
 
 /// One decided change with the preconditions it was decided under.

@@ -39,6 +39,8 @@ const POLICY: TableDefinition<u64, &[u8]> = TableDefinition::new("policy_history
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 /// Node id -> `RouteRecord`.
 const ROUTES: TableDefinition<u64, &[u8]> = TableDefinition::new("routes");
+/// Named admin credentials by name: `AdminRecord`.
+const ADMINS: TableDefinition<&str, &[u8]> = TableDefinition::new("admins");
 
 /// What the nodes table holds, for the precondition checks.
 #[derive(Debug, Default)]
@@ -90,7 +92,7 @@ impl RedbBackend {
         for t in [NODES, POLICY, ROUTES] {
             w.open_table(t).map_err(|e| me.err(e))?;
         }
-        for t in [TOKENS, SERVICES] {
+        for t in [TOKENS, SERVICES, ADMINS] {
             w.open_table(t).map_err(|e| me.err(e))?;
         }
         w.open_table(META).map_err(|e| me.err(e))?;
@@ -132,6 +134,12 @@ impl RedbBackend {
             for s in data.loaded.config.services.values() {
                 services
                     .insert(s.name.as_str(), encode(s)?.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            let mut admins = w.open_table(ADMINS).map_err(|e| self.err(e))?;
+            for a in data.loaded.config.admins.values() {
+                admins
+                    .insert(a.name.as_str(), encode(a)?.as_slice())
                     .map_err(|e| self.err(e))?;
             }
             let mut routes = w.open_table(ROUTES).map_err(|e| self.err(e))?;
@@ -308,6 +316,12 @@ impl RedbBackend {
                 Change::Config(ConfigChange::RemoveRoutes(id)) => {
                     routes.remove(id.0).map_err(|x| e(x.into()))?;
                 }
+                Change::Config(ConfigChange::PutAdmin(a)) => {
+                    let mut admins = w.open_table(ADMINS).map_err(|x| e(x.into()))?;
+                    admins
+                        .insert(a.name.as_str(), encode(a)?.as_slice())
+                        .map_err(|x| e(x.into()))?;
+                }
             }
         }
         Ok(())
@@ -345,6 +359,9 @@ impl StoreBackend for RedbBackend {
         };
         for s in self.all::<&str, weft_proto::msg::ServiceInfo>(SERVICES)? {
             config.services.insert(s.name.clone(), s);
+        }
+        for a in self.all::<&str, super::AdminRecord>(ADMINS)? {
+            config.admins.insert(a.name.clone(), a);
         }
         Ok(Loaded {
             nodes: self.nodes()?,

@@ -97,6 +97,7 @@ fn token(id: &str) -> TokenRecord {
         expires_at: None,
         revoked: false,
         tags: vec!["x".into()],
+        created_by: String::new(),
     }
 }
 
@@ -150,6 +151,7 @@ fn round_trips_and_checks_preconditions() {
         set_at: 9,
         text: "default: allow\n".into(),
         hosts: Default::default(),
+        set_by: None,
     };
     let routes = RouteRecord {
         advertised: vec!["198.18.0.0/24".parse().unwrap()],

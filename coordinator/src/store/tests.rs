@@ -24,6 +24,7 @@ fn token(id: &str, uses: Option<u32>) -> TokenRecord {
         expires_at: None,
         revoked: false,
         tags: vec![],
+        created_by: String::new(),
     }
 }
 
@@ -162,6 +163,7 @@ async fn config_writes_removals_and_revocations() {
         set_at: 0,
         text: "default: allow\n".into(),
         hosts: Default::default(),
+        set_by: None,
     };
     let put = || vec![ConfigChange::PutPolicy(v1.clone())];
     o.handle.write(put()).await.unwrap();

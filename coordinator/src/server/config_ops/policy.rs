@@ -46,6 +46,7 @@ pub(in crate::server) fn acl_test(shared: &Shared, text: &str) -> Result<AdminRe
 pub(in crate::server) async fn acl_set(
     shared: &Shared,
     text: String,
+    by: &str,
 ) -> Result<AdminReply, ErrorReply> {
     let _change = shared.config_change.lock().await;
     let (policy, tests) = check_policy(shared, &text)?;
@@ -65,6 +66,7 @@ pub(in crate::server) async fn acl_set(
         set_at: now_unix(),
         text,
         hosts,
+        set_by: Some(by.to_string()),
     };
     // The store refuses the version if another change took it meanwhile.
     shared

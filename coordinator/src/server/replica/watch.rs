@@ -159,6 +159,7 @@ pub(super) async fn resync(shared: &Arc<Shared>) -> Result<i64, String> {
         cfg.policy.as_ref().map(|(v, _)| v) != rs.config.policy.as_ref()
             || cfg.services != rs.config.services
             || cfg.routes != rs.config.routes
+            || cfg.admins != rs.config.admins
     };
     if differs {
         match ClusterConfig::from_stored(rs.config) {
