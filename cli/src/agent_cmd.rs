@@ -47,6 +47,10 @@ pub struct AgentArgs {
     /// Disable TUN segmentation offloads (for debugging or old kernels).
     #[arg(long)]
     pub no_offload: bool,
+    /// Test only: speak protocol versions up to N, as an agent of that
+    /// release does (the rolling-upgrade test's "previous binary").
+    #[arg(long, value_name = "N", hide = true)]
+    pub speak_protocol: Option<u32>,
 }
 
 #[derive(Args)]
@@ -173,6 +177,15 @@ fn run(args: AgentArgs, start: Start) -> anyhow::Result<()> {
     config.metrics_listen = args.metrics_listen;
     config.metrics_per_peer = args.metrics_per_peer;
     config.offload = !args.no_offload;
+    if let Some(v) = args.speak_protocol {
+        anyhow::ensure!(
+            (weft_proto::OLDEST_PROTOCOL_VERSION..=weft_proto::PROTOCOL_VERSION).contains(&v),
+            "--speak-protocol {v}: this build speaks {} to {}",
+            weft_proto::OLDEST_PROTOCOL_VERSION,
+            weft_proto::PROTOCOL_VERSION
+        );
+    }
+    config.protocol_version = args.speak_protocol;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

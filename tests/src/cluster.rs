@@ -372,6 +372,22 @@ impl<'a> Cluster<'a> {
         self.start_agent(i, &args)
     }
 
+    /// [`Cluster::up`] without the spec's agent arguments (an agent
+    /// started differently from the rest: the upgraded binary, say), with
+    /// `extra`.
+    pub fn up_without_spec_args(&mut self, i: usize, extra: &[&str]) -> anyhow::Result<()> {
+        let h = &self.hosts[i];
+        let mut args: Vec<String> = vec![
+            "up".into(),
+            "--state-dir".into(),
+            h.state_dir.to_string_lossy().into_owned(),
+            "--interface".into(),
+            h.interface.clone(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        self.start_agent(i, &args)
+    }
+
     fn start_agent(&mut self, i: usize, args: &[String]) -> anyhow::Result<()> {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let h = &self.hosts[i];

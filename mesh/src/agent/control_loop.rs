@@ -199,7 +199,8 @@ impl ControlLoop {
             };
             attempt = 0;
             self.on_netmap(s.netmap().clone(), None);
-            self.shared.set_connected(s.heard(), s.transport());
+            self.shared
+                .set_connected(s.heard(), s.transport(), s.welcome().protocol_version);
             // Relay and punches ride this connection.
             self.shared.traversal.link.set(Some(s.datagram_link()));
             let _abort_relay = s.take_datagrams().map(|source| {

@@ -96,6 +96,9 @@ pub struct AgentConfig {
     pub metrics_per_peer: bool,
     /// Directory of the UAPI socket (`wg show IFACE` looks in the default).
     pub uapi_dir: PathBuf,
+    /// Test only: the newest protocol version to offer (an older agent's);
+    /// `None`: this build's.
+    pub protocol_version: Option<u32>,
 }
 
 impl AgentConfig {
@@ -111,6 +114,7 @@ impl AgentConfig {
             metrics_listen: None,
             metrics_per_peer: false,
             uapi_dir: SOCKET_DIR.into(),
+            protocol_version: None,
         }
     }
 }
@@ -170,6 +174,8 @@ struct View {
     endpoints: Vec<SocketAddr>,
     /// The live session's last-heard clock and transport.
     heard: Option<(crate::control::Heard, &'static str)>,
+    /// The protocol version of the session (or the last one).
+    protocol_version: Option<u32>,
     /// When the netmap in force was applied.
     netmap_at: Option<Instant>,
 }
@@ -247,7 +253,7 @@ impl Shared {
         nets
     }
 
-    fn set_connected(&self, heard: crate::control::Heard, transport: &'static str) {
+    fn set_connected(&self, heard: crate::control::Heard, transport: &'static str, protocol: u32) {
         self.sessions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut v = self.view();
@@ -255,6 +261,7 @@ impl Shared {
         v.since = Instant::now();
         v.last_error = None;
         v.heard = Some((heard, transport));
+        v.protocol_version = Some(protocol).filter(|p| *p > 0);
     }
 
     fn set_disconnected(&self, error: String) {
@@ -397,7 +404,10 @@ pub async fn run(
     )
     .await;
 
-    let client = ControlClient::new()?;
+    let mut client = ControlClient::new()?;
+    if let Some(v) = config.protocol_version {
+        client = client.speaking(v);
+    }
     let (identity, session, netmap) = match (&start, stored) {
         (Start::Join { token, name }, _) => {
             let pool_guess = weft_proto::HostSubnet {
@@ -499,6 +509,7 @@ pub async fn run(
             connected: session.is_some(),
             since: Instant::now(),
             heard: None,
+            protocol_version: None,
             last_error: None,
             endpoints: Vec::new(),
             netmap_at: None,

@@ -72,6 +72,9 @@ pub struct CoordinatorStatus {
     /// `quic` or `tcp`: the transport of the session (or the last one).
     #[serde(default)]
     pub transport: Option<String>,
+    /// The protocol version the session speaks (or the last one spoke).
+    #[serde(default)]
+    pub protocol_version: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -321,6 +324,7 @@ impl super::Shared {
                     .as_ref()
                     .map(|(h, _)| u64::try_from(h.ago().as_millis()).unwrap_or(u64::MAX)),
                 transport: v.heard.as_ref().map(|(_, t)| (*t).to_string()),
+                protocol_version: v.protocol_version,
             },
             peers,
             drops: drop_list(&c)
