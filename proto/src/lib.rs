@@ -60,6 +60,11 @@
 //!   which version the session speaks (0 from a version-3 coordinator).
 //!   No message changed otherwise: a version-4 coordinator serves a
 //!   version-3 agent as a version-3 coordinator did.
+//! - 2026-12-02, version 4, additive (admin only, sent only to a version-4
+//!   coordinator): `AdminCommand::NodeSet`, `Backup`, `AdminCreate`,
+//!   `AdminList`, `AdminRevoke` and their replies; `NodeInfo::last_seen`,
+//!   `expiry`, `expired_at`; `TokenInfo::created_by`;
+//!   `AclVersion::set_by`.
 
 pub mod auth;
 pub mod codec;
