@@ -212,6 +212,11 @@ pub fn run(mut args: CoordinatorArgs) -> anyhow::Result<()> {
         config.replica_addr = args.replica_addr;
         config.metrics_listen = args.metrics_listen;
         config.web_listen = args.web_listen;
+        anyhow::ensure!(
+            args.node_expiry.0.is_none_or(|d| d >= Duration::from_secs(60))
+                && args.expiry_grace >= Duration::from_secs(60),
+            "--node-expiry and --expiry-grace must be at least 1m (--node-expiry never turns expiry off)"
+        );
         config.expiry = weft_coordinator::expiry::ExpiryRules {
             node_expiry: args.node_expiry.0,
             grace: args.expiry_grace,

@@ -214,3 +214,103 @@ fn join_checks_its_token_before_creating_anything() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `weft admin create` writes a working credential (to a bare file name in
+/// the current directory by default), and `weft coordinator backup` to a
+/// bare file name writes a backup `restore` reads; both through the binary.
+#[test]
+fn admin_credentials_and_backups_through_the_binary() {
+    let (c, admin) = start();
+    let run_in = |dir: &Path, admin: &Path, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(args)
+            .env("WEFT_ADMIN", admin)
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    };
+    let work = c.dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let out = run_in(&work, &admin, &["admin", "create", "ci"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ci = work.join("admin-ci.json");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&ci).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let out = weft(&ci, &["token", "create", "--uses", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = weft(&ci, &["admin", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("ci") && text.contains("root"),
+        "{text}"
+    );
+
+    let out = run_in(&work, &ci, &["coordinator", "backup", "cluster.bak"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_in(
+        &work,
+        &ci,
+        &[
+            "coordinator",
+            "restore",
+            "cluster.bak",
+            "--state-dir",
+            "restored",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(work.join("restored/weft.redb").exists());
+    let out = run_in(
+        &work,
+        &ci,
+        &[
+            "coordinator",
+            "restore",
+            "cluster.bak",
+            "--state-dir",
+            "restored",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+
+    let out = weft(&admin, &["admin", "revoke", "ci"]);
+    assert!(out.status.success());
+    let out = weft(&ci, &["node", "list"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"));
+    let scratch = c.dir.join("never-started").to_string_lossy().into_owned();
+    let out = weft(
+        &admin,
+        &[
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            &scratch,
+            "--node-expiry",
+            "5s",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1m"));
+}

@@ -98,11 +98,20 @@ fn underlay_mtu_1460_and_following_a_change() {
         || (link_mtu(&lab, &h.ns, &h.interface) == 1340).then_some(()),
     )
     .expect("followed");
-    let net: Value = serde_json::from_slice(
-        &std::fs::read(h.state_dir.join("network.json")).expect("network.json"),
-    )
-    .expect("json");
-    assert_eq!(net["mtu"], 1340, "new containers get the new MTU");
+    // network.json is written just after the link changes.
+    let net_mtu = || -> Option<Value> {
+        let net: Value =
+            serde_json::from_slice(&std::fs::read(h.state_dir.join("network.json")).ok()?).ok()?;
+        Some(net["mtu"].clone())
+    };
+    let _ = wait_for(Duration::from_secs(5), "network.json to follow", || {
+        (net_mtu() == Some(Value::from(1340))).then_some(())
+    });
+    assert_eq!(
+        net_mtu(),
+        Some(Value::from(1340)),
+        "new containers get the new MTU"
+    );
 }
 
 /// 1500-byte hosts, but a 1280-byte hop between the clouds: the tunnel's

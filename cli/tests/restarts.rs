@@ -73,8 +73,21 @@ fn a_restarted_coordinator_is_noticed_at_once() {
     let t0 = Instant::now();
     c.start_coordinator().expect("restart");
     let listening = t0.elapsed();
+    // The coordinator's online flags come from its live hint at first:
+    // every host's own status says when it is back.
     wait_for(Duration::from_secs(10), "every host back online", || {
-        (c.online_count() == 3).then_some(())
+        // Connected, and heard from since the restart (not the old
+        // session, which a host may not have found dead yet).
+        let since = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let back = (0..3).all(|i| {
+            c.status(i).is_ok_and(|s| {
+                s["coordinator"]["connected"] == true
+                    && s["coordinator"]["last_heard_ms"]
+                        .as_u64()
+                        .is_some_and(|h| h < since)
+            })
+        });
+        (back && c.online_count() == 3).then_some(())
     })
     .expect("hosts back");
     let online = t0.elapsed();

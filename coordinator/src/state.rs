@@ -60,7 +60,13 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> 
         f.sync_all().map_err(&err)?;
     }
     fs::rename(&tmp, path).map_err(&err)?;
+    // A bare file name's parent is "": the current directory.
     if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(&err)?;

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use support::*;
 use weft_coordinator::expiry::ExpiryRules;
-use weft_proto::msg::{AdminCommand, AdminReply, NodeExpiry, NodeInfo};
+use weft_proto::msg::{AdminCommand, AdminReply, NodeExpiry, NodeInfo, ServiceInfo};
+use weft_proto::policy::Proto;
 
 const EXPIRY: Duration = Duration::from_secs(2);
 const GRACE: Duration = Duration::from_secs(3);
@@ -166,6 +167,21 @@ async fn an_expired_host_rejoins_with_its_key_and_keeps_its_subnet() {
         s.netmap().len() == 1
     })
     .await;
+    // A service on b goes with the expired node the rejoin replaces.
+    h.admin(AdminCommand::ServiceExpose(ServiceInfo {
+        name: "web".into(),
+        node: "b".into(),
+        port: 8080,
+        proto: Proto::Tcp,
+        addr: None,
+        allow: vec![],
+        public: None,
+        gateway: None,
+        node_id: None,
+        gateway_id: None,
+    }))
+    .await
+    .unwrap();
     b.session.close();
     wait_for(&mut a.session, Duration::from_secs(10), |s| {
         s.netmap().peer(b.node_id).is_none()
@@ -185,6 +201,10 @@ async fn an_expired_host_rejoins_with_its_key_and_keeps_its_subnet() {
     assert_eq!(rejoined.subnet, b.subnet);
     let nodes = h.nodes().await;
     assert_eq!(nodes.len(), 2, "{nodes:?}");
+    let AdminReply::Services(services) = h.admin(AdminCommand::ServiceList).await.unwrap() else {
+        panic!("no services")
+    };
+    assert!(services.is_empty(), "{services:?}");
     wait_for(&mut a.session, Duration::from_secs(3), |s| {
         s.netmap().peer(rejoined.node_id).is_some_and(|p| p.online)
     })

@@ -682,3 +682,96 @@ async fn replicas_ride_out_an_etcd_outage_and_catch_up() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Lifecycle across replicas: a node that goes offline expires in the view
+/// of a host on the other replica, and comes back when an admin on that
+/// replica says so; a named admin credential made on one replica works on
+/// the other, and its revocation too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expiry_and_admin_credentials_hold_across_replicas() {
+    init_tracing();
+    let Some(etcd) = etcd_cluster::start() else {
+        return;
+    };
+    let cfg = etcd_config(&etcd, "/lifecycle");
+    let root = tempfile::tempdir().unwrap();
+    let dirs = shared_identity_dirs(root.path(), 2);
+    let addrs = free_ports(2);
+    let mut coords = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let mut c = replica_config(dir, &addrs, i, &cfg);
+        c.expiry = weft_coordinator::expiry::ExpiryRules {
+            node_expiry: Some(Duration::from_secs(2)),
+            grace: Duration::from_secs(3_600),
+        };
+        coords.push(Coordinator::start(c).await.unwrap());
+    }
+    let (_ka, mut a) = join(
+        &coords[0].create_token(None, None, vec![]).await.unwrap(),
+        "a",
+    )
+    .await;
+    let (_kb, b) = join(
+        &coords[1].create_token(None, None, vec![]).await.unwrap(),
+        "b",
+    )
+    .await;
+    wait_for(&mut a.session, Duration::from_secs(5), |s| {
+        has_peer_online(s, "b")
+    })
+    .await;
+    b.session.close();
+    wait_for(&mut a.session, Duration::from_secs(15), |s| {
+        s.netmap().peer(b.node_id).is_none()
+    })
+    .await;
+    let AdminReply::Nodes(nodes) = admin(&dirs[1], AdminCommand::NodeList).await else {
+        panic!("no nodes")
+    };
+    let listed = nodes.iter().find(|n| n.name == "b").unwrap();
+    assert!(listed.expired_at.is_some(), "{listed:?}");
+    admin(
+        &dirs[1],
+        AdminCommand::NodeSet {
+            node: "b".into(),
+            expiry: weft_proto::msg::NodeExpiry::Never,
+        },
+    )
+    .await;
+    wait_for(&mut a.session, Duration::from_secs(5), |s| {
+        s.netmap().peer(b.node_id).is_some()
+    })
+    .await;
+
+    let AdminReply::AdminCreated { secret, .. } =
+        admin(&dirs[0], AdminCommand::AdminCreate { name: "ops".into() }).await
+    else {
+        panic!("no credential")
+    };
+    let root_on_1 = AdminCredential::load(&weft_coordinator::state::admin_path(&dirs[1])).unwrap();
+    let ops = AdminCredential {
+        coordinator: vec![addrs[1].to_string()],
+        secret: secret.0,
+        ..root_on_1
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ops.request(AdminCommand::NodeList).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "replica 1 never took the credential made on replica 0"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    admin(&dirs[0], AdminCommand::AdminRevoke { name: "ops".into() }).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ops.request(AdminCommand::NodeList).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "replica 1 still takes a revoked credential"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for c in coords {
+        c.shutdown().await;
+    }
+}

@@ -85,7 +85,7 @@ pub(super) async fn create(
     };
     shared
         .store
-        .write(vec![ConfigChange::PutAdmin(rec.clone())])
+        .write(vec![ConfigChange::CreateAdmin(rec.clone())])
         .await?;
     shared
         .cluster_mut()

@@ -188,7 +188,10 @@ async fn node_set(
     expiry: NodeExpiry,
 ) -> Result<AdminReply, ErrorReply> {
     let id = find_node(shared, selector)?;
-    let rec = shared.store.set_expiry(id, expiry, now_unix()).await?;
+    let rec = shared
+        .store
+        .set_expiry(id, Some(expiry), now_unix())
+        .await?;
     info!(node = %id, name = %rec.name, %expiry, "node expiry set");
     Ok(AdminReply::NodeSet(node_info(&shared.read(), &rec)))
 }
@@ -227,10 +230,22 @@ pub(super) async fn remove_node_id(
     why: &str,
 ) -> Result<String, ErrorReply> {
     let rec = shared.store.remove_node(id).await?;
+    Ok(forget_removed(shared, id, &rec, why).await)
+}
+
+/// After node `id` (`rec` as it was) is removed from the store: its
+/// session, services and routes go; `why` goes into the log and the
+/// session's close reason. Its name.
+pub(super) async fn forget_removed(
+    shared: &Shared,
+    id: NodeId,
+    rec: &weft_proto::Peer,
+    why: &str,
+) -> String {
     if let Some((_, conn)) = shared.sessions().remove(&id) {
         conn.close(CLOSE_REMOVED, format!("node {why}").as_bytes());
     }
     info!(node = %id, name = %rec.name, subnet = %rec.subnet, "node {why}");
     config_ops::forget_node(shared, id, &rec.name).await;
-    Ok(rec.name.clone())
+    rec.name.clone()
 }

@@ -225,9 +225,20 @@ async fn dispatch<S: FrameSink, R: AsyncRead + Unpin + Send>(
                 hostname: req.hostname.clone(),
                 now: now_unix(),
             };
+            // An expired node with this key, which the join replaces.
+            let expired = {
+                let reg = shared.read();
+                reg.retired_by_key(&req.public_key)
+                    .and_then(|id| reg.retired(id).map(|r| r.peer.clone()))
+            };
             match shared.store.join(args).await {
                 Ok(rec) => {
                     shared.metrics.join(Ok(()));
+                    if let Some(old) = expired.filter(|o| shared.read().retired(o.id).is_none()) {
+                        // Its services and routes go with it.
+                        let why = "replaced by a new join with its key";
+                        super::admin_ops::forget_removed(&shared, old.id, &old, why).await;
+                    }
                     info!(node = %rec.id, name = %rec.name, subnet = %rec.subnet, token = %rec.token_id, "node joined");
                     session(
                         shared,

@@ -19,10 +19,16 @@ pub(super) async fn run(shared: Arc<Shared>, rules: ExpiryRules) {
             }
         };
         for id in &swept.expired {
-            // Offline when it was decided; a session that came up since
-            // is closed with the reason, so the host learns it at once.
-            if let Some((_, link)) = shared.sessions().remove(id) {
-                link.close(CLOSE_REMOVED, b"node expired");
+            // Offline when it was decided; a host that connected since is
+            // here: it comes straight back (its offline time from now).
+            if shared.sessions().contains_key(id) {
+                match shared.store.set_expiry(*id, None, now_unix()).await {
+                    Ok(_) => debug!(node = %id, "a node expired as it reconnected; it is back"),
+                    Err(e) => {
+                        warn!(node = %id, error = %e.message, "a node expired as it reconnected and cannot be brought back; `weft node set` can")
+                    }
+                }
+                continue;
             }
             info!(node = %id, "node expired: offline longer than its expiry; it is in no netmap now, and is removed after the grace period unless `weft node set` brings it back");
         }
@@ -33,12 +39,14 @@ pub(super) async fn run(shared: Arc<Shared>, rules: ExpiryRules) {
             shared.changed.notify_one();
         }
         for id in swept.due {
-            match admin_ops::remove_node_id(&shared, id, "expired and past its grace period").await
-            {
-                Ok(_) => {}
-                Err(e) => {
-                    debug!(node = %id, error = %e.message, "cannot remove an expired node yet")
+            // Only while it is still expired: `weft node set` may have
+            // brought it back since the sweep.
+            match shared.store.remove_expired_node(id).await {
+                Ok(rec) => {
+                    let why = "expired and past its grace period";
+                    admin_ops::forget_removed(&shared, id, &rec, why).await;
                 }
+                Err(e) => debug!(node = %id, error = %e.message, "expired node not removed"),
             }
         }
     }

@@ -203,7 +203,19 @@ impl Batch {
 
     /// Decides a node removal: the node must be registered and not removed
     /// earlier in this batch (an admin and the host leaving at once).
-    pub fn remove_node(&mut self, reg: &Registry, id: NodeId) -> Result<(), ErrorReply> {
+    /// With `expired_only`, only an expired node (see [`crate::expiry`]).
+    pub fn remove_node(
+        &mut self,
+        reg: &Registry,
+        id: NodeId,
+        expired_only: bool,
+    ) -> Result<(), ErrorReply> {
+        if expired_only && reg.retired(id).is_none() {
+            return Err(refuse(
+                ErrorCode::NotFound,
+                format!("node {id} is no longer expired; it stays"),
+            ));
+        }
         let known = reg.get(id).is_some() || reg.retired(id).is_some();
         if !known || !self.removed.insert(id) {
             return Err(refuse(
@@ -369,14 +381,16 @@ mod tests {
         b.create_token(&fresh);
         assert!(b.revoke("t2").is_ok());
         assert_eq!(
-            b.remove_node(&reg, NodeId(1)).unwrap_err().code,
+            b.remove_node(&reg, NodeId(1), false).unwrap_err().code,
             ErrorCode::NotFound
         );
         let mut reg = reg;
         reg.load(j.node.to_peer(), 0);
-        assert!(b.remove_node(&reg, j.node.id).is_ok());
+        let still = b.remove_node(&reg, j.node.id, true).unwrap_err();
+        assert_eq!(still.code, ErrorCode::NotFound, "not expired: it stays");
+        assert!(b.remove_node(&reg, j.node.id, false).is_ok());
         assert_eq!(
-            b.remove_node(&reg, j.node.id).unwrap_err().code,
+            b.remove_node(&reg, j.node.id, false).unwrap_err().code,
             ErrorCode::NotFound,
             "removed twice in one batch"
         );

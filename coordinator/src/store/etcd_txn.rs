@@ -234,6 +234,16 @@ impl Plan<'_> {
             Change::Config(ConfigChange::RemoveService(name)) => self.delete(service_key(name)),
             Change::Config(ConfigChange::PutRoutes(id, r)) => self.put(routes_key(*id), encode(r)?),
             Change::Config(ConfigChange::RemoveRoutes(id)) => self.delete(routes_key(*id)),
+            Change::Config(ConfigChange::CreateAdmin(a)) => {
+                let key = admin_key(&a.name);
+                self.expect(
+                    index,
+                    key.clone(),
+                    Expect::Absent,
+                    format!("admin credential {} exists", a.name),
+                )?;
+                self.put(key, encode(a)?);
+            }
             Change::Config(ConfigChange::PutAdmin(a)) => self.put(admin_key(&a.name), encode(a)?),
         }
         Ok(())

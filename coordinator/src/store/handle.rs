@@ -24,7 +24,9 @@ pub(super) enum Request {
     Join(JoinArgs, Reply<NodeRecord>),
     CreateToken(TokenRecord, Reply<()>),
     RevokeToken(String, Reply<()>),
-    RemoveNode(NodeId, Reply<Arc<Peer>>),
+    /// Remove a node; with `true`, only while it is expired (the grace
+    /// period's end must not undo an admin's `weft node set` meanwhile).
+    RemoveNode(NodeId, bool, Reply<Arc<Peer>>),
     /// Configuration changes the server decided, committed with the batch
     /// they land in.
     Config(Vec<ConfigChange>, Reply<()>),
@@ -37,8 +39,8 @@ pub(super) enum Request {
     /// Everything stored, read between two batches (so consistent on a
     /// lone coordinator).
     Export(Reply<super::etcd::Export>),
-    /// Set a node's expiry (an expired node comes back).
-    SetExpiry(NodeId, NodeExpiry, u64, Reply<NodeRecord>),
+    /// Set a node's expiry (`None`: keep it); an expired node comes back.
+    SetExpiry(NodeId, Option<NodeExpiry>, u64, Reply<NodeRecord>),
     PolicyHistory(Reply<Vec<AclVersion>>),
     /// Load the whole store again and bring the registry, IPAM and node id
     /// counter up to it (what other replicas wrote).
@@ -188,7 +190,12 @@ impl StoreHandle {
 
     /// Removes a node; the node as it was.
     pub async fn remove_node(&self, id: NodeId) -> Result<Arc<Peer>, ErrorReply> {
-        self.call(|r| Request::RemoveNode(id, r)).await
+        self.call(|r| Request::RemoveNode(id, false, r)).await
+    }
+
+    /// Removes node `id` if it is still expired.
+    pub async fn remove_expired_node(&self, id: NodeId) -> Result<Arc<Peer>, ErrorReply> {
+        self.call(|r| Request::RemoveNode(id, true, r)).await
     }
 
     /// Commits configuration changes (all or none) with the next batch.
@@ -219,7 +226,7 @@ impl StoreHandle {
     pub async fn set_expiry(
         &self,
         id: NodeId,
-        expiry: NodeExpiry,
+        expiry: Option<NodeExpiry>,
         now: u64,
     ) -> Result<NodeRecord, ErrorReply> {
         self.call(|r| Request::SetExpiry(id, expiry, now, r)).await

@@ -125,6 +125,12 @@ fn apply(s: &mut State, change: &Change) -> Result<(), String> {
         Change::Config(ConfigChange::RemoveRoutes(id)) => {
             s.config.routes.remove(id);
         }
+        Change::Config(ConfigChange::CreateAdmin(a)) => {
+            if s.config.admins.contains_key(&a.name) {
+                return Err(format!("admin credential {} exists", a.name));
+            }
+            s.config.admins.insert(a.name.clone(), a.clone());
+        }
         Change::Config(ConfigChange::PutAdmin(a)) => {
             s.config.admins.insert(a.name.clone(), a.clone());
         }

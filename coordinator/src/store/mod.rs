@@ -213,7 +213,9 @@ pub enum ConfigChange {
     RemoveService(String),
     PutRoutes(NodeId, RouteRecord),
     RemoveRoutes(NodeId),
-    /// A new or revoked admin credential.
+    /// A new admin credential. Precondition: no credential has its name.
+    CreateAdmin(AdminRecord),
+    /// A revoked admin credential (replaces the stored one).
     PutAdmin(AdminRecord),
 }
 
@@ -258,6 +260,9 @@ impl Change {
         match self {
             Change::Config(ConfigChange::PutPolicy(_)) => {
                 "another policy change landed at the same time; run the command again"
+            }
+            Change::Config(ConfigChange::CreateAdmin(_)) => {
+                "an admin credential with that name was created at the same time; pick another name"
             }
             _ => "the cluster changed while this request was handled; run the command again",
         }

@@ -316,8 +316,17 @@ impl RedbBackend {
                 Change::Config(ConfigChange::RemoveRoutes(id)) => {
                     routes.remove(id.0).map_err(|x| e(x.into()))?;
                 }
-                Change::Config(ConfigChange::PutAdmin(a)) => {
+                Change::Config(ConfigChange::CreateAdmin(a) | ConfigChange::PutAdmin(a)) => {
                     let mut admins = w.open_table(ADMINS).map_err(|x| e(x.into()))?;
+                    let create = matches!(change, Change::Config(ConfigChange::CreateAdmin(_)));
+                    if create
+                        && admins
+                            .get(a.name.as_str())
+                            .map_err(|x| e(x.into()))?
+                            .is_some()
+                    {
+                        return conflict(i, format!("admin credential {} exists", a.name));
+                    }
                     admins
                         .insert(a.name.as_str(), encode(a)?.as_slice())
                         .map_err(|x| e(x.into()))?;

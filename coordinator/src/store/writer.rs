@@ -185,8 +185,8 @@ impl<B: StoreBackend> Writer<B> {
                 Request::RevokeToken(id, _) => b
                     .revoke(id)
                     .map(|(before, after)| changes.push(Change::UpdateToken { before, after })),
-                Request::RemoveNode(id, _) => b
-                    .remove_node(&reg, *id)
+                Request::RemoveNode(id, expired_only, _) => b
+                    .remove_node(&reg, *id, *expired_only)
                     .map(|()| changes.push(Change::RemoveNode(*id))),
                 Request::Config(c, _) => {
                     changes.extend(c.iter().cloned().map(Change::Config));
@@ -525,7 +525,7 @@ fn answer(batch: Vec<Request>, decided: Vec<Decided>, committed: Option<Committe
                 });
                 let _ = r.send(rec.ok_or_else(err));
             }
-            Request::RemoveNode(id, r) => {
+            Request::RemoveNode(id, _, r) => {
                 let peer = committed.and_then(|c| c.removed.get(&id).filter(|_| ok).cloned());
                 let _ = r.send(peer.ok_or_else(err));
             }

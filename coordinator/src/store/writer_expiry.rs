@@ -22,29 +22,37 @@ impl<B: StoreBackend> Writer<B> {
             due: decided.due,
             ..Swept::default()
         };
-        for (before, after) in &decided.updates {
-            match (before.expired_at, after.expired_at) {
-                (None, Some(_)) => out.expired.push(after.id),
-                (Some(_), None) => out.revived.push(after.id),
-                _ => out.refreshed += 1,
+        // Each chunk commits on its own: one that conflicts (another
+        // replica wrote a node of it) is read again at the next tick, the
+        // rest stand.
+        let cap = self.backend.max_changes_per_commit().max(1);
+        for chunk in decided.updates.chunks(cap) {
+            let changes: Vec<Change> = chunk
+                .iter()
+                .map(|(before, after)| Change::UpdateNode {
+                    before: Box::new(before.clone()),
+                    after: Box::new(after.clone()),
+                })
+                .collect();
+            if let Err(e) = self.commit_node_updates(&changes) {
+                tracing::debug!(error = %e.message, "expiry sweep: some updates wait for the next tick");
+                continue;
+            }
+            for (before, after) in chunk {
+                match (before.expired_at, after.expired_at) {
+                    (None, Some(_)) => out.expired.push(after.id),
+                    (Some(_), None) => out.revived.push(after.id),
+                    _ => out.refreshed += 1,
+                }
             }
         }
-        let changes: Vec<Change> = decided
-            .updates
-            .into_iter()
-            .map(|(before, after)| Change::UpdateNode {
-                before: Box::new(before),
-                after: Box::new(after),
-            })
-            .collect();
-        self.commit_node_updates(&changes)?;
         Ok(out)
     }
 
     pub(super) fn set_expiry(
         &mut self,
         id: NodeId,
-        expiry: NodeExpiry,
+        expiry: Option<NodeExpiry>,
         now: u64,
     ) -> Result<NodeRecord, ErrorReply> {
         let nodes = self.backend.load().map_err(internal)?.nodes;
@@ -54,7 +62,7 @@ impl<B: StoreBackend> Writer<B> {
                 format!("no node with id {id}; see the nodes with `weft node list`"),
             ));
         };
-        let after = expiry::set_expiry(&before, expiry, now);
+        let after = expiry::set_expiry(&before, expiry.unwrap_or(before.expiry), now);
         self.commit_node_updates(&[Change::UpdateNode {
             before: Box::new(before),
             after: Box::new(after.clone()),
