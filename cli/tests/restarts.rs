@@ -94,8 +94,10 @@ fn a_restarted_coordinator_is_noticed_at_once() {
     eprintln!(
         "coordinator restart: answering admin after {listening:?}, every host online after {online:?}"
     );
+    // A host probes once a keep-alive (1 s here) is a quarter overdue:
+    // up to 1.25 s after the kill, then one round trip to reconnect.
     assert!(
-        online < Duration::from_secs(2),
+        online < Duration::from_secs(3),
         "hosts took {online:?} to come back"
     );
     for i in 0..3 {
@@ -123,7 +125,8 @@ fn a_restarted_coordinator_is_noticed_at_once() {
     }
     let took = t.elapsed();
     eprintln!("coordinator restart: a removal issued at once reached every peer in {took:?}");
-    assert!(took < Duration::from_secs(1), "removal took {took:?}");
+    // Peers get it once they are back (see round 1).
+    assert!(took < Duration::from_secs(3), "removal took {took:?}");
 }
 
 #[test]

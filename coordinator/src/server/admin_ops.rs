@@ -197,7 +197,7 @@ async fn node_set(
 }
 
 /// A node by id or name, expired ones included.
-fn find_node(shared: &Shared, selector: &str) -> Result<NodeId, ErrorReply> {
+pub(super) fn find_node(shared: &Shared, selector: &str) -> Result<NodeId, ErrorReply> {
     let reg = shared.read();
     selector
         .parse::<u64>()

@@ -7,7 +7,9 @@ use super::*;
 use crate::expiry::ExpiryRules;
 
 pub(super) async fn run(shared: Arc<Shared>, rules: ExpiryRules) {
-    let mut tick = tokio::time::interval(rules.tick());
+    // The first sweep one tick after start, not during it.
+    let every = rules.tick();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

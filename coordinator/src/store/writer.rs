@@ -269,12 +269,7 @@ impl<B: StoreBackend> Writer<B> {
                         h.observe(commit_began.elapsed().as_secs_f64());
                     }
                     self.next_node_id = b.next_node_id();
-                    // On etcd the registry logs each change's revision.
-                    let at = if shared {
-                        u64::try_from(self.backend.last_revision()).unwrap_or(0)
-                    } else {
-                        crate::registry::LOCAL
-                    };
+                    let at = self.commit_revision();
                     let peers = self.apply_effects(&changes, at);
                     answer(
                         batch,
@@ -414,6 +409,16 @@ impl<B: StoreBackend> Writer<B> {
             .map(|_| Decided::Refused(internal(e)))
             .collect();
         answer(batch, decided, None);
+    }
+
+    /// The revision the registry logs the last commit's changes at: etcd's,
+    /// or [`crate::registry::LOCAL`] on a store no other replica writes.
+    pub(super) fn commit_revision(&self) -> u64 {
+        if self.backend.shared() {
+            u64::try_from(self.backend.last_revision()).unwrap_or(0)
+        } else {
+            crate::registry::LOCAL
+        }
     }
 
     /// Puts committed node changes into the registry and IPAM; the removed

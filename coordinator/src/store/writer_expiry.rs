@@ -70,31 +70,22 @@ impl<B: StoreBackend> Writer<B> {
         Ok(after)
     }
 
-    /// Commits node record updates (as many per commit as the backend
-    /// takes) and applies each committed step to the registry.
+    /// Commits node record updates as one step (at most what the backend
+    /// takes in one commit) and applies them to the registry.
     fn commit_node_updates(&mut self, changes: &[Change]) -> Result<(), ErrorReply> {
-        let cap = self.backend.max_changes_per_commit().max(1);
-        for chunk in changes.chunks(cap) {
-            match self.backend.commit(chunk) {
-                Ok(()) => {
-                    let at = if self.backend.shared() {
-                        u64::try_from(self.backend.last_revision()).unwrap_or(0)
-                    } else {
-                        crate::registry::LOCAL
-                    };
-                    self.apply_effects(chunk, at);
-                }
-                // Another replica (or an admin) changed the node since it
-                // was read: the next sweep reads it again.
-                Err(CommitError::Conflict { what, .. }) => {
-                    return Err(refuse(
-                        ErrorCode::BadRequest,
-                        format!("{what}; the cluster changed while this request was handled, run the command again"),
-                    ))
-                }
-                Err(CommitError::Failed(e)) => return Err(internal(e)),
+        match self.backend.commit(changes) {
+            Ok(()) => {
+                let at = self.commit_revision();
+                self.apply_effects(changes, at);
+                Ok(())
             }
+            // Another replica (or an admin) changed the node since it was
+            // read: the next sweep reads it again.
+            Err(CommitError::Conflict { what, .. }) => Err(refuse(
+                ErrorCode::BadRequest,
+                format!("{what}; the cluster changed while this request was handled, run the command again"),
+            )),
+            Err(CommitError::Failed(e)) => Err(internal(e)),
         }
-        Ok(())
     }
 }

@@ -22,22 +22,16 @@ fn bad(message: impl Into<String>) -> ErrorReply {
     refuse(ErrorCode::BadRequest, message)
 }
 
-/// A node by id or name, as its name.
+/// A node in the netmaps (not an expired one) by id or name, as its name.
 fn node_name(shared: &Shared, node: &str) -> Result<String, ErrorReply> {
-    let reg = shared.read();
-    let id = node
-        .parse::<u64>()
-        .ok()
-        .map(NodeId)
-        .filter(|id| reg.get(*id).is_some())
-        .or_else(|| reg.by_name(node));
-    id.and_then(|id| reg.get(id).map(|p| p.name.clone()))
-        .ok_or_else(|| {
-            refuse(
-                ErrorCode::NotFound,
-                format!("no node with id or name `{node}`; see the nodes with `weft node list`"),
-            )
-        })
+    let id = super::admin_ops::find_node(shared, node)?;
+    let name = shared.read().get(id).map(|p| p.name.clone());
+    name.ok_or_else(|| {
+        refuse(
+            ErrorCode::NotFound,
+            format!("node `{node}` is expired; bring it back with `weft node set {node} --expiry ...` first"),
+        )
+    })
 }
 
 /// Drops what belonged to a removed node: the services it ran or forwarded
